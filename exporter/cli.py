@@ -44,6 +44,15 @@ GLOBAL_OPTIONS = [
            "PATH"),
     Option("web.max-requests", parse_positive_int, 40,
            "Concurrent scrapes served at once; more are answered 503", "N"),
+    Option("web.config.file", _path, None,
+           "Web config (exporter-toolkit format): TLS, basic auth, headers; reloaded on SIGHUP",
+           "FILE"),
+    Option("web.read-header-timeout", parse_duration, 10.0,
+           "Time a client has for the TLS handshake and the request head", "DURATION"),
+    Option("web.idle-timeout", parse_duration, 90.0,
+           "Time a kept-alive connection may wait for its next request", "DURATION"),
+    Option("web.write-timeout", parse_duration, 30.0,
+           "Time a client has to take the response", "DURATION"),
     Option("collector.disable-defaults", parse_bool, False,
            "Disable every collector not explicitly enabled"),
     Option("collector.timeout", parse_duration, 4.0,
@@ -101,8 +110,14 @@ def main(argv=None) -> int:
         return 2
     from . import log as logmod
     from .server import App, ExporterServer
+    from .webconfig import WebConfigError, WebConfigHolder
 
     log = logmod.setup(settings["log.level"], settings["log.format"])
+    try:
+        web = WebConfigHolder(settings["web.config.file"], log)
+    except WebConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     try:
         gatherer = build(settings, log)
     except Exception as exc:  # noqa: BLE001 - a collector refusing its settings
@@ -111,7 +126,10 @@ def main(argv=None) -> int:
     app = App(gatherer, settings, log, sorted(REGISTRY))
     address = settings["web.listen-address"]
     try:
-        server = ExporterServer(address, app)
+        server = ExporterServer(address, app, web,
+                                read_header_timeout=settings["web.read-header-timeout"],
+                                idle_timeout=settings["web.idle-timeout"],
+                                write_timeout=settings["web.write-timeout"])
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"{PROG}: error: cannot listen on {address}: {reason}", file=sys.stderr)
@@ -127,10 +145,15 @@ def main(argv=None) -> int:
         log.info("stopping", signal=signal.Signals(signum).name)
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    def reload(_signum, _frame):
+        threading.Thread(target=web.reload, name="web-config-reload", daemon=True).start()
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     log.info("listening", address=address, path=settings["web.telemetry-path"],
-             collectors=sorted(gatherer.collectors), version=__version__)
+             collectors=sorted(gatherer.collectors), version=__version__,
+             **web.current().summary)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

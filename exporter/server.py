@@ -1,12 +1,22 @@
-"""HTTP front end: /metrics, /healthz and a landing page, on a threading server."""
+"""HTTP front end: /metrics, /healthz and a landing page, on a threading server.
+
+HTTP/1.1 with keep-alive, optionally TLS and basic auth (``--web.config.file``, see
+:mod:`exporter.webconfig`).  The request reader is ours rather than http.server's so that every
+read is bounded in time and size (http.server's socket timeout bounds each ``recv``, not the
+request: a client sending a byte every few seconds would hold a thread forever).
+"""
 from __future__ import annotations
 
 import gzip
 import html
+import re
 import socket
+import socketserver
+import ssl
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.utils import formatdate
+from http import HTTPStatus
 
 from . import __version__
 from .metrics import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT
@@ -41,18 +51,38 @@ def accepts_gzip(header: str) -> bool:
         fields = part.strip().split(";")
         if fields[0].strip().lower() in ("gzip", "*"):
             q = [f.strip() for f in fields[1:] if f.strip().startswith("q=")]
-            if not q or float(q[0][2:] or 0) > 0:
-                return True
+            try:
+                if not q or float(q[0][2:] or 0) > 0:
+                    return True
+            except ValueError:
+                continue
     return False
 
 
-class ExporterServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
+class ExporterServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """One thread per connection, with bounds on everything a client controls:
 
-    def __init__(self, address: str, app: "App"):
+    - connections: at most ``max_connections`` at once; more are closed on accept;
+    - time: TLS handshake plus request head within ``read_header_timeout`` of accepting (or of
+      the first byte of a later request on a kept-alive connection), at most ``idle_timeout``
+      idle between requests, the response written within ``write_timeout``;
+    - size: request line ``MAX_REQUEST_LINE`` bytes (414), head ``MAX_HEAD`` bytes and
+      ``MAX_HEADERS`` lines (431); request bodies are never read (the connection is closed).
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+    max_connections = 512
+
+    def __init__(self, address: str, app: "App", web=None, read_header_timeout: float = 10.0,
+                 idle_timeout: float = 90.0, write_timeout: float = 30.0):
         host, port = parse_listen_address(address)
         self.app = app
+        self.web = web if web is not None else _StaticWeb()
+        self.read_header_timeout = read_header_timeout
+        self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
         family = socket.AF_INET
         if ":" in host or (host == "" and socket.has_ipv6 and _ipv6_usable()):
             family = socket.AF_INET6
@@ -68,12 +98,51 @@ class ExporterServer(ThreadingHTTPServer):
         except BaseException:
             self.server_close()
             raise
+        self.stopping = False
+        self.connections = 0
         self.in_flight = 0
         self.in_flight_lock = threading.Lock()
         self.idle = threading.Condition(self.in_flight_lock)
 
+    def process_request(self, request, client_address):
+        with self.in_flight_lock:
+            full = self.connections >= self.max_connections
+            if not full:
+                self.connections += 1
+        if full:
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            with self.in_flight_lock:
+                self.connections -= 1
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.in_flight_lock:
+                self.connections -= 1
+
+    def handle_error(self, request, client_address):
+        import sys
+        exc = sys.exc_info()[1]
+        self.app.log.error("connection handler failed", error=f"{type(exc).__name__}: {exc}")
+
+    def begin_request(self) -> None:
+        with self.in_flight_lock:
+            self.in_flight += 1
+
+    def end_request(self) -> None:
+        with self.idle:
+            self.in_flight -= 1
+            self.idle.notify_all()
+
     def drain(self, timeout: float) -> bool:
         """Waits until no request is being served; True if drained in time."""
+        self.stopping = True
         deadline = time.monotonic() + timeout
         with self.idle:
             while self.in_flight:
@@ -82,6 +151,14 @@ class ExporterServer(ThreadingHTTPServer):
                     return False
                 self.idle.wait(left)
         return True
+
+
+class _StaticWeb:
+    """No --web.config.file: plain HTTP, no auth."""
+
+    def current(self):
+        from .webconfig import WebConfig
+        return WebConfig()
 
 
 def _ipv6_usable() -> bool:
@@ -112,80 +189,269 @@ class App:
         self._scrapes.release()
 
 
-class Handler(BaseHTTPRequestHandler):
-    server: ExporterServer
-    server_version = f"nodenet-exporter/{__version__}"
-    protocol_version = "HTTP/1.1"
-    timeout = 30  # seconds a client may take to send its request (slowloris bound)
+MAX_REQUEST_LINE = 8192
+MAX_HEAD = 16384
+MAX_HEADERS = 100
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+TEXT = "text/plain; charset=utf-8"
 
-    def log_message(self, format, *args):  # noqa: A002 - no access log line per request
-        pass
 
-    def handle_one_request(self):
-        with self.server.in_flight_lock:
-            self.server.in_flight += 1
-        try:
-            super().handle_one_request()
-        finally:
-            with self.server.idle:
-                self.server.in_flight -= 1
-                self.server.idle.notify_all()
+class _Reject(Exception):
+    """Answer this status and close the connection."""
 
-    def do_HEAD(self):
-        self._dispatch(head=True)
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
-    def do_GET(self):
-        self._dispatch(head=False)
 
-    def _not_allowed(self):
-        self._send(405, b"method not allowed\n", "text/plain; charset=utf-8",
-                   extra={"Allow": "GET, HEAD"})
+class _Closed(Exception):
+    """The client went away, timed out or spoke garbage: close without an answer."""
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
-    def _dispatch(self, head: bool):
-        app: App = self.server.app
-        path = self.path.split("?", 1)[0]
-        if path == app.metrics_path:
-            self._metrics(app, head)
-        elif path == "/healthz":
-            self._send(200, b"ok\n", "text/plain; charset=utf-8", head=head)
-        elif path == "/":
-            self._send(200, landing_page(app).encode(), "text/html; charset=utf-8", head=head)
+class Request:
+    __slots__ = ("method", "target", "path", "version", "headers", "keep_alive")
+
+    def __init__(self, method, target, version, headers):
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        path = target.split("?", 1)[0]
+        if path.startswith(("http://", "https://")):  # absolute-form
+            path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
+        self.path = path
+        conn = headers.get("connection", "").lower()
+        if version >= (1, 1):
+            self.keep_alive = "close" not in conn
         else:
-            self._send(404, b"not found\n", "text/plain; charset=utf-8", head=head)
+            self.keep_alive = "keep-alive" in conn
 
-    def _metrics(self, app: App, head: bool):
-        if not app.try_begin_scrape():
-            self._send(503, f"too many concurrent scrapes (limit {app.max_requests})\n".encode(),
-                       "text/plain; charset=utf-8", head=head)
-            return
+
+class Handler(socketserver.BaseRequestHandler):
+    """One connection: optional TLS handshake, then requests until close, error or timeout."""
+
+    server: ExporterServer
+
+    def setup(self):
+        self.sock = self.request
+        self.buf = bytearray()
+        self.web = self.server.web.current()  # config snapshot for this connection
+
+    def handle(self):
+        srv = self.server
+        deadline = time.monotonic() + srv.read_header_timeout
         try:
-            openmetrics = wants_openmetrics(self.headers.get("Accept", ""))
+            if self.web.tls is not None:
+                self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+                self.sock = self.web.tls.wrap_socket(self.sock, server_side=True,
+                                                     do_handshake_on_connect=False)
+                self.sock.do_handshake()
+            first = True
+            while True:
+                try:
+                    req = self._read_request(deadline if first else None)
+                except _Reject as rej:
+                    self._respond(rej.code, rej.message.encode() + b"\n", close=True)
+                    return
+                if req is None:
+                    return
+                first = False
+                srv.begin_request()
+                try:
+                    keep = self._serve(req)
+                finally:
+                    srv.end_request()
+                if not keep or srv.stopping:
+                    return
+        except (_Closed, OSError, ssl.SSLError, ValueError) as exc:
+            # port scanners, TLS clients without the right certificate, slow clients
+            srv.app.log.debug("connection closed", peer=str(self.client_address[0]),
+                              reason=f"{type(exc).__name__}: {exc}")
+
+    def finish(self):
+        if self.sock is not self.request:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _recv(self, deadline: float) -> bytes:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Closed("read timeout")
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(65536)
+        except (socket.timeout, TimeoutError):
+            raise _Closed("read timeout") from None
+        return data
+
+    def _read_request(self, deadline: float | None) -> Request | None:
+        """The next request head, or None if the client closed or stayed idle too long.
+
+        ``deadline`` bounds handshake plus head of a connection's first request; a later one
+        may idle up to idle_timeout, then has read_header_timeout from its first byte."""
+        srv = self.server
+        idle_deadline = time.monotonic() + srv.idle_timeout
+        if deadline is None and self.buf:  # a pipelined request has begun already
+            deadline = time.monotonic() + srv.read_header_timeout
+        while True:
+            while self.buf[:2] == b"\r\n" or self.buf[:1] == b"\n":  # RFC 9112 2.2
+                del self.buf[:2 if self.buf[:2] == b"\r\n" else 1]
+            end = _head_end(self.buf)
+            if end is not None:
+                break
+            if len(self.buf) > MAX_HEAD:
+                raise _Reject(431, "request header fields too large")
+            if b"\n" not in self.buf and len(self.buf) > MAX_REQUEST_LINE:
+                raise _Reject(414, "request line too long")
+            try:
+                data = self._recv(deadline if deadline is not None else idle_deadline)
+            except _Closed:
+                if not self.buf and deadline is None:
+                    return None  # idle keep-alive connection: a quiet close
+                raise
+            if not data:
+                if self.buf:
+                    raise _Closed("client closed mid-request")
+                return None
+            if deadline is None:
+                deadline = time.monotonic() + srv.read_header_timeout
+            self.buf += data
+        head_len, consumed = end
+        head = bytes(self.buf[:head_len])
+        del self.buf[:consumed]
+        return _parse_head(head)
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def _serve(self, req: Request) -> bool:
+        """Answers one request; True to keep the connection open."""
+        app: App = self.server.app
+        keep = req.keep_alive
+        if "transfer-encoding" in req.headers or req.headers.get("content-length", "0") != "0":
+            keep = False  # we never read request bodies: the rest of the stream is unusable
+        head = req.method == "HEAD"
+        if req.method not in ("GET", "HEAD"):
+            self._respond(405, b"method not allowed\n", head=head, close=True,
+                          extra={"Allow": "GET, HEAD"})
+            return False
+        if req.path == "/healthz":  # no auth: it tells nothing (see docs/security.md)
+            return self._respond(200, b"ok\n", head=head, close=not keep)
+        auth = self.web.auth
+        if auth is not None and auth.check(req.headers.get("authorization")) is None:
+            return self._respond(401, b"Unauthorized\n", head=head, close=not keep,
+                                 extra={"WWW-Authenticate": 'Basic realm="nodenet-exporter"'})
+        if req.path == app.metrics_path:
+            return self._metrics(app, req, head, keep)
+        if req.path == "/":
+            return self._respond(200, landing_page(app).encode(), "text/html; charset=utf-8",
+                                 head=head, close=not keep)
+        return self._respond(404, b"not found\n", head=head, close=not keep)
+
+    def _metrics(self, app: App, req: Request, head: bool, keep: bool) -> bool:
+        if not app.try_begin_scrape():
+            return self._respond(
+                503, f"too many concurrent scrapes (limit {app.max_requests})\n".encode(),
+                head=head, close=not keep)
+        try:
+            openmetrics = wants_openmetrics(req.headers.get("accept", ""))
             try:
                 body = app.gatherer.scrape(openmetrics)
             except Exception as exc:  # noqa: BLE001 - a bug in the framework itself
                 app.log.error("scrape failed", error=f"{type(exc).__name__}: {exc}")
-                self._send(500, f"scrape failed: {exc}\n".encode(), "text/plain; charset=utf-8")
-                return
+                return self._respond(500, f"scrape failed: {exc}\n".encode(), head=head,
+                                     close=not keep)
         finally:
             app.end_scrape()
         ctype = CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_TEXT
         extra = {}
-        if accepts_gzip(self.headers.get("Accept-Encoding", "")):
+        if accepts_gzip(req.headers.get("accept-encoding", "")):
             body = gzip.compress(body, compresslevel=1)
             extra["Content-Encoding"] = "gzip"
-        self._send(200, body, ctype, head=head, extra=extra)
+        return self._respond(200, body, ctype, head=head, close=not keep, extra=extra)
 
-    def _send(self, code: int, body: bytes, ctype: str, head: bool = False, extra=None):
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
+    def _respond(self, code: int, body: bytes, ctype: str = TEXT, head: bool = False,
+                 close: bool = False, extra=None) -> bool:
+        close = close or self.server.stopping
+        lines = [f"HTTP/1.1 {code} {_REASONS.get(code, 'Unknown')}",
+                 f"Date: {formatdate(usegmt=True)}",
+                 f"Server: nodenet-exporter/{__version__}",
+                 f"Content-Type: {ctype}",
+                 f"Content-Length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
+        lines += [f"{k}: {v}" for k, v in self.web.headers]
+        if close:
+            lines.append("Connection: close")
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self._write_all(data if head else data + body)
+        return not close
+
+    def _write_all(self, data: bytes) -> None:
+        deadline = time.monotonic() + self.server.write_timeout
+        view = memoryview(data)
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Closed("write timeout")
+            self.sock.settimeout(left)
+            try:
+                sent = self.sock.send(view[:65536])
+            except (socket.timeout, TimeoutError):
+                raise _Closed("write timeout") from None
+            view = view[sent:]
+
+
+def _head_end(buf: bytearray) -> tuple[int, int] | None:
+    """(length of the head, bytes to consume) once the blank line ending the head is in buf."""
+    candidates = []
+    i = buf.find(b"\r\n\r\n")
+    if i >= 0:
+        candidates.append((i, i + 4))
+    i = buf.find(b"\n\n")
+    if i >= 0:
+        candidates.append((i, i + 2))
+    i = buf.find(b"\n\r\n")
+    if i >= 0:
+        candidates.append((i, i + 3))
+    return min(candidates) if candidates else None
+
+
+def _parse_head(head: bytes) -> Request:
+    lines = head.split(b"\n")
+    request_line = lines[0].rstrip(b"\r")
+    if len(request_line) > MAX_REQUEST_LINE:
+        raise _Reject(414, "request line too long")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise _Reject(431, "too many header fields")
+    parts = request_line.split(b" ")
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
+        raise _Reject(400, "bad request line")
+    m = _VERSION.fullmatch(parts[2])
+    if not m:
+        raise _Reject(400, "bad HTTP version")
+    version = (int(m.group(1)), int(m.group(2)))
+    if version[0] != 1:
+        raise _Reject(505, "HTTP version not supported")
+    headers: dict[str, str] = {}
+    for raw in lines[1:]:
+        line = raw.rstrip(b"\r")
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.fullmatch(name):  # also rejects obs-fold continuation lines
+            raise _Reject(400, "bad header field")
+        key = name.decode("ascii").lower()
+        text = value.strip(b" \t").decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    try:
+        target = parts[1].decode("ascii")
+    except UnicodeDecodeError:
+        raise _Reject(400, "bad request target") from None
+    return Request(parts[0].decode("ascii"), target, version, headers)
 
 
 def landing_page(app: App) -> str:
