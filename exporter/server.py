@@ -306,10 +306,11 @@ class Handler(socketserver.BaseRequestHandler):
             end = _head_end(self.buf)
             if end is not None:
                 break
+            line_end = self.buf.find(b"\n")
+            if (line_end < 0 and len(self.buf) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
+                raise _Reject(414, "request line too long")
             if len(self.buf) > MAX_HEAD:
                 raise _Reject(431, "request header fields too large")
-            if b"\n" not in self.buf and len(self.buf) > MAX_REQUEST_LINE:
-                raise _Reject(414, "request line too long")
             try:
                 data = self._recv(deadline if deadline is not None else idle_deadline)
             except _Closed:
@@ -324,6 +325,8 @@ class Handler(socketserver.BaseRequestHandler):
                 deadline = time.monotonic() + srv.read_header_timeout
             self.buf += data
         head_len, consumed = end
+        if head_len > MAX_HEAD:
+            raise _Reject(431, "request header fields too large")
         head = bytes(self.buf[:head_len])
         del self.buf[:consumed]
         return _parse_head(head)
