@@ -122,7 +122,7 @@ def run_load(ex, duration, context=None, headers=None):
     assert not any(s.is_alive() for s in scrapers), "a scraper hung"
     statuses = sum((s.statuses for s in scrapers), Counter())
     errors = [e for s in scrapers for e in s.errors]
-    after_warmup = [kib for t, kib in rss if t >= WARMUP]
+    after_warmup = [kib for t, kib in rss if WARMUP <= t <= duration - 0.5]  # under load
     start_kib, end_kib = after_warmup[0], after_warmup[-1]
     time.sleep(1.0)  # clients closed: their connection threads end
     end_threads, idle_kib = threads_of(pid), rss_kib(pid)
