@@ -386,18 +386,18 @@ def overview() -> dict:
                "(NodenetCPUStealHigh at 10%, NodenetCPUStealCritical at 25%).",
                [target(f"max({q.steal_fraction()})", instant=True)], "percentunit",
                thresholds=steal_thresholds()), 4, 4)
-    b.add(stat("IPVS services without a usable backend",
+    b.add(stat("IPVS services without backend",
                "Distinct virtual services that have no real server of weight > 0 on at least "
                "one selected node (NodenetIPVSServiceNoBackends).",
                [target(f"count(count by ({SERVICE_LABELS}) "
                        f"({q.m('nodenet_ipvs_service_backends_available')} == 0)) "
                        f"or vector(0)", instant=True)], "short", thresholds=nonzero_bad()), 4, 4)
-    b.add(stat("Overlay MTU mismatches",
+    b.add(stat("Overlay tunnels with negative headroom",
                "Tunnel interfaces whose MTU leaves negative headroom over their underlay "
                "(NodenetOverlayMTUMismatch).",
                [target(f"count({q.m('nodenet_overlay_mtu_headroom_bytes')} < 0) or vector(0)",
                        instant=True)], "short", thresholds=nonzero_bad()), 4, 4)
-    b.add(stat("Failing collectors",
+    b.add(stat("Failing collectors and targets",
                "Collectors whose last scrape failed, and targets that are down "
                "(NodenetCollectorFailing, NodenetExporterDown).",
                [target(f"count({q.m('nodenet_scrape_collector_success')} == 0) or vector(0)",
@@ -508,19 +508,21 @@ def overview() -> dict:
                      "cps", min_=0), 12, 8)
 
     b.row("Interfaces and MTU")
+    dropping = (f"({q.rate('nodenet_interface_receive_drops_total')} + "
+                f"{q.rate('nodenet_interface_transmit_drops_total')} > 0)")
     b.add(table(
         "Interfaces with drops",
         "Interfaces dropping packets now, with the share of their packets dropped "
         "(NodenetInterfaceDrops fires above 1% on non-veth interfaces). Empty when no interface "
         "drops.",
-        [("Receive drops/s", target(f"{q.rate('nodenet_interface_receive_drops_total')} > 0")),
-         ("Transmit drops/s", target(f"{q.rate('nodenet_interface_transmit_drops_total')} > 0")),
-         ("Receive drop ratio",
-          target(f"({q.rate('nodenet_interface_receive_drops_total')} > 0) / "
-                 f"{q.rate('nodenet_interface_receive_packets_total')}")),
-         ("Transmit drop ratio",
-          target(f"({q.rate('nodenet_interface_transmit_drops_total')} > 0) / "
-                 f"{q.rate('nodenet_interface_transmit_packets_total')}"))],
+        [(name, target(f"{expr} and on (job, instance, interface) {dropping}"))
+         for name, expr in (
+             ("Receive drops/s", q.rate("nodenet_interface_receive_drops_total")),
+             ("Transmit drops/s", q.rate("nodenet_interface_transmit_drops_total")),
+             ("Receive drop ratio", f"{q.rate('nodenet_interface_receive_drops_total')} / "
+                                    f"{q.rate('nodenet_interface_receive_packets_total')}"),
+             ("Transmit drop ratio", f"{q.rate('nodenet_interface_transmit_drops_total')} / "
+                                     f"{q.rate('nodenet_interface_transmit_packets_total')}"))],
         labels=("instance", "interface"), sort="Receive drops/s",
         overrides=[col("instance", link=True), col("Receive drops/s", "pps"),
                    col("Transmit drops/s", "pps"),
@@ -581,7 +583,7 @@ def node() -> dict:
     util = q.utilisation()
 
     b.row("Summary")
-    b.add(gauge("Conntrack utilisation", "entries / nf_conntrack_max.",
+    b.add(gauge("Conntrack table fill", "entries / nf_conntrack_max.",
                 [target(util, instant=True)], "percentunit",
                 thresholds=utilisation_thresholds()), 4, 5)
     b.add(stat("Conntrack time to full",

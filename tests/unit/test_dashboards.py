@@ -319,6 +319,14 @@ def test_every_panel_has_a_unit():
                         assert prop["value"], f"{uid} / {p['title']}: empty unit override"
 
 
+def test_panel_titles_unique():
+    # the live test and docs/dashboards.md name panels by title
+    for uid, dash in DASHBOARDS.items():
+        titles = [p["title"] for p in dh.all_panels(dash) if p["type"] != "row"]
+        dups = {t for t in titles if titles.count(t) > 1}
+        assert not dups, f"{uid}: duplicate panel titles {dups}"
+
+
 def test_refids_unique_and_table_columns_named():
     for q in QUERIES:
         assert re.fullmatch(r"[A-Z]", q.ref), q
@@ -341,7 +349,7 @@ CATEGORIES = {
                             r"nodenet_conntrack_entries_limit"),
     "steal": re.compile(r"nodenet_cpu_steal_seconds_total\{[^}]*\}\[[^\]]*\]\)\)\s*/\s*"
                         r"nodenet_cpus"),
-    "drop_ratio": re.compile(r"_drops_total\{[^}]*\}\[[^\]]*\]\)( > 0)?\)\s*/\s*rate\("
+    "drop_ratio": re.compile(r"_drops_total\{[^}]*\}\[[^\]]*\]\)\s*/\s*rate\("
                              r"nodenet_interface_\w+_packets_total"),
     "headroom": re.compile(r"nodenet_overlay_mtu_headroom_bytes\{[^}]*\}( < 0)?$"),
 }
