@@ -37,6 +37,7 @@ NS = f"nn-deploy-lp-{os.getpid()}"
 HOST_IP = "192.0.2.1"  # TEST-NET-1, only ever configured inside the test's own namespace
 PEER_IP = "192.0.2.2"
 FLOWS = 40
+FLOW_PORT0 = 20000
 CAP_NET_ADMIN = 12
 IMAGE_USER = 65534  # Containerfile: USER 65534:65534
 START_TIMEOUT_S = 20.0
@@ -113,15 +114,7 @@ def node_netns():
         # A ct expression makes the kernel track this namespace's connections.
         ruleset = "table inet nn_deploy { chain out { type filter hook output priority 0; ct state new counter; }; }"
         sh(f"ip netns exec {NS} nft {shlex.quote(ruleset)}")
-        # FLOWS real UDP flows (distinct source ports) -> FLOWS unreplied conntrack entries (30 s).
-        sender = (
-            "import socket\n"
-            f"for i in range({FLOWS}):\n"
-            "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            f"    s.sendto(b'x', ('{PEER_IP}', 9))\n"
-            "    s.close()\n"
-        )
-        sh(f"ip netns exec {NS} {shlex.quote(sys.executable)} -c {shlex.quote(sender)}")
+        refresh_flows(NS)
         count = int(sh(f"ip netns exec {NS} cat /proc/sys/net/netfilter/nf_conntrack_count").stdout)
         assert count >= FLOWS, f"the kernel tracks only {count} entries in {NS}"
         yield NS
@@ -130,11 +123,13 @@ def node_netns():
 
 
 def refresh_flows(ns: str) -> None:
-    """Keep the namespace's UDP entries alive (30 s unreplied timeout) across the test cases."""
+    """FLOWS real UDP flows from fixed, distinct source ports -> FLOWS unreplied conntrack entries
+    (30 s timeout); sending again refreshes the same entries."""
     sender = (
         "import socket\n"
         f"for i in range({FLOWS}):\n"
         "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"    s.bind(('{HOST_IP}', {FLOW_PORT0} + i))\n"
         f"    s.sendto(b'x', ('{PEER_IP}', 9))\n"
         "    s.close()\n"
     )

@@ -184,7 +184,7 @@ def _strict(schema):
 def crd_validator(api_version: str, kind: str):
     kv = kubernetes_validate()
     import referencing  # noqa: PLC0415  (dependency of jsonschema)
-    from importlib_resources import files  # noqa: PLC0415  (dependency of kubernetes-validate)
+    from importlib.resources import files  # noqa: PLC0415
 
     schema = yaml.safe_load((CRD_FIXTURES / CRD_SCHEMAS[(api_version, kind)]).read_text())
     schema = _strict(schema)
