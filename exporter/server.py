@@ -259,6 +259,12 @@ class Handler(socketserver.BaseRequestHandler):
                 if req is None:
                     return
                 first = False
+                # auth and headers as in force now (a reload applies to kept-alive
+                # connections too); a connection whose TLS-ness no longer matches is closed
+                web = srv.web.current()
+                if (web.tls is None) != (self.sock is self.request):
+                    return
+                self.web = web
                 srv.begin_request()
                 try:
                     keep = self._serve(req)

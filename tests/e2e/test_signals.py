@@ -1,6 +1,7 @@
 """Signals to the real exporter: SIGTERM lets a scrape in flight finish (also over TLS, also
 with a collector blocked for good) and exits 0; SIGHUP reloads --web.config.file (a bad file
 keeps the old config and says why once); a changed certificate is picked up without a signal."""
+import http.client
 import json
 import os
 import shutil
@@ -110,6 +111,16 @@ def test_sighup_reloads_passwords(tmp_path, pki):
     with ex:
         assert ex.get("/metrics", basic("prom", "old-password"))[0] == 200
         assert ex.get("/metrics", basic("prom", "new-password"))[0] == 401
+        kept = http.client.HTTPSConnection("127.0.0.1", ex.port, timeout=10,
+                                           context=ex.ssl_context())
+
+        def on_kept_connection(password):
+            kept.request("GET", "/metrics", headers=basic("prom", password))
+            resp = kept.getresponse()
+            resp.read()
+            return resp.status
+
+        assert on_kept_connection("old-password") == 200
         write_same_shape(web, web.read_text().replace(old_hash, new_hash), before)
         time.sleep(1.5)  # the change watcher cannot see it: still the old password
         assert ex.get("/metrics", basic("prom", "old-password"))[0] == 200
@@ -119,6 +130,12 @@ def test_sighup_reloads_passwords(tmp_path, pki):
             assert time.monotonic() < deadline, "SIGHUP did not reload the web config"
             time.sleep(0.1)
         assert ex.get("/metrics", basic("prom", "old-password"))[0] == 401
+        # a connection kept alive across the reload follows the new config too
+        sock = kept.sock
+        assert on_kept_connection("old-password") == 401
+        assert on_kept_connection("new-password") == 200
+        assert kept.sock is sock, "the kept-alive connection was not reused"
+        kept.close()
         assert ex.proc.poll() is None
         reloads = [e for e in log_events(ex) if e["event"] == "web config reloaded"]
     assert [e["reason"] for e in reloads] == ["SIGHUP"], reloads
