@@ -7,9 +7,17 @@ keep "file does not exist" (``FileNotFoundError``) apart from "could not parse".
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from . import ParseError
+
+# Python's int() also takes "+1", "-1", "1_0", " 1", "0x1f" (base 16) and non-ASCII digits,
+# and raises ValueError past 4300 digits; the kernel prints none of these and nothing wider
+# than 64 bits, so a field must match one of these first.
+_DEC = re.compile(r"[0-9]{1,20}")
+_SIGNED_DEC = re.compile(r"-?[0-9]{1,20}")
+_HEX = re.compile(r"[0-9a-fA-F]{1,16}")
 
 
 @dataclass(frozen=True)
@@ -29,16 +37,13 @@ def parse_stat_steal(text: str) -> list[CpuSteal]:
             continue
         fields = line.split()
         cpu = fields[0][3:]
-        if not cpu.isdigit():
+        if not _DEC.fullmatch(cpu):
             raise ParseError(f"/proc/stat line {lineno}: bad cpu name {fields[0]!r}")
         if len(fields) < 9:
             continue
-        try:
-            steal = int(fields[8])
-        except ValueError:
-            raise ParseError(f"/proc/stat line {lineno}: steal {fields[8]!r} is not a number") from None
-        if steal < 0:
-            raise ParseError(f"/proc/stat line {lineno}: negative steal")
+        if not _DEC.fullmatch(fields[8]):
+            raise ParseError(f"/proc/stat line {lineno}: steal {fields[8][:40]!r} is not a number")
+        steal = int(fields[8])
         out.append(CpuSteal(cpu, steal))
     return out
 
@@ -54,13 +59,12 @@ def parse_cpu_list(text: str) -> list[int]:
         return cpus
     for part in text.split(","):
         lo, sep, hi = part.partition("-")
-        try:
-            a = int(lo)
-            b = int(hi) if sep else a
-        except ValueError:
-            raise ParseError(f"bad cpu list element {part!r}") from None
-        if a < 0 or b < a:
-            raise ParseError(f"bad cpu range {part!r}")
+        if not _DEC.fullmatch(lo) or (sep and not _DEC.fullmatch(hi)):
+            raise ParseError(f"bad cpu list element {part[:40]!r}")
+        a = int(lo)
+        b = int(hi) if sep else a
+        if b < a or b >= MAX_CPUS:
+            raise ParseError(f"bad cpu range {part[:40]!r}")
         if b - a + 1 > MAX_CPUS - len(cpus):
             raise ParseError(f"cpu list names more than {MAX_CPUS} CPUs")
         cpus.extend(range(a, b + 1))
@@ -92,10 +96,9 @@ def parse_softnet(text: str) -> list[SoftnetStat]:
             continue
         if len(fields) < 3:
             raise ParseError(f"softnet_stat line {lineno + 1}: {len(fields)} columns, need >= 3")
-        try:
-            values = [int(f, 16) for f in fields]
-        except ValueError:
-            raise ParseError(f"softnet_stat line {lineno + 1}: non-hex column") from None
+        if not all(_HEX.fullmatch(f) for f in fields):
+            raise ParseError(f"softnet_stat line {lineno + 1}: non-hex column")
+        values = [int(f, 16) for f in fields]
         n = len(values)
         cpu = str(values[12]) if n >= 13 else str(lineno)
         out.append(SoftnetStat(
@@ -112,10 +115,9 @@ def parse_sysctl_value(text: str) -> list[int]:
     fields = text.split()
     if not fields:
         raise ParseError("empty sysctl value")
-    try:
-        return [int(f) for f in fields]
-    except ValueError:
-        raise ParseError(f"sysctl value {text.strip()[:60]!r} is not numeric") from None
+    if not all(_SIGNED_DEC.fullmatch(f) for f in fields):
+        raise ParseError(f"sysctl value {text.strip()[:60]!r} is not numeric")
+    return [int(f) for f in fields]
 
 
 def sysctl_path(procfs: str, name: str) -> str:

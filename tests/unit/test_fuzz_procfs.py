@@ -101,7 +101,7 @@ def test_parse_stat_steal(text):
         assert isinstance(out, list)
         for s in out:
             assert isinstance(s, procfs.CpuSteal)
-            assert isinstance(s.cpu, str) and s.cpu.isdigit()
+            assert isinstance(s.cpu, str) and s.cpu.isascii() and s.cpu.isdigit()
             assert isinstance(s.steal_ticks, int) and s.steal_ticks >= 0
 
 
@@ -171,3 +171,31 @@ def test_read_text_then_every_parser(tmp_path, raw):
     for parser in (procfs.parse_stat_steal, procfs.parse_softnet, procfs.parse_cpu_list,
                    procfs.parse_sysctl_value):
         call(parser, text)
+
+
+# Inputs the fuzzer found or that int() alone would have let through (values the kernel never
+# prints): each is refused, not turned into a number.
+REFUSED = [
+    (procfs.parse_softnet, "0 0 -1\n"),           # a negative counter (found by hypothesis)
+    (procfs.parse_softnet, "0x10 0 0\n"),         # int("0x10", 16) == 16
+    (procfs.parse_softnet, "1_0 0 0\n"),
+    (procfs.parse_softnet, "+1 0 0\n"),
+    (procfs.parse_softnet, "1" * 17 + " 0 0\n"),  # wider than 64 bits
+    (procfs.parse_stat_steal, "cpu0 1 2 3 4 5 6 7 \u0663\n"),  # an Arabic-Indic three
+    (procfs.parse_stat_steal, "cpu\u00b2 1 2 3 4 5 6 7 8\n"),
+    (procfs.parse_stat_steal, "cpu0 1 2 3 4 5 6 7 " + "9" * 5000 + "\n"),
+    (procfs.parse_sysctl_value, "1_000\n"),
+    (procfs.parse_sysctl_value, "9" * 5000),
+    (procfs.parse_cpu_list, "+1"),
+    (procfs.parse_cpu_list, "0- 3"),
+    (procfs.parse_cpu_list, "70000"),
+]
+
+
+def test_refused_inputs():
+    for parser, text in REFUSED:
+        try:
+            out = parser(text)
+        except ParseError:
+            continue
+        raise AssertionError(f"{parser.__name__}({text[:40]!r}) returned {out!r}")
