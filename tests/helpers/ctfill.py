@@ -22,9 +22,11 @@ API (all functions take the namespace name ``ns``; the caller owns the namespace
 
 ``create_namespace(ns)`` / ``delete_namespace(ns)``
     ``ip netns add`` / ``ip netns del`` (delete ignores a missing namespace).
-``prepare_namespace(ns, udp_timeout=None)``
+``prepare_namespace(ns, udp_timeout=None, track_tcp=False)``
     lo up; nft table ``inet ctfill`` with a ``ct state`` rule on output and input so the kernel
-    tracks the namespace's traffic; optionally sets the namespace's UDP conntrack timeouts.
+    tracks the namespace's traffic; TCP is exempted (``notrack``) unless ``track_tcp``, so that
+    scrapes and API calls inside the namespace neither change the count nor fail when the table
+    is full; optionally sets the namespace's UDP conntrack timeouts.
 ``global_limit()``
     the host's ``net.netfilter.nf_conntrack_max`` (read only).
 ``count(ns)``
@@ -74,6 +76,14 @@ FIRST_ADDR = int(ipaddress.IPv4Address("127.1.0.0"))
 MAX_FLOWS = int(ipaddress.IPv4Address("127.254.255.255")) - FIRST_ADDR
 NFT_RULESET = """
 table inet ctfill {
+    chain raw_prerouting {
+        type filter hook prerouting priority raw; policy accept;
+        %(notrack)s
+    }
+    chain raw_output {
+        type filter hook output priority raw; policy accept;
+        %(notrack)s
+    }
     chain output {
         type filter hook output priority 0; policy accept;
         ct state new,established,related,untracked accept
@@ -108,10 +118,16 @@ def delete_namespace(ns: str) -> None:
         _run(["ip", "netns", "del", ns], check=False)
 
 
-def prepare_namespace(ns: str, udp_timeout: int | None = None) -> None:
-    """Bring lo up, load the ``ct state`` ruleset, optionally set the namespace's UDP timeouts."""
+def prepare_namespace(ns: str, udp_timeout: int | None = None, track_tcp: bool = False) -> None:
+    """Bring lo up, load the ``ct state`` ruleset, optionally set the namespace's UDP timeouts.
+
+    By default TCP is *not* tracked in the namespace (nft ``notrack`` at raw priority), so
+    that HTTP between test processes (scrapes, API calls) neither adds entries to the count
+    nor fails when the table is full; ``track_tcp=True`` tracks it like UDP.
+    """
     _run(ns_argv(ns, ["ip", "link", "set", "lo", "up"]))
-    _run(ns_argv(ns, ["nft", "-f", "-"]), input=NFT_RULESET)
+    notrack = "" if track_tcp else "meta l4proto tcp notrack"
+    _run(ns_argv(ns, ["nft", "-f", "-"]), input=NFT_RULESET % {"notrack": notrack})
     if udp_timeout is not None:
         for name in UDP_TIMEOUT_SYSCTLS:
             # Per-namespace sysctl: written inside ``ns`` only, never the host's.
