@@ -45,6 +45,8 @@ import urllib.request
 
 import yaml
 
+from tests.helpers.netns import call_in_netns
+
 CLONE_NEWNET = 0x40000000
 PROMETHEUS = "/usr/bin/prometheus"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
@@ -64,21 +66,7 @@ def enter_netns(ns: str) -> None:
 
 def in_netns(ns: str, fn, *args, **kwargs):
     """Run ``fn`` in a fresh thread inside ``ns``; return its result or raise its exception."""
-    box: dict = {}
-
-    def run():
-        try:
-            enter_netns(ns)
-            box["result"] = fn(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-            box["error"] = e
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
+    return call_in_netns(ns, fn, *args, **kwargs)
 
 
 def http_get(url: str, timeout: float = 5) -> bytes:
