@@ -60,6 +60,7 @@ def preflight() -> None:
 
 @pytest.fixture
 def netns():
+    preflight()
     name = f"nn-alerts-e2e-{os.getpid()}"
     ctfill.delete_namespace(name)
     ctfill.create_namespace(name)
@@ -216,7 +217,6 @@ def dataclass_dict(obj):
 
 def test_full_conntrack_table_pages_through_prometheus_and_alertmanager(netns, tmp_path,
                                                                          record_property):
-    preflight()
     figures = run_pipeline(netns, tmp_path, exporter_argv())
     print("figures:", json.dumps(figures, indent=1))
     record_property("figures", json.dumps(figures))
