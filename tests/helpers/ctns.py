@@ -160,3 +160,151 @@ class Netns:
 def ensure_root():
     if os.geteuid() != 0:
         raise RuntimeError("conntrack integration tests need root (ip netns, nft)")
+
+
+# --------------------------------------------------------------------------------------------
+# Talking to processes inside a namespace, and running the exporter there
+# --------------------------------------------------------------------------------------------
+
+def in_netns(nsname: str | None, fn, *args, **kwargs):
+    """Runs fn(*args) on a thread that has setns()-ed into /run/netns/<nsname> (None: here).
+
+    Sockets fn creates live in that namespace; the thread ends afterwards."""
+    import threading
+
+    if nsname is None:
+        return fn(*args, **kwargs)
+    sys.path.insert(0, REPO)
+    from exporter.sources.conntrack import CLONE_NEWNET, _setns
+
+    box: dict = {}
+
+    def work():
+        try:
+            fd = os.open(f"/run/netns/{nsname}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _setns(fd, CLONE_NEWNET)
+            finally:
+                os.close(fd)
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            box["error"] = exc
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def notrack_ruleset(port: int) -> str:
+    """Keeps the exporter's own HTTP traffic out of the table being measured."""
+    return f"""
+table inet nn_conntrack_notrack {{
+    chain pre {{ type filter hook prerouting priority -300; tcp dport {port} notrack; tcp sport {port} notrack; }}
+    chain out {{ type filter hook output priority -300; tcp dport {port} notrack; tcp sport {port} notrack; }}
+}}
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Exporter:
+    """nodenet-exporter as a child process (optionally inside a namespace, optionally with a
+    command prefix such as capsh); stopped by its own PID."""
+
+    def __init__(self, args: list[str], *, ns: Netns | None = None, port: int | None = None,
+                 prefix: list[str] | None = None):
+        self.ns = ns
+        self.port = port or (19500 + os.getpid() % 400 if ns else free_port())
+        self.argv = [sys.executable, "-m", "exporter",
+                     f"--web.listen-address=127.0.0.1:{self.port}", "--log.format=json", *args]
+        if prefix:
+            # e.g. ["capsh", "--drop=cap_net_admin", "--", "-c"]: the shell execs the exporter,
+            # so self.proc.pid is the exporter's PID
+            self.argv = prefix + ["exec " + " ".join(_shq(a) for a in self.argv)]
+        if ns is not None:
+            self.argv = ns.argv(self.argv)
+        self.proc: subprocess.Popen | None = None
+        self.stderr_path = f"/tmp/nn-conntrack-exporter-{uuid.uuid4().hex[:8]}.log"
+
+    def __enter__(self):
+        self._err = open(self.stderr_path, "w+")
+        self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=subprocess.DEVNULL,
+                                     stderr=self._err)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"exporter exited {self.proc.returncode}: {self.stderr()}")
+            try:
+                status, _ = self.get("/healthz", timeout=1)
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"exporter did not answer within 15 s: {self.stderr()}")
+
+    def __exit__(self, *exc):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._err.close()
+        os.unlink(self.stderr_path)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stderr(self) -> str:
+        with open(self.stderr_path) as fh:
+            return fh.read()
+
+    def get(self, path: str = "/metrics", timeout: float = 10.0) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{self.port}{path}"
+        return in_netns(self.ns.name if self.ns else None, http_get, url, timeout)
+
+    def scrape(self) -> dict:
+        """{(name, frozenset(labels.items())): value} of one successful scrape."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        status, text = self.get()
+        if status != 200:
+            raise AssertionError(f"scrape answered {status}: {text[:300]}")
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                out[(s.name, frozenset(s.labels.items()))] = s.value
+        return out
+
+
+def sample(samples: dict, name: str, **labels):
+    return samples.get((name, frozenset(labels.items())))
+
+
+def _shq(s: str) -> str:
+    return "'" + s.replace("'", "'\\''") + "'"
