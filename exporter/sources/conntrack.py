@@ -373,9 +373,13 @@ _PROTO_TCP = 6
 class StateCounter:
     """Accumulates (protocol number, TCP state number or -1) -> entries over dump buffers.
 
-    Decodes only what it needs: in each message it walks the top-level attributes, reads
-    CTA_TUPLE_ORIG > CTA_TUPLE_PROTO > CTA_PROTO_NUM and, for TCP, CTA_PROTOINFO >
-    CTA_PROTOINFO_TCP > CTA_PROTOINFO_TCP_STATE, skipping everything else by length.
+    Decodes only what it needs from each entry: CTA_TUPLE_ORIG > CTA_TUPLE_PROTO >
+    CTA_PROTO_NUM and, for TCP, CTA_PROTOINFO > CTA_PROTOINFO_TCP > CTA_PROTOINFO_TCP_STATE.
+    Fast paths read them where the kernel puts them (ctnetlink_fill_info: CTA_TUPLE_ORIG is
+    the first attribute, CTA_TUPLE_IP its first member; CTA_PROTOINFO usually the last one),
+    accepting a value only if every attribute header on the way has exactly the expected
+    length and type; anything else (a helper, labels or seqadj after PROTOINFO, a future
+    layout) goes through a full walk of the attributes.  ~1-1.5 us per entry here.
     """
 
     def __init__(self):
@@ -392,10 +396,14 @@ class StateCounter:
         """
         counts = self.counts
         unpack_hdr = _NLMSGHDR.unpack_from
-        unpack_nla = _NLA.unpack_from
+        unpack_orig = _FAST_ORIG.unpack_from
+        unpack_proto = _FAST_PROTO.unpack_from
+        unpack_tcp = _FAST_TCP.unpack_from
+        mask = NLA_TYPE_MASK
         size = len(buf)
         off = 0
         counted = 0
+        remaining = None if limit is None else limit - self.entries
         while off < size:
             if size - off < 16:
                 raise ConntrackParseError(f"netlink dump: {size - off} trailing bytes")
@@ -413,33 +421,37 @@ class StateCounter:
                     self.error = code or None
                     break
                 raise ConntrackParseError(f"netlink dump: unexpected message type {mtype:#x}")
-            proto = -1
-            state = -1
             a = off + _HDR_LEN
             if a > end:
                 raise ConntrackParseError("netlink dump: message shorter than nfgenmsg")
-            while a + 4 <= end:
-                alen, atype = unpack_nla(buf, a)
-                aend = a + alen
-                if alen < 4 or aend > end:
-                    raise ConntrackParseError(f"netlink dump: attribute length {alen} at {a}")
-                atype &= NLA_TYPE_MASK
-                if atype == CTA_TUPLE_ORIG:
-                    proto = _find_u8(buf, a + 4, aend, CTA_TUPLE_PROTO, CTA_PROTO_NUM)
-                    if proto != _PROTO_TCP:
-                        break  # nothing more needed from this entry
-                elif atype == CTA_PROTOINFO:
-                    state = _find_u8(buf, a + 4, aend, CTA_PROTOINFO_TCP,
-                                     CTA_PROTOINFO_TCP_STATE)
-                    break
-                a = (aend + 3) & ~3
-            if proto < 0:
-                raise ConntrackParseError(f"netlink dump: entry at {off} without protocol")
+            proto = -1
+            # fast path: ORIG(first) > IP(first) then PROTO > PROTO_NUM(u8)
+            if a + 8 <= end:
+                olen, otype, iplen, iptype = unpack_orig(buf, a)
+                p = a + 4 + ((iplen + 3) & ~3)
+                if (otype & mask == CTA_TUPLE_ORIG and iptype & mask == 1 and iplen >= 4
+                        and p + 9 <= a + olen <= end):
+                    _pl, ptype, nlen, ntype, num = unpack_proto(buf, p)
+                    if ptype & mask == CTA_TUPLE_PROTO and nlen == 5 and \
+                            ntype & mask == CTA_PROTO_NUM:
+                        proto = num
+            state = -1
+            if proto < 0 or proto == _PROTO_TCP:
+                t = end - 48
+                if proto == _PROTO_TCP and t >= a:
+                    # fast path: PROTOINFO(48) > TCP(44) > STATE(u8), as the last attribute
+                    plen, ptype, tlen, ttype, slen, stype, value = unpack_tcp(buf, t)
+                    if (plen == 48 and tlen == 44 and slen == 5 and ptype & mask == CTA_PROTOINFO
+                            and ttype & mask == CTA_PROTOINFO_TCP
+                            and stype & mask == CTA_PROTOINFO_TCP_STATE):
+                        state = value
+                if state < 0:
+                    proto, state = _walk_entry(buf, a, end)
             key = (proto, state)
             counts[key] = counts.get(key, 0) + 1
             counted += 1
             off = (end + 3) & ~3
-            if limit is not None and self.entries + counted >= limit:
+            if remaining is not None and counted >= remaining:
                 break
         self.entries += counted
         return counted
@@ -457,6 +469,27 @@ class StateCounter:
             key = (pname, sname)
             out[key] = out.get(key, 0) + n
         return out
+
+
+_FAST_ORIG = struct.Struct("=HHHH")      # CTA_TUPLE_ORIG header, CTA_TUPLE_IP header
+_FAST_PROTO = struct.Struct("=HHHHB")    # CTA_TUPLE_PROTO header, CTA_PROTO_NUM header, u8
+_FAST_TCP = struct.Struct("=HHHHHHB")    # PROTOINFO, PROTOINFO_TCP, TCP_STATE headers, u8
+
+
+def _walk_entry(buf: bytes, start: int, end: int) -> tuple[int, int]:
+    """(protocol, TCP state or -1) of one entry by walking its top-level attributes."""
+    proto = state = -1
+    for atype, vs, ve in iter_attrs(buf, start, end):
+        if atype == CTA_TUPLE_ORIG:
+            proto = _find_u8(buf, vs, ve, CTA_TUPLE_PROTO, CTA_PROTO_NUM)
+            if proto != _PROTO_TCP:
+                break  # nothing more needed from this entry
+        elif atype == CTA_PROTOINFO:
+            state = _find_u8(buf, vs, ve, CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE)
+            break
+    if proto < 0:
+        raise ConntrackParseError(f"netlink dump: entry at {start} without protocol")
+    return proto, state
 
 
 def _find_u8(buf: bytes, start: int, end: int, outer: int, inner: int) -> int:

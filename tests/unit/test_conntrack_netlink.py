@@ -128,3 +128,20 @@ def test_pod_uid_from_cgroup_paths():
     assert ct.pod_uid_from_cgroup(systemd) == "1b2c3d4e-aaaa-bbbb-cccc-0123456789ab"
     assert ct.pod_uid_from_cgroup(cgroupfs) == "1b2c3d4e-aaaa-bbbb-cccc-0123456789ab"
     assert ct.pod_uid_from_cgroup("0::/user.slice/session-1.scope\n") == ""
+
+
+def test_fast_paths_agree_with_the_full_attribute_walk():
+    walked = {}
+    for buf in hex_buffers("conntrack_dump.hex"):
+        for mtype, _f, _s, start, end in ct.iter_messages(buf):
+            if mtype != ct.MSG_CT_NEW:
+                continue
+            key = ct._walk_entry(buf, start + 4, end)
+            walked[key] = walked.get(key, 0) + 1
+            one = ct.StateCounter()
+            one.feed(buf[start - 16:end])
+            assert one.counts == {key: 1}
+    counter = ct.StateCounter()
+    for buf in hex_buffers("conntrack_dump.hex"):
+        counter.feed(buf)
+    assert counter.counts == walked
