@@ -151,6 +151,7 @@ class ConntrackCollector(Collector):
         self._nl: ct.CtNetlink | None = None
         self._lock = threading.Lock()
         self._source: str | None = None
+        self._warned: dict[str, str | None] = {}
 
     # -- netlink ------------------------------------------------------------------------------
 
@@ -314,16 +315,31 @@ class ConntrackCollector(Collector):
                     yield SUMMED[fld].single(total)
 
     def _states(self):
-        nl = self.netlink_factory()
-        try:
-            counter, partial = nl.state_counts(self.states_max, self.states_timeout)
-        finally:
-            nl.close()
+        """The optional breakdown; its failure costs only itself (partial 1, a log line)."""
         fam = BY_STATE.family()
+        try:
+            nl = self.netlink_factory()
+            try:
+                counter, partial = nl.state_counts(self.states_max, self.states_timeout)
+            finally:
+                nl.close()
+        except (OSError, ct.ConntrackParseError) as exc:
+            self._warn_once("states", f"conntrack state dump failed: {exc}")
+            yield fam
+            yield BY_STATE_PARTIAL.single(1)
+            return
+        self._warn_once("states", None)
         for (proto, state), n in sorted(counter.named().items()):
             fam.add((proto, state), n)
         yield fam
         yield BY_STATE_PARTIAL.single(1 if partial else 0)
+
+    def _warn_once(self, key: str, message: str | None) -> None:
+        """Logs message when it differs from the last one for key (None: all is well)."""
+        if self._warned.get(key) != message:
+            if message:
+                self.log.warning(message)
+            self._warned[key] = message
 
     def _namespaces(self, t0):
         found = ct.discover_namespaces(self.netns_dirs, self.ctx.procfs)
@@ -333,6 +349,11 @@ class ConntrackCollector(Collector):
         counts, skipped = ct.count_in_namespaces(chosen, NETLINK_TIMEOUT, deadline)
         if skipped:
             self.log.debug("network namespaces skipped", skipped=skipped[:20])
+        if chosen and not counts:
+            self._warn_once("netns", "no network namespace could be read (setns needs "
+                            f"CAP_SYS_ADMIN, ctnetlink CAP_NET_ADMIN): {'; '.join(skipped[:3])}")
+        else:
+            self._warn_once("netns", None)
         fam = NETNS_ENTRIES.family()
         for c in counts:
             fam.add((c.ns.name, str(c.ns.inode), c.ns.pod_uid), c.entries)

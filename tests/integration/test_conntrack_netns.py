@@ -95,18 +95,26 @@ def test_entries_equal_kernel_count_and_conntrack_tool_and_differ_from_host():
     with Netns("count") as ns:
         exp = Exporter(CT, ns=ns)
         ns.exec(["nft", "-f", "-"], input=ctns.notrack_ruleset(exp.port))
-        flows, report = hold_flows(ns, "--udp", str(n))
-        assert report["udp"] == n  # n distinct source ports
+        # n UDP flows from distinct source ports, plus one FTP control connection whose PASV
+        # reply makes the kernel's ftp helper create one expectation
+        flows, report = hold_flows(ns, "--udp", str(n), "--ftp")
+        assert report["udp"] == n and report["ftp"] == 1
+
+        def witness():
+            expectations = [l for l in ns.exec(["conntrack", "-L", "expect"]).stdout.splitlines()
+                            if l.strip()]
+            return ns.proc_count(), ns.tool_count(), len(expectations)
+
         with exp:
-            s, (proc_count, tool_count) = stable_scrape(
-                exp, lambda: (ns.proc_count(), ns.tool_count()))
+            s, (proc_count, tool_count, expect_count) = stable_scrape(exp, witness)
         flows.stdin.close()
         flows.wait(10)
     entries = sample(s, "nodenet_conntrack_entries")
     assert sample(s, "nodenet_conntrack_source_info", source="netlink") == 1
     assert sample(s, "nodenet_conntrack_available") == 1
-    assert entries == proc_count == tool_count == n
+    assert entries == proc_count == tool_count == n + 1
     assert entries != host_count()
+    assert sample(s, "nodenet_conntrack_expect_entries") == expect_count == 1
     assert sample(s, "nodenet_conntrack_entries_limit") == global_limit()
     with open("/proc/sys/net/netfilter/nf_conntrack_buckets") as fh:
         assert sample(s, "nodenet_conntrack_buckets") == int(fh.read())
@@ -168,7 +176,7 @@ def test_without_cap_net_admin_falls_back_to_procfs_and_says_so_once():
         exp = Exporter(CT + ["--collector.conntrack.states"], ns=ns,
                        prefix=["capsh", "--drop=cap_net_admin", "--", "-c"])
         ns.exec(["nft", "-f", "-"], input=ctns.notrack_ruleset(exp.port))
-        flows, _ = hold_flows(ns, "--udp", "25")
+        flows, _ = hold_flows(ns, "--udp", "24", "--ftp")
         with exp:
             with open(f"/proc/{exp.pid}/status") as fh:
                 capeff = int(next(l for l in fh if l.startswith("CapEff:")).split()[1], 16)
@@ -183,6 +191,7 @@ def test_without_cap_net_admin_falls_back_to_procfs_and_says_so_once():
     assert sample(s, "nodenet_conntrack_source_info", source="netlink") is None
     assert sample(s, "nodenet_scrape_collector_success", collector="conntrack") == 1
     assert sample(s, "nodenet_conntrack_entries") == count == 25
+    assert sample(s, "nodenet_conntrack_expect_entries") == 1  # /proc/net/nf_conntrack_expect
     assert sample(s, "nodenet_conntrack_clash_resolves_total") is not None  # 6.x /proc header
     lines = [json.loads(l) for l in log.splitlines() if "CAP_NET_ADMIN" in l]
     assert len(lines) == 1, log

@@ -167,3 +167,17 @@ def test_other_netlink_errors_fail_the_collector_only():
     g, _ = make([], factory=broken)
     s = scrape(g)
     assert value(s, "nodenet_scrape_collector_success", collector="conntrack") == 0
+
+
+def test_failed_state_dump_costs_only_the_breakdown():
+    replies = dict(GOOD)
+    replies[ct.MSG_CT_GET] = "conntrack_eperm.hex"  # the kernel refusing the dump
+    g, stream = make(["--collector.conntrack.states"], replies)
+    s = scrape(g)
+    scrape(g)
+    assert value(s, "nodenet_scrape_collector_success", collector="conntrack") == 1
+    assert value(s, "nodenet_conntrack_entries") == expected()["stats"]["entries"]
+    assert value(s, "nodenet_conntrack_entries_by_state_partial") == 1
+    assert "nodenet_conntrack_entries_by_state" not in names(s)
+    warnings = [e for e in logs(stream) if "state dump failed" in e["event"]]
+    assert len(warnings) == 1
