@@ -100,8 +100,11 @@ COUNTER_NAMES = {
                      "Inserts refused because a hash chain was too long (hash flooding, or too "
                      "few buckets)."),
 }
-SUMMED = {f: Metric(n, COUNTER, h + " Summed over CPUs.") for f, (n, h) in COUNTER_NAMES.items()}
-PER_CPU = {f: Metric(n, COUNTER, h, ("cpu",)) for f, (n, h) in COUNTER_NAMES.items()}
+_CPU_NOTE = (" Summed over CPUs; per CPU (label cpu) with --collector.conntrack.per-cpu. "
+             "Counts this network namespace's events.")
+# Both variants share name and help; `metrics` declares the labelled one (what the label can be).
+SUMMED = {f: Metric(n, COUNTER, h + _CPU_NOTE) for f, (n, h) in COUNTER_NAMES.items()}
+PER_CPU = {f: Metric(n, COUNTER, h + _CPU_NOTE, ("cpu",)) for f, (n, h) in COUNTER_NAMES.items()}
 
 NETLINK_TIMEOUT = 2.0
 
@@ -115,7 +118,7 @@ class ConntrackCollector(Collector):
     source = ("ctnetlink (CAP_NET_ADMIN); /proc/sys/net/netfilter, /proc/net/stat/nf_conntrack; "
               "/run/netns, /proc/<pid>/ns/net")
     metrics = (ENTRIES, LIMIT, BUCKETS, EXPECT, AVAILABLE, SOURCE_INFO, BY_STATE,
-               BY_STATE_PARTIAL, NETNS_ENTRIES, NETNS_FOUND, *SUMMED.values())
+               BY_STATE_PARTIAL, NETNS_ENTRIES, NETNS_FOUND, *PER_CPU.values())
     options = (
         Option("collector.conntrack.per-cpu", parse_bool, False,
                "Export the conntrack *_total counters per CPU (label cpu) instead of summed"),

@@ -16,7 +16,7 @@ from exporter.collectors.base import REGISTRY
 from exporter.config import resolve
 from exporter.sources import conntrack as ct
 
-from .conntrack_fixtures import FIXTURES, ReplaySocket, expected, hex_buffers, proc_expected
+from tests.helpers.conntrack_fixtures import FIXTURES, ReplaySocket, expected, hex_buffers, proc_expected
 
 FALLBACK = os.path.join(FIXTURES, "proc", "conntrack", "procfs-fallback")
 NONE = os.path.join(FIXTURES, "proc", "conntrack", "procfs-none")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from exporter.sources import conntrack as ct
 
-from .conntrack_fixtures import hex_buffers, proc_text
+from tests.helpers.conntrack_fixtures import hex_buffers, proc_text
 
 FUZZ = settings(max_examples=400, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])

@@ -11,7 +11,7 @@ import pytest
 
 from exporter.sources import conntrack as ct
 
-from .conntrack_fixtures import ReplaySocket, expected, hex_buffers
+from tests.helpers.conntrack_fixtures import ReplaySocket, expected, hex_buffers
 
 
 def _join(name):

@@ -6,7 +6,7 @@ import pytest
 from exporter.sources import ParseError
 from exporter.sources import conntrack as ct
 
-from .conntrack_fixtures import proc_expected, proc_text
+from tests.helpers.conntrack_fixtures import proc_expected, proc_text
 
 LAYOUTS = ["kernel-6.18", "layout-16", "layout-17-searched", "layout-17-clashres", "no-header"]
 

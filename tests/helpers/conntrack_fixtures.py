@@ -5,7 +5,7 @@ import json
 import os
 import struct
 
-FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")  # tests/fixtures
 NETLINK = os.path.join(FIXTURES, "netlink")
 PROC = os.path.join(FIXTURES, "proc", "conntrack")
 
