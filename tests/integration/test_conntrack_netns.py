@@ -231,13 +231,16 @@ def test_per_namespace_entries_for_named_and_unnamed_namespaces():
         b.fill(45)
         unnamed = _unnamed_namespace(7)
         try:
-            names_before = sorted(os.listdir("/run/netns"))
+            # other work on this machine may add/remove its own namespaces meanwhile
+            mine = lambda: sorted(n for n in os.listdir("/run/netns")  # noqa: E731
+                                  if n.startswith("nn-conntrack-"))
+            names_before = mine()
             with Exporter(CT + ["--collector.conntrack.netns"]) as exp:
                 s = exp.scrape()
             with Exporter(CT + ["--collector.conntrack.netns",
                                 "--collector.conntrack.netns.max=2"]) as exp:
                 capped = exp.scrape()
-            names_after = sorted(os.listdir("/run/netns"))
+            names_after = mine()
             want_a, want_b = a.proc_count(), b.proc_count()
             ino_a, ino_b = _inode(f"/run/netns/{a.name}"), _inode(f"/run/netns/{b.name}")
             ino_u = _inode(f"/proc/{unnamed.pid}/ns/net")
@@ -271,8 +274,10 @@ def test_namespace_gone_between_discovery_and_read_is_skipped():
             gone.delete()      # its /run/netns file disappears
             _stop(unnamed)     # its only process exits
             counts, skipped = ct.count_in_namespaces(mine)
+            recreated = os.path.exists(f"/run/netns/{gone.name}")
         finally:
             _stop(unnamed)
+    assert not recreated, "reading a vanished namespace re-created it"
     assert {c.ns.name: c.entries for c in counts} == {stay.name: 22}
     assert len(skipped) == 2 and any(gone.name in s for s in skipped)
 
@@ -303,6 +308,7 @@ def test_namespaces_deleted_while_the_exporter_scrapes():
             deleter.join(10)
             results.append(exp.get())
             log = exp.stderr()
+        recreated = [ns.name for ns in spaces if os.path.exists(f"/run/netns/{ns.name}")]
     finally:
         for ns in spaces:
             ns.delete()
@@ -328,4 +334,5 @@ def test_namespaces_deleted_while_the_exporter_scrapes():
     print(f"\nchurn: {len(results)} scrapes saw {seen_counts} of the 10 namespaces")
     assert max(seen_counts) > 0 and min(seen_counts) < len(spaces), seen_counts
     assert last_seen == {}, "deleted namespaces still reported"
+    assert not recreated, f"namespaces re-created after deletion: {recreated}"
     assert '"level": "error"' not in log
