@@ -181,3 +181,28 @@ def test_failed_state_dump_costs_only_the_breakdown():
     assert "nodenet_conntrack_entries_by_state" not in names(s)
     warnings = [e for e in logs(stream) if "state dump failed" in e["event"]]
     assert len(warnings) == 1
+
+
+def test_states_time_budget_hit_says_partial():
+    import time
+
+    table = {t: hex_buffers(name) for t, name in GOOD.items()}
+    # the dump fixture as many small buffers, each taking longer than the whole budget
+    table[ct.MSG_CT_GET] = [m for b in table[ct.MSG_CT_GET] for m in _split_messages(b)]
+
+    class SlowSocket(ReplaySocket):
+        def recv(self, n):
+            if self.sent[-1] == ct.MSG_CT_GET:
+                time.sleep(0.01)
+            return super().recv(n)
+
+    g, _ = make(["--collector.conntrack.states", "--collector.conntrack.states.timeout=1ms"],
+                factory=lambda: ct.CtNetlink(sock=SlowSocket(table)))
+    s = scrape(g)
+    assert value(s, "nodenet_conntrack_entries_by_state_partial") == 1
+    total = sum(v for (n, _l), v in s.items() if n == "nodenet_conntrack_entries_by_state")
+    assert 0 < total < expected()["dump"]["total"]
+
+
+def _split_messages(buf: bytes) -> list[bytes]:
+    return [buf[start - 16:end] for _t, _f, _s, start, end in ct.iter_messages(buf)]
