@@ -127,7 +127,7 @@ class ConntrackCollector(Collector):
                "within the budget below)"),
         Option("collector.conntrack.states.max-entries", parse_positive_int, 1_000_000,
                "Budget of --collector.conntrack.states: entries read per scrape", "N"),
-        Option("collector.conntrack.states.timeout", parse_duration, 2.0,
+        Option("collector.conntrack.states.timeout", parse_duration, 3.0,
                "Budget of --collector.conntrack.states: wall time per scrape", "DURATION"),
         Option("collector.conntrack.netns", parse_bool, False,
                "Export conntrack entries per network namespace (/run/netns and, with hostPID, "
