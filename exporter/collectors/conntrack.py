@@ -6,8 +6,11 @@ independent of the table size; the expectation count comes from a dump of the (s
 bounded) expectation table.  Netlink needs CAP_NET_ADMIN; without it (EPERM) the collector
 reads ``/proc/sys/net/netfilter/nf_conntrack_{count,max}`` and ``/proc/net/stat/nf_conntrack``
 (under ``--path.procfs``) instead, reports ``nodenet_conntrack_source_info{source="procfs"}``
-and logs once which values it cannot see that way.  A kernel without conntrack (no ctnetlink
-and no /proc files) is not a failure: ``nodenet_conntrack_available 0``, success 1.
+and logs once which values it cannot see that way.  A node without conntrack is not a
+failure: ``nodenet_conntrack_available 0``, success 1.  "Without" is decided before any
+netlink request (no /proc/sys/net/netfilter/nf_conntrack_max and no /sys/module/nf_conntrack),
+because a ctnetlink request would make the kernel autoload the modules; a kernel that has the
+module but refuses ctnetlink and has no /proc files also ends up at available 0.
 
 Scope.  Everything here is about the network namespace the exporter runs in (the node's, with
 ``hostNetwork``), except ``nodenet_conntrack_entries_limit``: nf_conntrack_max is global, and
@@ -31,6 +34,7 @@ Options.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -243,8 +247,20 @@ class ConntrackCollector(Collector):
             families = list(self._collect(t0))
         return families
 
+    def _module_present(self) -> bool:
+        """nf_conntrack loaded (or built in)?  Checked first so that a ctnetlink request never
+        makes the kernel autoload nf_conntrack(_netlink) on a node that does not use it."""
+        return (os.path.exists(self.ctx.proc("sys", "net", "netfilter", "nf_conntrack_max"))
+                or os.path.isdir(self.ctx.sys("module", "nf_conntrack")))
+
     def _collect(self, t0):
         reason = None
+        if not self._module_present():
+            self._note_source(None)
+            yield self.availability(AVAILABLE, False, "nf_conntrack is not loaded (no "
+                                    "/proc/sys/net/netfilter/nf_conntrack_max, no "
+                                    "/sys/module/nf_conntrack)")
+            return
         try:
             glob, cpus, expect = self._netlink()
             entries, limit, source = glob.entries, glob.max_entries, "netlink"

@@ -206,3 +206,21 @@ def test_states_time_budget_hit_says_partial():
 
 def _split_messages(buf: bytes) -> list[bytes]:
     return [buf[start - 16:end] for _t, _f, _s, start, end in ct.iter_messages(buf)]
+
+
+def test_module_not_loaded_never_touches_netlink():
+    calls = []
+
+    def factory():
+        calls.append(1)
+        raise AssertionError("ctnetlink must not be asked (it would autoload nf_conntrack)")
+    stream = io.StringIO()
+    settings = resolve(all_options(), ["--collector.disable-defaults", "--collector.conntrack",
+                                       f"--path.procfs={NONE}", f"--path.sysfs={NONE}"],
+                       PROG, "test", set(REGISTRY))
+    g = build(settings, logmod.setup("info", "json", stream))
+    g.collectors["conntrack"].netlink_factory = factory
+    s = scrape(g)
+    assert calls == []
+    assert value(s, "nodenet_scrape_collector_success", collector="conntrack") == 1
+    assert value(s, "nodenet_conntrack_available") == 0
