@@ -69,7 +69,7 @@ import socket
 
 from ..config import Option, parse_bool, parse_regex
 from ..metrics import COUNTER, GAUGE, Metric
-from ..sources.links import ARPHRD_LOOPBACK, Link, RtNetlink, default_route
+from ..sources.links import ARPHRD_LOOPBACK, STATS_INDEX, Link, RtNetlink, default_route
 from .base import Collector, register
 
 IF = ("interface",)
@@ -311,9 +311,9 @@ class NetdevCollector(Collector):
     def families(self, links, underlays):
         by_index = {link.index: link for link in links}
         info, mtu, min_mtu, max_mtu = INFO.family(), MTU.family(), MIN_MTU.family(), MAX_MTU.family()
-        counters = [(m.family(), field) for m, field in COUNTERS]
-        if self._details:
-            counters += [(m.family(), field) for m, field in DETAILS]
+        specs = COUNTERS + DETAILS if self._details else COUNTERS
+        counter_fams = [m.family() for m, _ in specs]
+        counters = [(fam.samples, STATS_INDEX[field]) for fam, (_, field) in zip(counter_fams, specs)]
         nohandler = NOHANDLER.family()
         headroom, above = HEADROOM.family(), ABOVE_OVERLAY.family()
 
@@ -340,8 +340,8 @@ class NetdevCollector(Collector):
                 max_mtu.samples.append((lv, link.max_mtu))
             stats = link.stats
             if stats is not None:
-                for fam, field in counters:
-                    fam.samples.append((lv, getattr(stats, field)))
+                for samples, i in counters:
+                    samples.append((lv, stats[i]))
                 if self._details and stats.rx_nohandler is not None:
                     nohandler.samples.append((lv, stats.rx_nohandler))
             if link.tunnel is not None and under is not None and link.mtu and under.mtu:
@@ -356,8 +356,7 @@ class NetdevCollector(Collector):
         yield mtu
         yield min_mtu
         yield max_mtu
-        for fam, _ in counters:
-            yield fam
+        yield from counter_fams
         if self._details:
             yield nohandler
         yield headroom
