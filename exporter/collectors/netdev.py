@@ -50,8 +50,8 @@ cross the underlay whole).  The device MTU of the underlay is used, not a per-ro
 
 ``nodenet_interface_mtu_above_overlay_bytes`` rule: the overlay MTU of a namespace is the
 smallest MTU among its tunnel interfaces that are administratively up.  Every veth and bridge
-interface that is not itself the underlay of a tunnel gets ``max(0, its MTU - that overlay
-MTU)``.  A namespace without an up tunnel exports no such series.  Routing is not consulted:
+interface that is not itself an underlay (of a tunnel, or the lower device of a macvlan, vlan...)
+gets ``max(0, its MTU - that overlay MTU)``.  A namespace without an up tunnel exports no such series.  Routing is not consulted:
 a pod-facing link is assumed to route into the smallest overlay of its node.
 
 Kind label: IFLA_INFO_KIND (veth, vxlan, bridge, ...); without one: ``loopback`` for the
@@ -139,8 +139,8 @@ HEADROOM = Metric("nodenet_overlay_mtu_headroom_bytes", GAUGE,
                   ("interface", "kind", "underlay"))
 ABOVE_OVERLAY = Metric("nodenet_interface_mtu_above_overlay_bytes", GAUGE,
                        "For veth and bridge interfaces on a node with an up tunnel: bytes by "
-                       "which their MTU exceeds the smallest tunnel MTU (0 when not above). "
-                       "Underlays of tunnels are left out.", IF)
+                       "which their MTU exceeds the smallest MTU of the up tunnels (0 when not "
+                       "above). Underlays of tunnels or stacked devices are left out.", IF)
 
 ABOVE_OVERLAY_KINDS = frozenset({"veth", "bridge"})
 # stacked devices whose IFLA_LINK is the device they send through

@@ -600,6 +600,17 @@ class RtNetlink:
                 break
         return links
 
+    def dump_links_raw(self) -> bytes:
+        """The reply datagrams of one link dump, concatenated (for fixtures and bug reports)."""
+        chunks: list[bytes] = []
+
+        def chunk(data):
+            chunks.append(data)
+            return _messages(data, lambda *_: None, "link dump")[0]
+
+        self._exchange(link_dump_request(seq := self._next_seq()), seq, chunk)
+        return b"".join(chunks)
+
     def route_get(self, address: bytes) -> Route | None:
         """The kernel's route to ``address`` (packed, 4 or 16 bytes); None if unreachable."""
         routes: list[Route] = []
