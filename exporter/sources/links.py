@@ -103,7 +103,6 @@ _NLMSG = struct.Struct("=IHHII")
 _IFINFO = struct.Struct("=BxHiII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _RTA = struct.Struct("=HH")
-_U8 = struct.Struct("=B")
 _U16 = struct.Struct("=H")
 _BE16 = struct.Struct(">H")
 _U32 = struct.Struct("=I")
@@ -227,12 +226,6 @@ def _u32(data, off: int, what: str) -> int:
     if _payload_len(data, off) < 4:
         raise LinkParseError(f"{what}: attribute shorter than 4 bytes")
     return _U32.unpack_from(data, off + 4)[0]
-
-
-def _s32(data, off: int, what: str) -> int:
-    if _payload_len(data, off) < 4:
-        raise LinkParseError(f"{what}: attribute shorter than 4 bytes")
-    return _S32.unpack_from(data, off + 4)[0]
 
 
 def _u8(data, off: int, what: str) -> int:
