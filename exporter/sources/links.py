@@ -533,7 +533,7 @@ class RtNetlink:
     ``max_bytes`` per request, so a misbehaving kernel or namespace cannot hang a scrape.
     """
 
-    RECV_SIZE = 1 << 18
+    RECV_SIZE = 1 << 18  # dump datagrams are at most 32 KiB; one link without VFs ~1-3 KiB
 
     def __init__(self, timeout: float = 2.0, deadline: float = 10.0, max_bytes: int = 1 << 28):
         self.timeout, self.deadline, self.max_bytes = timeout, deadline, max_bytes
@@ -546,6 +546,8 @@ class RtNetlink:
             self.sock.close()
             raise
         self._seq = int(time.monotonic()) & 0xFFFF
+        self._buf = bytearray(self.RECV_SIZE)
+        self._view = memoryview(self._buf)
 
     def close(self) -> None:
         self.sock.close()
@@ -568,8 +570,11 @@ class RtNetlink:
         while True:
             if time.monotonic() > t_end:
                 raise TimeoutError(f"netlink reply not complete after {self.deadline:g}s")
-            chunk = self.sock.recv(self.RECV_SIZE)
-            total += len(chunk)
+            size, _anc, flags, _addr = self.sock.recvmsg_into([self._buf])
+            if flags & socket.MSG_TRUNC:
+                raise LinkParseError(f"netlink datagram larger than {len(self._buf)} bytes")
+            chunk = self._view[:size]  # valid until the next receive: decoded at once
+            total += size
             if total > self.max_bytes:
                 raise LinkParseError(f"netlink reply larger than {self.max_bytes} bytes")
             if len(chunk) >= _NLMSG.size and _NLMSG.unpack_from(chunk, 0)[3] != seq:
@@ -598,7 +603,7 @@ class RtNetlink:
         chunks: list[bytes] = []
 
         def chunk(data):
-            chunks.append(data)
+            chunks.append(bytes(data))
             return _messages(data, lambda *_: None, "link dump")[0]
 
         self._exchange(link_dump_request(seq := self._next_seq()), seq, chunk)
