@@ -8,7 +8,9 @@ interfaces (their peers live in a second namespace, as pod veths do on a node), 
 - node_exporter ``--collector.disable-defaults --collector.netdev --collector.netclass``,
 - node_exporter ``--collector.disable-defaults --collector.netdev``,
 
-scrapes each one warm-up + N times (sequentially, one at a time) and prints per exporter:
+runs them side by side, scrapes each once to warm up, then N rounds in which every exporter is
+scraped once (one scrape at a time, rotating order, so load from elsewhere hits all alike), and
+prints per exporter:
 samples, wall p50/p95 of a full GET /metrics, CPU per scrape (utime+stime of the exporter
 process over the scrapes / their number; fast scrapes are repeated up to ~0.5 s, at most 300,
 because the kernel counts CPU in 10 ms ticks), RSS after the scrapes, and the ratios to
@@ -125,36 +127,67 @@ def exporters(port0: int):
     ]
 
 
-def measure(ns: str, name: str, argv: list[str], port: int, scrapes: int) -> dict:
-    proc = start(ns, argv)
-    try:
-        wait_ready(ns, port, proc)
-        # `ip netns exec` execs the program, so proc.pid is the exporter itself
-        get(ns, port)  # warm-up (caches, first allocation)
-        walls = []
-        cpu0 = cpu_seconds(proc.pid)
-        for _ in range(scrapes):
-            t0 = time.perf_counter()
-            body = get(ns, port)
-            walls.append(time.perf_counter() - t0)
-        # CPU comes in clock ticks (10 ms): small scrapes are repeated until ~0.5 s of wall
-        # time has passed (at most 300 scrapes) so the per-scrape figure means something
-        extra = min(300 - scrapes, int(0.5 / max(statistics.median(walls), 1e-4)) - scrapes)
-        for _ in range(max(0, extra)):
-            get(ns, port)
-        cpu = (cpu_seconds(proc.pid) - cpu0) / (scrapes + max(0, extra))
-        samples = sum(1 for line in body.split(b"\n") if line and not line.startswith(b"#"))
-        walls.sort()
-        return {"name": name, "samples": samples, "p50": statistics.median(walls),
-                "p95": walls[min(len(walls) - 1, round(0.95 * (len(walls) - 1)))],
-                "cpu": cpu, "rss": rss_mib(proc.pid)}
-    finally:
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def measure_all(ns: str, targets: list, scrapes: int) -> list[dict]:
+    """Runs the exporters side by side and scrapes them in interleaved rounds.
+
+    Round r scrapes every exporter once (the order rotates each round), so a burst of load
+    from elsewhere on the machine hits all of them alike; nothing is scraped concurrently.
+    """
+    procs = []
+    try:
+        for _name, argv, port in targets:
+            procs.append(start(ns, argv))
+        for (_name, _argv, port), proc in zip(targets, procs):
+            wait_ready(ns, port, proc)
+            get(ns, port)  # warm-up (caches, first allocation)
+        # `ip netns exec` execs the program, so proc.pid is the exporter itself
+        walls = [[] for _ in targets]
+        bodies = [b""] * len(targets)
+        cpu = [0.0] * len(targets)
+        counts = [0] * len(targets)
+        for r in range(scrapes):
+            order = list(range(len(targets)))
+            order = order[r % len(order):] + order[:r % len(order)]
+            for i in order:
+                port, pid = targets[i][2], procs[i].pid
+                c0 = cpu_seconds(pid)
+                t0 = time.perf_counter()
+                bodies[i] = get(ns, port)
+                walls[i].append(time.perf_counter() - t0)
+                cpu[i] += cpu_seconds(pid) - c0
+                counts[i] += 1
+        # CPU comes in clock ticks (10 ms): fast scrapes are repeated until ~0.5 s of wall
+        # time has passed (at most 300 scrapes in all) so the per-scrape figure means something
+        for i, (_name, _argv, port) in enumerate(targets):
+            extra = min(300 - scrapes, int(0.5 / max(statistics.median(walls[i]), 1e-4)) - scrapes)
+            if extra > 0:
+                c0 = cpu_seconds(procs[i].pid)
+                for _ in range(extra):
+                    get(ns, port)
+                cpu[i] += cpu_seconds(procs[i].pid) - c0
+                counts[i] += extra
+        out = []
+        for i, (name, _argv, _port) in enumerate(targets):
+            w = sorted(walls[i])
+            samples = sum(1 for line in bodies[i].split(b"\n")
+                          if line and not line.startswith(b"#"))
+            out.append({"name": name, "samples": samples, "p50": statistics.median(w),
+                        "p95": w[min(len(w) - 1, round(0.95 * (len(w) - 1)))],
+                        "cpu": cpu[i] / counts[i], "rss": rss_mib(procs[i].pid)})
+        return out
+    finally:
+        for proc in procs:
+            stop(proc)
 
 
 def build(size: int, host: str, peer: str) -> None:
@@ -198,8 +231,7 @@ def main() -> int:
     try:
         for size in sizes:
             build(size, host, peer)
-            res = [measure(host, name, argv, port, scrapes)
-                   for name, argv, port in exporters(args.port)]
+            res = measure_all(host, exporters(args.port), scrapes)
             full, only = res[1], res[2]
             for r in res:
                 r["size"] = size
