@@ -111,31 +111,49 @@ class ExpositionWriter:
                 meta_name = name[: -len("_total")]
             else:
                 meta_name = name
-            append(f"# HELP {meta_name} {_escape_help(spec.help)}\n# TYPE {meta_name} {spec.type}\n")
+            append(f"# HELP {meta_name} {_escape_help(spec.help)}\n# TYPE {meta_name} {spec.type}")
             labels = spec.labels
-            seen = set()
-            for label_values, value in (s for chunk in merged[spec] for s in chunk):
-                key = (name, label_values)
-                if key in seen:  # a duplicate series would make the whole scrape invalid
-                    continue
-                seen.add(key)
-                prefix = old.get(key)
-                if prefix is None:
-                    if labels:
-                        if len(label_values) != len(labels):
-                            raise ValueError(
-                                f"{name}: {len(label_values)} label values for labels {labels}")
-                        inner = ",".join(
-                            f'{k}="{escape_label_value(str(v))}"' for k, v in zip(labels, label_values))
-                        prefix = f"{name}{{{inner}}} "
+            nlabels = len(labels)
+            olds = old.get(name, _EMPTY)
+            news: dict = {}
+            first = len(out)
+            for chunk in merged[spec]:
+                for label_values, value in chunk:
+                    prefix = olds.get(label_values)
+                    if prefix is None:
+                        prefix = _prefix(name, labels, nlabels, label_values)
+                    news[label_values] = prefix
+                    if type(value) is int:
+                        append(prefix + str(value))
                     else:
-                        prefix = name + " "
-                new[key] = prefix
-                append(prefix + format_value(value) + "\n")
+                        append(prefix + format_value(value))
+            if len(news) != len(out) - first:
+                # A duplicate series would make the whole scrape invalid: keep the first only.
+                lines, seen = out[first:], set()
+                del out[first:]
+                samples = [s for chunk in merged[spec] for s in chunk]
+                for (label_values, _), line in zip(samples, lines):
+                    if label_values not in seen:
+                        seen.add(label_values)
+                        append(line)
+            new[name] = news
         if openmetrics:
-            append("# EOF\n")
+            append("# EOF")
         self._cache = new
-        return "".join(out).encode("utf-8")
+        out.append("")
+        return "\n".join(out).encode("utf-8")
+
+
+_EMPTY: dict = {}
+
+
+def _prefix(name: str, labels: tuple, nlabels: int, label_values: tuple) -> str:
+    if not nlabels:
+        return name + " "
+    if len(label_values) != nlabels:
+        raise ValueError(f"{name}: {len(label_values)} label values for labels {labels}")
+    inner = ",".join(f'{k}="{escape_label_value(str(v))}"' for k, v in zip(labels, label_values))
+    return f"{name}{{{inner}}} "
 
 
 def _merge(families) -> dict:

@@ -121,10 +121,10 @@ class Gatherer:
         for name, entry in started.items():
             status = self.status[name]
             log = self.log.bind(collector=name)
+            previous_error = status.last_error
             if entry is None:
                 ok, elapsed = False, self.timeout
                 status.last_error = "previous collection still running"
-                log.warning("collector skipped: previous collection still running")
             else:
                 future, t0 = entry
                 try:
@@ -136,11 +136,17 @@ class Gatherer:
                 except FutureTimeout:
                     ok, elapsed = False, time.monotonic() - t0
                     status.last_error = f"timed out after {self.timeout:g}s"
-                    log.warning("collector timed out", timeout_seconds=self.timeout)
                 except Exception as exc:  # noqa: BLE001 - isolation is the point
                     ok, elapsed = False, time.monotonic() - t0
                     status.last_error = f"{type(exc).__name__}: {exc}"
+            if status.last_error != previous_error:
+                # Logged when the state changes, not on every scrape of a lasting failure.
+                if status.last_error is None:
+                    log.info("collector recovered")
+                else:
                     log.error("collector failed", error=status.last_error)
+            elif status.last_error is not None:
+                log.debug("collector still failing", error=status.last_error)
             status.last_duration = elapsed
             success.add((name,), 1 if ok else 0)
             duration.add((name,), round(elapsed, 6))

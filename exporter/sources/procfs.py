@@ -114,9 +114,10 @@ def parse_sysctl_value(text: str) -> list[int]:
 
 
 def sysctl_path(procfs: str, name: str) -> str:
-    if not name or "/" in name or ".." in name.split("."):
+    parts = name.split(".")
+    if "/" in name or any(p in ("", "..") for p in parts):
         raise ValueError(f"bad sysctl name {name!r}")
-    return os.path.join(procfs, "sys", *name.split("."))
+    return os.path.join(procfs, "sys", *parts)
 
 
 def read_text(path: str) -> str:
