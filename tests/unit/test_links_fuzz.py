@@ -6,6 +6,7 @@ Whatever decodes must also go through the collector and the exposition writer.
 from __future__ import annotations
 
 import io
+import os
 import struct
 
 from hypothesis import HealthCheck, given, settings
@@ -24,7 +25,8 @@ from nlbuild_netdev import attr, done, load_hex, nest, nlmsg, string
 
 FIXTURE_NAMES = ["veth", "vxlan4", "vxlan6", "bridge", "macvlan", "tun"]
 FIXTURES = [load_hex(f"links_{n}.hex") for n in FIXTURE_NAMES]
-FUZZ = settings(max_examples=300, deadline=None,
+# NODENET_FUZZ_EXAMPLES=5000 for a longer run by hand
+FUZZ = settings(max_examples=int(os.environ.get("NODENET_FUZZ_EXAMPLES", "300")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 KINDS = ["vxlan", "geneve", "ipip", "sit", "ip6tnl", "gre", "gretap", "ip6gre", "ip6gretap",
          "wireguard", "veth", "bridge", "macvlan", "", "\xff"]
