@@ -1,0 +1,363 @@
+"""Interfaces: kind, MTU, counters and overlay MTU problems, from one rtnetlink dump.
+
+Every link of the exporter's network namespace is read with one RTM_GETLINK dump
+(:mod:`exporter.sources.links`, 64-bit IFLA_STATS64 counters); there is no per-interface
+sysfs walk.  Tunnels without an explicit underlay cost one more netlink request each (a route
+lookup, see below); nothing else touches the kernel.
+
+Encapsulation overhead (bytes added in front of an overlay packet of the tunnel's MTU; the
+table is in docs/interfaces.md too)::
+
+    kind                 IPv4 underlay  IPv6 underlay  made of
+    vxlan                50             70             outer IP 20/40 + UDP 8 + VXLAN 8 + inner Ethernet 14
+    geneve               50 + options   70 + options   outer IP + UDP 8 + Geneve 8 + inner Ethernet 14
+                                                       (36/56 + options with inner_proto_inherit: no inner Ethernet)
+    wireguard            60             80             outer IP + UDP 8 + WireGuard header 16 + auth tag 16
+    ipip                 20             -              outer IPv4
+    sit                  20             -              outer IPv4 (IPv6 in IPv4)
+    ip6tnl               -              40 (+8)        outer IPv6 (+ encapsulation limit option unless
+                                                       the tunnel has ignore-encap-limit / encaplimit none)
+    gre                  24 (+4 +4 +4)  -              outer IPv4 + GRE 4 (+ checksum, key, sequence)
+    gretap               38 (+4 +4 +4)  -              as gre + inner Ethernet 14
+    ip6gre               -              44 (+8) (+4..) outer IPv6 + GRE 4 (+ encap limit, csum, key, seq)
+    ip6gretap            -              58 (+8) (+4..) as ip6gre + inner Ethernet 14
+    + FOU 8, GUE 12 (20 with remote checksum offload), MPLS 4 when the ip tunnel has an encap.
+
+Address family: taken from the addresses the kernel reports for the tunnel (VXLAN group/local,
+Geneve remote, the GRE/ip tunnel kind itself).  A VXLAN or Geneve with no address (metadata
+mode, e.g. Cilium) counts as IPv4, as the kernel itself does when it caps the tunnel's MTU.
+WireGuard peers live in genetlink, not in rtnetlink: the IPv6 figure (80) is used, which is
+also what the kernel's default WireGuard MTU of 1420 assumes.  Geneve options are per packet
+and not visible in the link: ``--collector.netdev.geneve-option-bytes`` adds a fixed amount
+(e.g. 8 for OVN's single 8-byte option, 0 by default).
+
+Underlay of a tunnel, in this order:
+
+1. the lower device the tunnel is bound to (``dev`` of ``ip link add ... type vxlan``:
+   IFLA_VXLAN_LINK, IFLA_GRE_LINK, IFLA_IPTUN_LINK);
+2. else, when the tunnel has a remote (or multicast group) address: the output device of the
+   kernel's route to that address (RTM_GETROUTE, so policy routing is honoured);
+3. else: the output device of the main table's default route (of the tunnel's family; IPv4
+   then IPv6 when the family is unknown), lowest metric first.
+
+When the lower device is in another network namespace (IFLA_LINK_NETNSID), has vanished, or
+the lookup finds nothing (or the tunnel itself), the underlay is unknown: ``underlay=""`` and
+no headroom series.  For vlan, macvlan, ipvlan and similar stacked devices the underlay label
+is their lower device (IFLA_LINK); for veth it is empty (IFLA_LINK is the peer, not an underlay).
+
+Headroom = underlay MTU - overhead - tunnel MTU (negative: a full-size overlay packet cannot
+cross the underlay whole).  The device MTU of the underlay is used, not a per-route MTU.
+
+``nodenet_interface_mtu_above_overlay_bytes`` rule: the overlay MTU of a namespace is the
+smallest MTU among its tunnel interfaces that are administratively up.  Every veth and bridge
+interface that is not itself an underlay (of a tunnel, or the lower device of a macvlan, vlan...)
+gets ``max(0, its MTU - that overlay MTU)``.  A namespace without an up tunnel exports no such series.  Routing is not consulted:
+a pod-facing link is assumed to route into the smallest overlay of its node.
+
+Kind label: IFLA_INFO_KIND (veth, vxlan, bridge, ...); without one: ``loopback`` for the
+loopback device, ``physical`` for devices with a parent bus device (IFLA_PARENT_DEV_NAME: NICs,
+virtio), else ``device``.
+
+Include/exclude regexes select which interfaces are exported (searched anywhere in the name,
+as node_exporter does; include first, then exclude).  Overlay detection and underlays are
+always computed from every link, so excluding an interface never changes another's values.
+"""
+from __future__ import annotations
+
+import re
+import socket
+
+from ..config import Option, parse_bool, parse_regex
+from ..metrics import COUNTER, GAUGE, Metric
+from ..sources.links import ARPHRD_LOOPBACK, STATS_INDEX, Link, RtNetlink, default_route
+from .base import Collector, register
+
+IF = ("interface",)
+
+INFO = Metric("nodenet_interface_info", GAUGE,
+              "Always 1 per interface; kind from IFLA_INFO_KIND (physical/loopback/device when "
+              "none), master (bridge/bond) and underlay (the device a tunnel or stacked device "
+              "sends through) by name, empty when none or unknown.",
+              ("interface", "kind", "operstate", "master", "underlay"))
+MTU = Metric("nodenet_interface_mtu_bytes", GAUGE, "MTU of the interface in bytes.", IF)
+MIN_MTU = Metric("nodenet_interface_min_mtu_bytes", GAUGE,
+                 "Smallest MTU the kernel accepts for the interface (IFLA_MIN_MTU).", IF)
+MAX_MTU = Metric("nodenet_interface_max_mtu_bytes", GAUGE,
+                 "Largest MTU the kernel accepts for the interface (IFLA_MAX_MTU); absent when "
+                 "the kernel reports no limit (0).", IF)
+
+# (metric, LinkStats field)
+COUNTERS = (
+    (Metric("nodenet_interface_receive_bytes_total", COUNTER, "Bytes received.", IF),
+     "rx_bytes"),
+    (Metric("nodenet_interface_receive_packets_total", COUNTER, "Packets received.", IF),
+     "rx_packets"),
+    (Metric("nodenet_interface_receive_drops_total", COUNTER,
+            "Received packets dropped by the kernel or the driver (rx_dropped).", IF),
+     "rx_dropped"),
+    (Metric("nodenet_interface_receive_errors_total", COUNTER,
+            "Receive errors, all kinds (rx_errors).", IF), "rx_errors"),
+    (Metric("nodenet_interface_transmit_bytes_total", COUNTER, "Bytes transmitted.", IF),
+     "tx_bytes"),
+    (Metric("nodenet_interface_transmit_packets_total", COUNTER, "Packets transmitted.", IF),
+     "tx_packets"),
+    (Metric("nodenet_interface_transmit_drops_total", COUNTER,
+            "Packets dropped on transmit (tx_dropped; e.g. a veth whose peer is down).", IF),
+     "tx_dropped"),
+    (Metric("nodenet_interface_transmit_errors_total", COUNTER,
+            "Transmit errors, all kinds (tx_errors).", IF), "tx_errors"),
+)
+DETAILS = (
+    (Metric("nodenet_interface_receive_length_errors_total", COUNTER,
+            "Frames received with a bad length (rx_length_errors).", IF), "rx_length_errors"),
+    (Metric("nodenet_interface_receive_over_errors_total", COUNTER,
+            "Receiver ring buffer overflows (rx_over_errors).", IF), "rx_over_errors"),
+    (Metric("nodenet_interface_receive_crc_errors_total", COUNTER,
+            "Frames received with a bad CRC (rx_crc_errors).", IF), "rx_crc_errors"),
+    (Metric("nodenet_interface_receive_frame_errors_total", COUNTER,
+            "Frame alignment errors, or malformed frames from user space on tun/tap "
+            "(rx_frame_errors).", IF), "rx_frame_errors"),
+    (Metric("nodenet_interface_receive_fifo_errors_total", COUNTER,
+            "Receive FIFO overruns (rx_fifo_errors).", IF), "rx_fifo_errors"),
+    (Metric("nodenet_interface_receive_missed_errors_total", COUNTER,
+            "Packets the NIC missed for lack of host buffers (rx_missed_errors).", IF),
+     "rx_missed_errors"),
+    (Metric("nodenet_interface_transmit_aborted_errors_total", COUNTER,
+            "Transmissions aborted (tx_aborted_errors).", IF), "tx_aborted_errors"),
+    (Metric("nodenet_interface_transmit_carrier_errors_total", COUNTER,
+            "Transmit carrier losses (tx_carrier_errors).", IF), "tx_carrier_errors"),
+    (Metric("nodenet_interface_transmit_fifo_errors_total", COUNTER,
+            "Transmit FIFO underruns (tx_fifo_errors).", IF), "tx_fifo_errors"),
+)
+NOHANDLER = Metric("nodenet_interface_receive_nohandler_total", COUNTER,
+                   "Packets dropped because no protocol handler took them (rx_nohandler, "
+                   "Linux 4.6+; e.g. on inactive bond slaves).", IF)
+HEADROOM = Metric("nodenet_overlay_mtu_headroom_bytes", GAUGE,
+                  "Underlay MTU minus encapsulation overhead minus the tunnel's MTU; negative "
+                  "means full-size overlay packets cannot cross the underlay whole (they are "
+                  "fragmented or dropped). Overhead table: docs/interfaces.md.",
+                  ("interface", "kind", "underlay"))
+ABOVE_OVERLAY = Metric("nodenet_interface_mtu_above_overlay_bytes", GAUGE,
+                       "For veth and bridge interfaces on a node with an up tunnel: bytes by "
+                       "which their MTU exceeds the smallest MTU of the up tunnels (0 when not "
+                       "above). Underlays of tunnels or stacked devices are left out.", IF)
+
+ABOVE_OVERLAY_KINDS = frozenset({"veth", "bridge"})
+# stacked devices whose IFLA_LINK is the device they send through
+_NO_UNDERLAY_KINDS = frozenset({"veth"})
+_ENCAP_HLEN = {0: 0, 1: 8, 2: 12, 3: 4}  # none, FOU, GUE (+8 with remote csum), MPLS
+TUNNEL_ENCAP_FLAG_REMCSUM = 1 << 2
+
+
+def kind_of(link: Link) -> str:
+    if link.kind:
+        return link.kind
+    if link.type == ARPHRD_LOOPBACK:
+        return "loopback"
+    return "physical" if link.parent_dev else "device"
+
+
+def _gre_hlen(oflags: int) -> int:
+    return 4 + 4 * bool(oflags & 0x8000) + 4 * bool(oflags & 0x2000) + 4 * bool(oflags & 0x1000)
+
+
+def _encap_hlen(tun) -> int:
+    extra = _ENCAP_HLEN.get(tun.encap_type, 0)
+    if tun.encap_type == 2 and tun.encap_flags & TUNNEL_ENCAP_FLAG_REMCSUM:
+        extra += 8
+    return extra
+
+
+def encap_overhead(link: Link, geneve_option_bytes: int = 0) -> int | None:
+    """Bytes the tunnel adds in front of an overlay packet (table in the module docstring)."""
+    tun, kind = link.tunnel, link.kind
+    if tun is None:
+        return None
+    v6 = tun.family == 6
+    outer = 40 if v6 else 20
+    if kind == "vxlan":
+        return outer + 8 + 8 + 14
+    if kind == "geneve":
+        return outer + 8 + 8 + (0 if tun.inner_l3 else 14) + geneve_option_bytes
+    if kind == "wireguard":
+        return (20 if tun.family == 4 else 40) + 8 + 32
+    if kind in ("ipip", "sit"):
+        return 20 + _encap_hlen(tun)
+    if kind == "ip6tnl":
+        return 40 + (8 if tun.encap_limit_option else 0) + _encap_hlen(tun)
+    if kind in ("gre", "gretap", "ip6gre", "ip6gretap"):
+        total = outer + _gre_hlen(tun.gre_oflags) + _encap_hlen(tun)
+        if v6 and tun.encap_limit_option:
+            total += 8
+        if kind.endswith("tap"):
+            total += 14
+        return total
+    return None
+
+
+def _non_negative_int(value) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"not an integer: {value!r}")
+    number = int(str(value).strip())
+    if not 0 <= number <= 1024:
+        raise ValueError(f"must be between 0 and 1024: {value!r}")
+    return number
+
+
+class UnderlayResolver:
+    """Finds the underlay of each tunnel of one dump (route lookups cached per scrape)."""
+
+    def __init__(self, nl, by_index: dict):
+        self.nl = nl
+        self.by_index = by_index
+        self._routes: dict = {}
+        self._defaults: dict = {}
+
+    def underlay(self, link: Link) -> Link | None:
+        tun = link.tunnel
+        if tun is None:
+            if link.kind in _NO_UNDERLAY_KINDS or not link.link or link.link == link.index:
+                return None
+            if link.link_netnsid is not None:
+                return None
+            return self.by_index.get(link.link)
+        if tun.link:
+            if link.link_netnsid is not None:
+                return None  # bound to a device of another namespace
+            found = self.by_index.get(tun.link)
+        elif link.link_netnsid is not None:
+            return None  # routes of this namespace say nothing about the other one
+        elif tun.remote is not None:
+            found = self._route_oif(tun.remote)
+        else:
+            found = self._default_oif(tun.family)
+        if found is None or found.index == link.index:
+            return None
+        return found
+
+    def _route_oif(self, address: bytes) -> Link | None:
+        if address not in self._routes:
+            route = self.nl.route_get(address)
+            self._routes[address] = route.oif if route is not None else 0
+        return self.by_index.get(self._routes[address])
+
+    def _default_oif(self, family: int | None) -> Link | None:
+        families = {4: (socket.AF_INET,), 6: (socket.AF_INET6,)}.get(
+            family, (socket.AF_INET, socket.AF_INET6))
+        for af in families:
+            if af not in self._defaults:
+                route = default_route(self.nl.dump_routes(af))
+                self._defaults[af] = route.oif if route is not None else 0
+            found = self.by_index.get(self._defaults[af])
+            if found is not None:
+                return found
+        return None
+
+
+@register
+class NetdevCollector(Collector):
+    name = "netdev"
+    default_enabled = True
+    description = ("Interfaces over rtnetlink: kind, MTU, 64-bit counters and errors, "
+                   "overlay MTU headroom")
+    source = "rtnetlink RTM_GETLINK dump (IFLA_STATS64, IFLA_LINKINFO), RTM_GETROUTE"
+    metrics = ((INFO, MTU, MIN_MTU, MAX_MTU) + tuple(m for m, _ in COUNTERS)
+               + tuple(m for m, _ in DETAILS) + (NOHANDLER, HEADROOM, ABOVE_OVERLAY))
+    options = (
+        Option("collector.netdev.device-include", parse_regex, "",
+               "Regex: export only interfaces whose name matches (searched, like "
+               "node_exporter); empty: all", "REGEX"),
+        Option("collector.netdev.device-exclude", parse_regex, "",
+               "Regex: do not export interfaces whose name matches; empty: none", "REGEX"),
+        Option("collector.netdev.detailed-errors", parse_bool, True,
+               "Export the detailed error kinds (length/over/crc/frame/fifo/missed, "
+               "aborted/carrier/fifo, nohandler) per interface"),
+        Option("collector.netdev.geneve-option-bytes", _non_negative_int, 0,
+               "Geneve option bytes per packet added to the Geneve overhead (e.g. 8 for OVN)",
+               "BYTES"),
+    )
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        s = ctx.settings
+        inc, exc = s["collector.netdev.device-include"], s["collector.netdev.device-exclude"]
+        self._include = re.compile(inc) if inc else None
+        self._exclude = re.compile(exc) if exc else None
+        self._details = s["collector.netdev.detailed-errors"]
+        self._geneve_options = s["collector.netdev.geneve-option-bytes"]
+        self._timeout = float(s.get("collector.timeout", 4.0) or 4.0)
+
+    def _wanted(self, name: str) -> bool:
+        if self._include is not None and not self._include.search(name):
+            return False
+        return self._exclude is None or not self._exclude.search(name)
+
+    def read(self):
+        """(links, {ifindex: underlay Link or None}) for this namespace."""
+        with RtNetlink(timeout=self._timeout, deadline=self._timeout) as nl:
+            links = nl.dump_links()
+            by_index = {link.index: link for link in links}
+            resolver = UnderlayResolver(nl, by_index)
+            underlays = {}
+            for link in links:
+                if link.tunnel is not None or (link.link and link.link != link.index):
+                    underlays[link.index] = resolver.underlay(link)
+        return links, underlays
+
+    def collect(self):
+        links, underlays = self.read()
+        yield from self.families(links, underlays)
+
+    def families(self, links, underlays):
+        by_index = {link.index: link for link in links}
+        info, mtu, min_mtu, max_mtu = INFO.family(), MTU.family(), MIN_MTU.family(), MAX_MTU.family()
+        specs = COUNTERS + DETAILS if self._details else COUNTERS
+        counter_fams = [m.family() for m, _ in specs]
+        counters = [(fam.samples, STATS_INDEX[field]) for fam, (_, field) in zip(counter_fams, specs)]
+        nohandler = NOHANDLER.family()
+        headroom, above = HEADROOM.family(), ABOVE_OVERLAY.family()
+
+        carriers = {u.index for u in underlays.values() if u is not None}
+        overlay_mtus = [link.mtu for link in links
+                        if link.tunnel is not None and link.up and link.mtu]
+        overlay_mtu = min(overlay_mtus) if overlay_mtus else None
+
+        for link in links:
+            name = link.name
+            if not self._wanted(name):
+                continue
+            lv = (name,)
+            kind = kind_of(link)
+            master = by_index.get(link.master) if link.master else None
+            under = underlays.get(link.index)
+            info.add((name, kind, link.operstate, master.name if master else "",
+                      under.name if under else ""), 1)
+            if link.mtu is not None:
+                mtu.samples.append((lv, link.mtu))
+            if link.min_mtu is not None:
+                min_mtu.samples.append((lv, link.min_mtu))
+            if link.max_mtu:
+                max_mtu.samples.append((lv, link.max_mtu))
+            stats = link.stats
+            if stats is not None:
+                for samples, i in counters:
+                    samples.append((lv, stats[i]))
+                if self._details and stats.rx_nohandler is not None:
+                    nohandler.samples.append((lv, stats.rx_nohandler))
+            if link.tunnel is not None and under is not None and link.mtu and under.mtu:
+                overhead = encap_overhead(link, self._geneve_options)
+                if overhead is not None:
+                    headroom.add((name, kind, under.name), under.mtu - overhead - link.mtu)
+            if (overlay_mtu is not None and link.kind in ABOVE_OVERLAY_KINDS
+                    and link.index not in carriers and link.mtu is not None):
+                above.samples.append((lv, max(0, link.mtu - overlay_mtu)))
+
+        yield info
+        yield mtu
+        yield min_mtu
+        yield max_mtu
+        yield from counter_fams
+        if self._details:
+            yield nohandler
+        yield headroom
+        yield above
