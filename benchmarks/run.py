@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""One command for every benchmark: python benchmarks/run.py [--quick] [--only NAME ...]
+
+Prints, in one run on this machine, nodenet-exporter side by side with node_exporter 1.5:
+- base: the default collectors in a fresh network namespace, idle RSS, and RSS over 1,000 scrapes;
+- exposition: the writer vs prometheus_client's renderer at 300k samples (per-sample cost);
+- netdev, conntrack, ipvs: the scenario scripts beside this file (namespaces / the UML VM).
+Each part is bounded in time and removes what it creates.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from common import HEADER, Server, machine, row  # noqa: E402
+
+from tests.helpers.netns import netns  # noqa: E402
+
+SCENARIOS = {  # name -> script beside this file, run with --quick when asked
+    "netdev": "netdev_bench.py",
+    "conntrack": "conntrack_bench.py",
+    "ipvs": "ipvs_uml.py",
+}
+
+
+def bench_base(quick: bool):
+    print("\n== base: default collectors, fresh namespace ==")
+    print(HEADER)
+    n_growth = 200 if quick else 1000
+    with netns("nn-bench-base") as ns:
+        with Server.nodenet(netns=ns) as ours, Server.node_exporter(
+                ["cpu", "softnet", "netdev", "conntrack"], netns=ns) as ne:
+            idle = ours.rss_mib()
+            m_ours = ours.measure(n=50)
+            m_ne = ne.measure(n=50)
+            print(row("default collectors", m_ours, m_ne))
+            print(row("default collectors", m_ne))
+            rss0 = ours.rss_mib()
+            t0 = time.monotonic()
+            done = 0
+            while done < n_growth and time.monotonic() - t0 < 120:
+                ours.fetch()
+                done += 1
+            rss1 = ours.rss_mib()
+            print(f"nodenet-exporter RSS: idle (before any scrape) {idle:.1f} MiB; "
+                  f"after warm-up {rss0:.1f} MiB; after {done} more scrapes {rss1:.1f} MiB "
+                  f"(growth {rss1 - rss0:+.1f} MiB; {done / (time.monotonic() - t0):.0f} scrapes/s)")
+
+
+def bench_exposition(quick: bool):
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily
+
+    from exporter.metrics import COUNTER, ExpositionWriter, Metric
+
+    n = 30_000 if quick else 300_000
+    print(f"\n== exposition: {n} counter samples with 2 labels ==")
+    spec = Metric("nodenet_bench_bytes_total", COUNTER, "Bench.", ("interface", "direction"))
+    keys = [(f"veth{i // 2:06d}", "rx" if i % 2 else "tx") for i in range(n)]
+    writer = ExpositionWriter()
+
+    fam = spec.family()
+    for i, k in enumerate(keys):
+        fam.add(k, i * 1000)
+
+    def ours():
+        return writer.render([fam])
+
+    class PC:
+        def collect(self):
+            fam = CounterMetricFamily("nodenet_bench_bytes", "Bench.", labels=["interface", "direction"])
+            for i, k in enumerate(keys):
+                fam.add_metric(list(k), i * 1000)
+            yield fam
+
+    reg = CollectorRegistry()
+    reg.register(PC())
+    for name, fn, reps in (("writer, first scrape (cold cache)", ours, 1),
+                           ("writer, next scrapes (median of 5)", ours, 5),
+                           ("prometheus_client generate_latest", lambda: generate_latest(reg), 3)):
+        times = []
+        for _ in range(reps):
+            t0 = time.process_time()
+            body = fn()
+            times.append(time.process_time() - t0)
+        dt = sorted(times)[len(times) // 2]
+        print(f"{name:<40} {dt * 1000:9.1f} ms CPU  {dt / n * 1e6:6.2f} us/sample  {len(body) / 2**20:6.1f} MiB")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller scenarios (a few minutes)")
+    ap.add_argument("--only", nargs="*", help="base exposition " + " ".join(SCENARIOS))
+    a = ap.parse_args()
+    only = set(a.only or ["base", "exposition", *SCENARIOS])
+    print(f"machine: {machine()}")
+    print(f"node_exporter: {subprocess.run(['/usr/bin/prometheus-node-exporter', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}")
+    rc = 0
+    if "base" in only:
+        bench_base(a.quick)
+    if "exposition" in only:
+        bench_exposition(a.quick)
+    for name, script in SCENARIOS.items():
+        if name not in only:
+            continue
+        path = os.path.join(HERE, script)
+        print(f"\n== {name}: {script} ==", flush=True)
+        if not os.path.exists(path):
+            print(f"(missing: {path})")
+            rc = 1
+            continue
+        args = [sys.executable, path] + (["--quick"] if a.quick else [])
+        rc |= subprocess.run(args, cwd=os.path.dirname(HERE)).returncode
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The collector interface and registry.
+
+A collector is a class in ``exporter/collectors/<name>.py`` decorated with ``@register``::
+
+    @register
+    class CpuCollector(Collector):
+        name = "cpu"                    # --collector.cpu / --no-collector.cpu
+        default_enabled = True
+        description = "CPU steal time per CPU"
+        source = "/proc/stat"
+        metrics = (STEAL, CPUS)         # every Metric it can emit (docs, HELP, golden checks)
+        options = (Option("collector.cpu.foo", parse_bool, False, "..."),)
+
+        def collect(self):              # -> iterable of Family, built fresh each scrape
+            yield CPUS.single(4)
+
+``self.ctx`` gives ``procfs``/``sysfs`` paths, ``settings`` and ``log`` (structlog, bound with
+``collector=<name>``).  Raise anything to fail (success 0 for this collector only).  A
+subsystem that is simply absent is not a failure: yield ``self.availability(METRIC, False,
+reason)``, which also logs the reason once (at info) whenever availability changes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable
+
+from ..config import Option, Settings
+from ..metrics import Family, Metric
+
+REGISTRY: dict[str, type["Collector"]] = {}
+
+
+class NoData(Exception):
+    """Raised by readers when a subsystem is absent on this node (not a failure)."""
+
+
+@dataclass
+class Context:
+    settings: Settings
+    log: Any
+
+    @property
+    def procfs(self) -> str:
+        return self.settings["path.procfs"]
+
+    @property
+    def sysfs(self) -> str:
+        return self.settings["path.sysfs"]
+
+    def proc(self, *parts: str) -> str:
+        return os.path.join(self.procfs, *parts)
+
+    def sys(self, *parts: str) -> str:
+        return os.path.join(self.sysfs, *parts)
+
+
+class Collector:
+    name: ClassVar[str] = ""
+    default_enabled: ClassVar[bool] = True
+    description: ClassVar[str] = ""
+    source: ClassVar[str] = ""
+    metrics: ClassVar[tuple[Metric, ...]] = ()
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.log = ctx.log
+        self._available: bool | None = None
+
+    def collect(self) -> Iterable[Family]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release sockets or threads; called once at shutdown."""
+
+    def availability(self, metric: Metric, available: bool, reason: str = "") -> Family:
+        if available != self._available:
+            if available:
+                if self._available is not None:
+                    self.log.info("subsystem available again")
+            else:
+                self.log.info("subsystem not available on this node", reason=reason)
+            self._available = available
+        return metric.single(1 if available else 0)
+
+
+def register(cls: type[Collector]) -> type[Collector]:
+    if not cls.name or cls.name in REGISTRY:
+        raise ValueError(f"collector name {cls.name!r} empty or registered twice")
+    REGISTRY[cls.name] = cls
+    return cls

@@ -1,0 +1,71 @@
+"""The whole exposition, pinned: the exporter run against the fixture tree, scraped over HTTP.
+
+It runs inside a fresh network namespace made for the test, so the netlink-based collectors
+(conntrack, interfaces, IPVS) see a known, empty kernel state instead of this machine's.
+Volatile series (durations, versions, machine-wide limits) are dropped before comparing.
+Regenerate with: UPDATE_GOLDEN=1 python -m pytest tests/e2e/test_golden.py
+"""
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from exporter import docs
+from tests.helpers.exporter_proc import ExporterProcess
+from tests.helpers.netns import netns
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIX = os.path.join(os.path.dirname(HERE), "fixtures")
+GOLDEN = os.path.join(FIX, "golden", "metrics.prom")
+FIXTURE_ARGS = [f"--path.procfs={FIX}/root/proc", f"--path.sysfs={FIX}/root/sys"]
+# Series whose value depends on the machine or the moment, not on the fixture tree.
+VOLATILE = re.compile(r"^(nodenet_scrape_collector_duration_seconds|nodenet_build_info"
+                      r"|nodenet_conntrack_entries_limit|nodenet_conntrack_buckets)[{ ]")
+
+
+def normalise(text: str) -> list[str]:
+    return sorted(line for line in text.splitlines() if line and not VOLATILE.match(line))
+
+
+@pytest.fixture(scope="module")
+def exposition():
+    with netns("nn-golden") as ns:
+        with ExporterProcess(FIXTURE_ARGS, netns=ns) as ex:
+            return ex.scrape()
+
+
+def test_matches_golden_exposition(exposition):
+    got = normalise(exposition)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        with open(GOLDEN, "w") as fh:
+            fh.write("\n".join(got) + "\n")
+    with open(GOLDEN) as fh:
+        want = fh.read().splitlines()
+    assert got == want, "exposition differs from tests/fixtures/golden/metrics.prom " \
+                        "(UPDATE_GOLDEN=1 regenerates it; review the diff)"
+
+
+def test_promtool_check_metrics_accepts_exposition(exposition):
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not installed: tests/run.sh installs Debian's prometheus package"
+    res = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_every_exported_metric_is_declared_and_documented(exposition):
+    declared = docs.all_metrics()
+    names = {line.split()[2] for line in exposition.splitlines() if line.startswith("# TYPE")}
+    for name in names:
+        full = name if name in declared else name + "_total"
+        assert full in declared, f"{name} exported but not declared in a collector's metrics"
+
+
+def test_fixture_values_are_exported(exposition):
+    assert 'nodenet_cpu_steal_seconds_total{cpu="1"} 134.02' in exposition
+    assert "nodenet_cpus 4" in exposition
+    assert 'nodenet_softnet_dropped_total{cpu="3"} 500' in exposition
+    assert 'nodenet_sysctl_value{name="net.ipv4.ip_local_port_range",bound="max"} 60999' in exposition
+    assert 'nodenet_sysctl_value{name="fs.file-max",bound=""} 9223372036854775807' in exposition

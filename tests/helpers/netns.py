@@ -1,0 +1,63 @@
+"""Network namespaces made by tests: unique names, always deleted."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import uuid
+
+
+def run(cmd, netns: str | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    if isinstance(cmd, str):
+        cmd = cmd.split()
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
+
+
+@contextlib.contextmanager
+def netns(prefix: str = "nn-test"):
+    if os.geteuid() != 0:
+        raise RuntimeError("creating network namespaces needs root (run the suite via tests/run.sh)")
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    run(["ip", "netns", "add", name])
+    try:
+        run(["ip", "link", "set", "lo", "up"], netns=name)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def call_in_netns(name: str | None, fn, *args, **kwargs):
+    """Runs fn in a fresh thread that has entered network namespace `name` (sockets it creates
+    live there), and returns its result; the test process itself stays where it is."""
+    if not name:
+        return fn(*args, **kwargs)
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    box: dict = {}
+
+    def target():
+        try:
+            fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]

@@ -1,0 +1,103 @@
+"""The gatherer: isolation, time budget and shared concurrent collections.
+
+These use small collector classes written for the test (the framework is what is under test);
+the real collectors are tested against fixture trees and the real kernel elsewhere.
+"""
+import threading
+import time
+
+import structlog
+
+from exporter.collectors.base import Collector, Context
+from exporter.metrics import GAUGE, Metric
+from exporter.scrape import Gatherer
+from tests.helpers.exporter_proc import parse_samples, sample
+
+VALUE = Metric("t_value", GAUGE, "A test value.", ("who",))
+log = structlog.get_logger("test")
+
+
+class Fixed(Collector):
+    name = "fixed"
+
+    def __init__(self, ctx=None, value=1, delay=0.0, fail=False):
+        self.ctx, self.log, self._available = ctx, log, None
+        self.value, self.delay, self.fail, self.calls = value, delay, fail, 0
+        self.lock = threading.Lock()
+
+    def collect(self):
+        with self.lock:
+            self.calls += 1
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("broken on purpose")
+        yield VALUE.single(self.value, self.name)
+
+
+def make(**collectors):
+    for name, c in collectors.items():
+        c.name = name
+    return Gatherer(collectors, log, timeout=0.5)
+
+
+def test_one_failing_collector_costs_only_itself():
+    g = make(good=Fixed(value=3), bad=Fixed(fail=True))
+    s = parse_samples(g.scrape().decode())
+    assert sample(s, "nodenet_scrape_collector_success", collector="good") == 1
+    assert sample(s, "nodenet_scrape_collector_success", collector="bad") == 0
+    assert sample(s, "t_value", who="good") == 3
+    assert sample(s, "t_value", who="bad") is None
+    assert g.status["bad"].last_error == "RuntimeError: broken on purpose"
+    assert g.status["good"].last_success is not None
+
+
+def test_collector_over_budget_is_abandoned_and_not_restarted_while_stuck():
+    slow = Fixed(delay=1.5)
+    g = make(slow=slow, fast=Fixed(value=2))
+    t0 = time.monotonic()
+    s = parse_samples(g.scrape().decode())
+    assert time.monotonic() - t0 < 1.2
+    assert sample(s, "nodenet_scrape_collector_success", collector="slow") == 0
+    assert sample(s, "nodenet_scrape_collector_success", collector="fast") == 1
+    s2 = parse_samples(g.scrape().decode())  # slow is still stuck: not started twice
+    assert sample(s2, "nodenet_scrape_collector_success", collector="slow") == 0
+    assert slow.calls == 1
+    time.sleep(1.2)
+    slow.delay = 0
+    s3 = parse_samples(g.scrape().decode())
+    assert sample(s3, "nodenet_scrape_collector_success", collector="slow") == 1
+    assert slow.calls == 2
+    g.close()
+
+
+def test_concurrent_scrapes_share_one_collection():
+    c = Fixed(delay=0.3)
+    g = make(shared=c)
+    bodies = []
+    threads = [threading.Thread(target=lambda: bodies.append(g.scrape())) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(bodies) == 5 and len(set(bodies)) == 1
+    assert c.calls == 1
+    g.scrape()
+    assert c.calls == 2  # a later scrape collects afresh
+
+
+def test_availability_logs_once_per_change(capsys):
+    from exporter.metrics import Metric as M
+    avail = M("t_available", GAUGE, "Available.")
+    logged = []
+
+    class Log:
+        def info(self, event, **kw):
+            logged.append(event)
+
+    c = Collector(Context(settings=None, log=Log()))
+    assert c.availability(avail, False, "no module").samples == [((), 0)]
+    c.availability(avail, False, "no module")
+    c.availability(avail, True)
+    assert c.availability(avail, True).samples == [((), 1)]
+    assert logged == ["subsystem not available on this node", "subsystem available again"]
