@@ -25,6 +25,8 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from . import ParseError
+
 # --- netlink / generic netlink constants --------------------------------------------------
 NETLINK_GENERIC = 16
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
@@ -72,12 +74,16 @@ class IPVSError(Exception):
     """Base of this module's errors."""
 
 
-class IPVSParseError(IPVSError, ValueError):
+class IPVSParseError(IPVSError, ParseError):
     """Malformed IPVS netlink data (truncated, bad lengths, bad attribute payloads)."""
 
 
 class IPVSKernelError(IPVSError, OSError):
     """The kernel answered a request with an NLMSG_ERROR (errno set)."""
+
+
+class IPVSUnavailable(IPVSError):
+    """IPVS is not in the kernel (or went away during a read)."""
 
 
 @dataclass(slots=True)
@@ -652,35 +658,46 @@ class IPVSReader:
     def available(self) -> bool:
         return ipvs_present(self.procfs, self.sysfs)
 
-    def read(self, backends: bool = True, service_filter=None) -> IPVSTable:
-        """Dump services (and, when `backends`, each service's destinations).
-        `service_filter(Service) -> bool` skips the destination dump of excluded services
-        and drops them from the result.  Raises IPVSError/OSError on failure; returns
-        IPVSTable(available=False) when IPVS is absent or went away during the read."""
+    def scan(self, backends: bool = True, service_filter=None):
+        """Yield each Service (with .backends when `backends`), one destination dump at a
+        time, so only one service's backends are decoded at once.  `service_filter(Service)
+        -> bool` drops services before their destinations are dumped.  Raises
+        IPVSUnavailable when IPVS is absent (checked before touching netlink) or goes away
+        during the read; IPVSError/OSError on other failures."""
         if not self.available():
-            return IPVSTable(False)
+            raise IPVSUnavailable("IPVS not present (no net/ip_vs in procfs, no module/ip_vs "
+                                  "in sysfs)")
         try:
             with _GenlSocket(self.timeout, self.RECV_SIZE) as sock:
                 fam = sock.family_id(IPVS_GENL_NAME)
                 if fam is None:
-                    return IPVSTable(False)
+                    raise IPVSUnavailable("no IPVS generic-netlink family")
                 services = []
                 for chunk, seq in sock.dump(fam, IPVS_CMD_GET_SERVICE):
                     services.extend(decode_services(chunk, seq))
                 if service_filter is not None:
                     services = [s for s in services if service_filter(s)]
-                if backends:
-                    for svc in services:
+                for svc in services:
+                    if backends:
                         dests = []
                         for chunk, seq in sock.dump(fam, IPVS_CMD_GET_DEST, service_key(svc)):
                             dests.extend(decode_dests(chunk, svc.family, seq))
                         svc.backends = dests
-                return IPVSTable(True, services)
-        except OSError:
+                    yield svc
+        except IPVSUnavailable:
+            raise
+        except OSError as e:
             # the module went away between the presence check and the dump
             if not self.available():
-                return IPVSTable(False)
+                raise IPVSUnavailable(f"IPVS went away during the read ({e})") from e
             raise
+
+    def read(self, backends: bool = True, service_filter=None) -> IPVSTable:
+        """The whole table at once; IPVSTable(available=False) when IPVS is absent."""
+        try:
+            return IPVSTable(True, list(self.scan(backends, service_filter)))
+        except IPVSUnavailable:
+            return IPVSTable(False)
 
 
 class _GenlSocket:
