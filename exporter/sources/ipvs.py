@@ -18,7 +18,6 @@ Attribute numbers: include/uapi/linux/ip_vs.h.
 """
 from __future__ import annotations
 
-import errno
 import operator
 import os
 import socket
@@ -747,19 +746,24 @@ class _GenlSocket:
                 return
 
     def family_id(self, name: str):
-        seq = self._send(GENL_ID_CTRL, NLM_F_REQUEST, CTRL_CMD_GETFAMILY, 1,
-                         _nla(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0"))
-        try:
-            for data in self._replies(seq):
-                for s, e in iter_genl_payloads(data, seq):
-                    a = _nlas(data, s, e)
-                    if CTRL_ATTR_FAMILY_ID in a:
-                        return _U16.unpack_from(data, a[CTRL_ATTR_FAMILY_ID][0])[0]
-        except IPVSKernelError as e:
-            if e.errno == errno.ENOENT:
-                return None
-            raise
-        return None
+        """The generic-netlink family id of `name`, or None.
+
+        Resolved with a DUMP of all families, not with CTRL_CMD_GETFAMILY by name: the
+        by-name request makes the kernel try to load the module providing the family
+        (request_module "net-pf-16-proto-16-family-IPVS"), the dump never does.  So even
+        if ip_vs is unloaded between the presence check and this call, it stays unloaded."""
+        want = name.encode() + b"\0"
+        found = None
+        seq = self._send(GENL_ID_CTRL, NLM_F_REQUEST | NLM_F_DUMP, CTRL_CMD_GETFAMILY, 1)
+        for data in self._replies(seq):
+            for s, e in iter_genl_payloads(data, seq):
+                a = _nlas(data, s, e)
+                nm = a.get(CTRL_ATTR_FAMILY_NAME)
+                fid = a.get(CTRL_ATTR_FAMILY_ID)
+                if nm and fid and found is None and data[nm[0]:nm[1]] == want \
+                        and fid[1] - fid[0] >= 2:
+                    found = _U16.unpack_from(data, fid[0])[0]
+        return found
 
     def dump(self, fam: int, cmd: int, attrs: bytes = b""):
         """Yield (chunk, seq) for each received part of a dump reply."""

@@ -264,3 +264,11 @@ def test_parse_error_fails_only_the_collector(present_tree, monkeypatch):
         g.close()
     assert sample(s, "nodenet_scrape_collector_success", collector="ipvs") == 0
     assert g.status["ipvs"].last_error.startswith("IPVSParseError: bad netlink message length")
+
+
+def test_exposition_equals_what_ipvsadm_implies(present_tree, monkeypatch):
+    _, s = scrape(present_tree, monkeypatch)
+    got = {k: v for k, v in s.items() if k[0].startswith("nodenet_ipvs_")}
+    want = ipvsadm_text.expected_series(*((FIX / f"ipvs_ipvsadm_{n}.txt").read_text()
+                                          for n in ("stats", "Ln", "persistent")))
+    assert got == want

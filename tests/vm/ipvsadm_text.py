@@ -113,3 +113,55 @@ def parse_proc_ip_vs(text: str) -> list:
             key[4] = "ipv6" if dests and ":" in dests[0][0][0] else "ipv4"
         res.append((tuple(key), cols, dests))
     return res
+
+
+FLAG_ORDER = ("persistent", "ops", "sh-fallback", "sh-port", "mh-fallback", "mh-port",
+              "flag-1", "flag-2", "flag-3")
+
+
+def service_labels(key) -> dict:
+    proto, addr, port, mark, fam = key
+    if proto == "fwmark":
+        return dict(protocol="fwmark", address="", port="", fwmark=str(mark), family=fam)
+    return dict(protocol=proto, address=addr, port=str(port), fwmark="", family=fam)
+
+
+def expected_series(stats: str, ln: str, persistent: str) -> dict:
+    """The complete nodenet_ipvs_* exposition (default flags) that ipvsadm's views of one
+    moment imply: {(metric name, frozenset(labels.items())): value}."""
+    out = {}
+
+    def put(name, labels, value):
+        out[(name, frozenset(labels.items()))] = value
+    st = parse_ipvsadm(stats)
+    lnp = {k: (c, d) for k, c, d in parse_ipvsadm(ln)}
+    per = {k: dict(d) for k, _, d in parse_ipvsadm(persistent)}
+    put("nodenet_ipvs_available", {}, 1)
+    put("nodenet_ipvs_services", {}, len(st))
+    put("nodenet_ipvs_backends", {}, sum(len(d) for _, _, d in st))
+    for key, cols, dests in st:
+        L = service_labels(key)
+        scols, ldests = lnp[key]
+        fl = parse_service_flags(scols)
+        put("nodenet_ipvs_service_info",
+            dict(L, scheduler=fl["scheduler"],
+                 flags=",".join(f for f in FLAG_ORDER if f in fl["flags"])), 1)
+        for metric, col in zip(("connections", "incoming_packets", "outgoing_packets",
+                                "incoming_bytes", "outgoing_bytes"), cols):
+            put(f"nodenet_ipvs_service_{metric}_total", L, int(col))
+        lmap = dict(ldests)
+        put("nodenet_ipvs_service_backends", L, len(dests))
+        put("nodenet_ipvs_service_backends_available", L,
+            sum(1 for a, _ in dests if int(lmap[a][1]) > 0))
+        for addr, dcols in dests:
+            B = dict(L, backend_address=addr[0], backend_port=str(addr[1]))
+            for metric, col in zip(("connections", "incoming_packets", "outgoing_packets",
+                                    "incoming_bytes", "outgoing_bytes"), dcols):
+                put(f"nodenet_ipvs_backend_{metric}_total", B, int(col))
+            fwd, w, act, inact = lmap[addr]
+            put("nodenet_ipvs_backend_weight", B, int(w))
+            put("nodenet_ipvs_backend_connections_active", B, int(act))
+            put("nodenet_ipvs_backend_connections_inactive", B, int(inact))
+            put("nodenet_ipvs_backend_connections_persistent", B, int(per[key][addr][1]))
+            put("nodenet_ipvs_backend_info", dict(B, forwarding=FWD_WORDS[fwd]), 1)
+    return out
