@@ -171,6 +171,9 @@ class IPVSCollector(Collector):
         bf = [m.family() for m in self.bmetrics]
         (b_act, b_inact, b_pers, b_w, b_conns, b_inp, b_outp, b_inb, b_outb, b_info) = bf
         per_backend, aggregate = self.per_backend, self.aggregate
+        (a_act, a_inact, a_pers, a_w, a_conns, a_inp, a_outp, a_inb, a_outb, a_info) = (
+            f.samples.append for f in bf)
+        fwd_names = ipvs.FWD_NAMES
         agg: dict = {}
         nbackends = nservices = 0
         for svc in services:
@@ -189,32 +192,23 @@ class IPVSCollector(Collector):
             f_nba.add(lv, sum(1 for b in backends if b.weight > 0))
             if not per_backend:
                 continue
+            if aggregate:
+                self._aggregate(agg, lv, backends)
+                continue
             for b in backends:
+                # hot path (50k backends at node scale): list appends, no method layers
                 blv = lv + (b.address, str(b.port))
                 bs = b.stats
-                vals = (b.active_conns, b.inactive_conns, b.persistent_conns, b.weight,
-                        bs.conns, bs.inpkts, bs.outpkts, bs.inbytes, bs.outbytes)
-                if aggregate:
-                    key = tuple(blv[i] for i in self.keep_idx)
-                    cur = agg.get(key)
-                    if cur is None:
-                        agg[key] = [list(vals), {b.fwd_name: 1}]
-                    else:
-                        acc = cur[0]
-                        for i, v in enumerate(vals):
-                            acc[i] += v
-                        cur[1][b.fwd_name] = cur[1].get(b.fwd_name, 0) + 1
-                    continue
-                b_act.add(blv, vals[0])
-                b_inact.add(blv, vals[1])
-                b_pers.add(blv, vals[2])
-                b_w.add(blv, vals[3])
-                b_conns.add(blv, vals[4])
-                b_inp.add(blv, vals[5])
-                b_outp.add(blv, vals[6])
-                b_inb.add(blv, vals[7])
-                b_outb.add(blv, vals[8])
-                b_info.add(blv + (b.fwd_name,), 1)
+                a_act((blv, b.active_conns))
+                a_inact((blv, b.inactive_conns))
+                a_pers((blv, b.persistent_conns))
+                a_w((blv, b.weight))
+                a_conns((blv, bs.conns))
+                a_inp((blv, bs.inpkts))
+                a_outp((blv, bs.outpkts))
+                a_inb((blv, bs.inbytes))
+                a_outb((blv, bs.outbytes))
+                a_info((blv + (fwd_names.get(b.fwd_method) or str(b.fwd_method),), 1))
         for key, (acc, fwd) in agg.items():
             for fam, v in zip(bf, acc):
                 fam.add(key, v)
@@ -224,3 +218,20 @@ class IPVSCollector(Collector):
         if per_backend:
             out += bf
         return out
+
+    def _aggregate(self, agg: dict, lv: tuple, backends) -> None:
+        """Sum the backend values over the labels not kept (--collector.ipvs.backend-labels)."""
+        keep = self.keep_idx
+        for b in backends:
+            blv = lv + (b.address, str(b.port))
+            bs = b.stats
+            vals = (b.active_conns, b.inactive_conns, b.persistent_conns, b.weight,
+                    bs.conns, bs.inpkts, bs.outpkts, bs.inbytes, bs.outbytes)
+            key = tuple(blv[i] for i in keep)
+            cur = agg.get(key)
+            if cur is None:
+                agg[key] = cur = [[0] * len(vals), {}]
+            acc = cur[0]
+            for i, v in enumerate(vals):
+                acc[i] += v
+            cur[1][b.fwd_name] = cur[1].get(b.fwd_name, 0) + 1
