@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,8 @@ def restore_text(services: int, backends: int) -> str:
         lines.append(f"-A -t {vip} -s rr")
         for j in range(backends):
             k = i * backends + j
-            lines.append(f"-a -t {vip} -r 10.{200 + k // 62500}.{(k // 250) % 250}.{k % 250 + 1}:8080 -m -w {1 + j % 3}")
+            rip = f"10.{200 + k // 62500}.{(k // 250) % 250}.{k % 250 + 1}:8080"
+            lines.append(f"-a -t {vip} -r {rip} -m -w {1 + j % 3}")
     return "\n".join(lines) + "\n"
 
 
@@ -134,13 +134,6 @@ def interleaved(servers, n: int, max_seconds: float = 600.0) -> list:
     return out
 
 
-# glibc and CPython allocator settings that keep freed memory mapped between scrapes (the
-# big per-scrape allocations are otherwise unmapped and faulted in again every scrape, which
-# is very expensive under UML); measured as a separate row, not the default
-MALLOC_ENV = ["env", "PYTHONMALLOC=malloc", "MALLOC_TRIM_THRESHOLD_=4294967296",
-              "MALLOC_MMAP_THRESHOLD_=4294967296"]
-
-
 def guest(a) -> int:
     from common import HEADER, Server, row   # benchmarks/common.py (psutil, loopback only)
     out = os.environ.get("OUT", "/tmp")
@@ -162,8 +155,8 @@ def guest(a) -> int:
                 open(os.path.join(out, "procfs", "net", name), "w") as dst:
             dst.write(src.read())
 
-    def ours(name, port, *flags, prefix=()):
-        return Server(name, [*prefix, sys.executable, "-m", "exporter", "--log.level=warn",
+    def ours(name, port, *flags):
+        return Server(name, [sys.executable, "-m", "exporter", "--log.level=warn",
                              f"--web.listen-address=127.0.0.1:{port}",
                              "--collector.disable-defaults", "--collector.ipvs",
                              "--collector.timeout=120s", *flags], port)
@@ -179,8 +172,6 @@ def guest(a) -> int:
     rows.append(("ipvs, decode reference", measure_reader(a.scrapes)))
     with ours("nodenet-exporter ipvs per-service", 9835, "--no-collector.ipvs.backends") as o:
         rows.append(("ipvs, per-service only", interleaved([o], a.scrapes)[0]))
-    with ours("nodenet-exporter ipvs, malloc env", 9836, prefix=MALLOC_ENV) as o:
-        rows.append(("ipvs, per-backend, malloc env", interleaved([o], a.scrapes)[0]))
     print(HEADER)
     for scen, m in rows:
         print(row(scen, m, m_ne), flush=True)
@@ -222,10 +213,6 @@ def host(a) -> int:
           f"{ours['scrapes']} more {ours['rss_mib']:.1f} MiB, peak {ours['hwm_mib']:.1f} MiB; "
           f"node_exporter peak {ne['hwm_mib']:.1f} MiB; exposition {ours['bytes'] / 2**20:.1f} MiB "
           f"vs {ne['bytes'] / 2**20:.1f} MiB")
-    tuned = r["ipvs, per-backend, malloc env"]
-    print(f"with {' '.join(MALLOC_ENV[1:])}: wall p50 {tuned['wall_p50_ms']:.0f} ms "
-          f"({tuned['wall_p50_ms'] / ne['wall_p50_ms']:.2f}x node_exporter), "
-          f"peak RSS {tuned['hwm_mib']:.1f} MiB")
     if not a.no_native:
         nat = native(str(res.outdir), a.scrapes)
         print(f"native ratio nodenet/node_exporter wall "

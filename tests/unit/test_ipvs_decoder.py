@@ -227,7 +227,8 @@ def test_legacy_32bit_stats_nest_when_no_stats64():
            + nla(ipvs.SVC_NETMASK, socket.inet_aton("255.255.0.0"))
            + nla(ipvs.SVC_STATS | ipvs.NLA_F_NESTED, st32))
     s = ipvs.decode_service_attrs(svc, 0, len(svc))
-    assert (s.address, s.port, s.scheduler, s.timeout, s.netmask) == ("10.0.0.1", 80, "rr", 300, "255.255.0.0")
+    assert (s.address, s.port, s.scheduler, s.timeout, s.netmask) == \
+        ("10.0.0.1", 80, "rr", 300, "255.255.0.0")
     assert s.flag_names == ("persistent",)
     assert (s.stats.conns, s.stats.inbytes, s.stats.outbps) == (7, (1 << 40) + 4, 10)
 
@@ -237,7 +238,8 @@ def test_dest_without_addr_family_uses_service_family():
          + nla(ipvs.DST_PORT, struct.pack("!H", 443)) + nla(ipvs.DST_FWD_METHOD, struct.pack("=I", 3))
          + nla(ipvs.DST_WEIGHT, struct.pack("=I", 9)))
     b = ipvs.decode_dest_attrs(d, 0, len(d), socket.AF_INET6)
-    assert (b.address, b.port, b.fwd_name, b.weight, b.stats) == ("2001:db8::5", 443, "route", 9, ipvs.ZERO_STATS)
+    assert (b.address, b.port, b.fwd_name, b.weight, b.stats) == \
+        ("2001:db8::5", 443, "route", 9, ipvs.ZERO_STATS)
 
 
 def test_kernel_error_message_raises_kernel_error():
