@@ -1,0 +1,317 @@
+"""The alert rules: valid for the real promtool, unit-tested, generated, documented, and using
+only metrics the exporter exports.
+
+Needs Debian's `prometheus` package (promtool); fails, not skips, without it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+RULES = ROOT / "alerts" / "nodenet.rules.yaml"
+OPERATOR = ROOT / "deploy" / "prometheusrule.yaml"
+RULE_TESTS = sorted((ROOT / "alerts" / "tests").glob("*.yaml"))
+RUNBOOK = ROOT / "docs" / "runbook.md"
+GOLDEN = ROOT / "tests" / "fixtures" / "golden" / "metrics.prom"
+JOB = 'job="nodenet-exporter"'
+
+# Issue 5: alert name -> (for, severity). NodenetCPUStealCritical is the optional one.
+EXPECTED_ALERTS = {
+    "NodenetConntrackTableNearFull": ("5m", "warning"),
+    "NodenetConntrackTableFull": ("2m", "critical"),
+    "NodenetConntrackTablePredictedFull": ("15m", "warning"),
+    "NodenetConntrackDropping": ("2m", "critical"),
+    "NodenetConntrackInsertFailures": ("10m", "warning"),
+    "NodenetIPVSServiceNoBackends": ("10m", "warning"),
+    "NodenetCPUStealHigh": ("15m", "warning"),
+    "NodenetCPUStealCritical": ("15m", "critical"),
+    "NodenetSoftnetDrops": ("10m", "warning"),
+    "NodenetInterfaceDrops": ("15m", "warning"),
+    "NodenetOverlayMTUMismatch": ("5m", "warning"),
+    "NodenetCollectorFailing": ("15m", "warning"),
+    "NodenetExporterDown": ("5m", "warning"),
+}
+
+# The metric names that issues 2, 3, 4 and 9 promise (sample names, counters with _total).
+CONTRACT_METRICS = {
+    # issue 2: framework, cpu, softnet, sysctl
+    "nodenet_scrape_collector_success", "nodenet_scrape_collector_duration_seconds",
+    "nodenet_build_info", "nodenet_cpu_steal_seconds_total", "nodenet_cpus",
+    "nodenet_softnet_processed_total", "nodenet_softnet_dropped_total",
+    "nodenet_softnet_times_squeezed_total", "nodenet_sysctl_value",
+    # issue 3: conntrack
+    "nodenet_conntrack_entries", "nodenet_conntrack_entries_limit", "nodenet_conntrack_buckets",
+    "nodenet_conntrack_expect_entries", "nodenet_conntrack_found_total",
+    "nodenet_conntrack_invalid_total", "nodenet_conntrack_inserts_total",
+    "nodenet_conntrack_insert_failed_total", "nodenet_conntrack_drops_total",
+    "nodenet_conntrack_early_drops_total", "nodenet_conntrack_errors_total",
+    "nodenet_conntrack_search_restarts_total", "nodenet_conntrack_clash_resolves_total",
+    "nodenet_conntrack_chain_too_long_total", "nodenet_conntrack_available",
+    "nodenet_conntrack_source_info", "nodenet_conntrack_entries_by_state",
+    # issue 4: ipvs
+    "nodenet_ipvs_available", "nodenet_ipvs_services", "nodenet_ipvs_backends",
+    "nodenet_ipvs_service_info", "nodenet_ipvs_service_connections_total",
+    "nodenet_ipvs_service_incoming_packets_total", "nodenet_ipvs_service_outgoing_packets_total",
+    "nodenet_ipvs_service_incoming_bytes_total", "nodenet_ipvs_service_outgoing_bytes_total",
+    "nodenet_ipvs_service_backends", "nodenet_ipvs_service_backends_available",
+    "nodenet_ipvs_backend_connections_active", "nodenet_ipvs_backend_connections_inactive",
+    "nodenet_ipvs_backend_connections_persistent", "nodenet_ipvs_backend_weight",
+    "nodenet_ipvs_backend_connections_total", "nodenet_ipvs_backend_incoming_packets_total",
+    "nodenet_ipvs_backend_outgoing_packets_total", "nodenet_ipvs_backend_incoming_bytes_total",
+    "nodenet_ipvs_backend_outgoing_bytes_total",
+    # issue 9: interfaces
+    "nodenet_interface_info", "nodenet_interface_mtu_bytes",
+    "nodenet_interface_receive_bytes_total", "nodenet_interface_receive_packets_total",
+    "nodenet_interface_receive_drops_total", "nodenet_interface_receive_errors_total",
+    "nodenet_interface_transmit_bytes_total", "nodenet_interface_transmit_packets_total",
+    "nodenet_interface_transmit_drops_total", "nodenet_interface_transmit_errors_total",
+    "nodenet_overlay_mtu_headroom_bytes", "nodenet_interface_mtu_above_overlay_bytes",
+}
+# Series Prometheus makes itself for every target (not in any exposition).
+SYNTHETIC_METRICS = {"up"}
+
+PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
+                "group_right", "bool", "offset", "inf", "nan"}
+
+
+def load_build():
+    spec = importlib.util.spec_from_file_location("nodenet_alerts_build", ROOT / "alerts" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rule_groups() -> list[dict]:
+    return yaml.safe_load(RULES.read_text())["groups"]
+
+
+def all_rules() -> list[dict]:
+    return [r for g in rule_groups() for r in g["rules"]]
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool not found: install Debian's `prometheus` package "
+                    "(apt-get install prometheus); tests/run.sh does this")
+    return path
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression (selectors), by elimination."""
+    s = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)                     # string literals
+    s = re.sub(r"\{[^}]*\}", "", s)                                     # label matchers
+    s = re.sub(r"\[[^\]]*\]", "", s)                                    # range / subquery
+    s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
+    s = re.sub(r"\b[a-zA-Z_][a-zA-Z0-9_]*\s*\(", "(", s)               # function calls
+    s = re.sub(r"\b\d+(\.\d+)?([eE][+-]?\d+)?\b", " ", s)              # numbers
+    names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", s))
+    return {n for n in names if n.lower() not in PROMQL_WORDS}
+
+
+def github_anchor(heading: str) -> str:
+    """The id GitHub gives a Markdown heading."""
+    a = heading.strip().lower()
+    a = re.sub(r"[^\w\- ]", "", a)
+    return a.replace(" ", "-")
+
+
+def runbook_anchors() -> set[str]:
+    return {github_anchor(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.+)$",
+                                                           RUNBOOK.read_text(), re.M)}
+
+
+# ---------------------------------------------------------------------------- promtool
+def test_promtool_check_rules():
+    res = subprocess.run([promtool(), "check", "rules", str(RULES)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"SUCCESS: {len(EXPECTED_ALERTS)} rules found" in res.stdout, res.stdout
+
+
+def test_promtool_check_rules_of_the_prometheusrule(tmp_path):
+    spec = yaml.safe_load(OPERATOR.read_text())["spec"]
+    extracted = tmp_path / "from-prometheusrule.yaml"
+    extracted.write_text(yaml.safe_dump({"groups": spec["groups"]}, sort_keys=False))
+    res = subprocess.run([promtool(), "check", "rules", str(extracted)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_promtool_test_rules():
+    assert RULE_TESTS, "no promtool test files in alerts/tests/"
+    res = subprocess.run([promtool(), "test", "rules", *map(str, RULE_TESTS)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("SUCCESS") == len(RULE_TESTS), res.stdout
+
+
+# ---------------------------------------------------------------------------- generator
+def test_rule_files_are_what_the_generator_writes():
+    build = load_build()
+    rendered = build.render()
+    assert set(rendered) == {RULES, OPERATOR}
+    for path, text in rendered.items():
+        assert path.read_text() == text, (
+            f"{path.relative_to(ROOT)} differs from alerts/build.py's output: "
+            f"run `python alerts/build.py` (do not edit the YAML by hand)")
+
+
+def test_generator_check_mode_agrees():
+    res = subprocess.run(["python", str(ROOT / "alerts" / "build.py"), "--check"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+
+
+def test_job_selector_is_configurable_in_one_place():
+    build = load_build()
+    other = build.rules('job="my-nodenet"')
+    text = yaml.safe_dump(other)
+    assert "nodenet-exporter\"" not in "".join(r["expr"] for g in other for r in g["rules"])
+    assert text.count('job="my-nodenet"') == yaml.safe_dump(build.rules()).count(JOB)
+
+
+def test_prometheusrule_carries_exactly_the_same_rules():
+    doc = yaml.safe_load(OPERATOR.read_text())
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+    assert doc["kind"] == "PrometheusRule"
+    assert doc["metadata"]["name"] == "nodenet-exporter"
+    assert doc["metadata"]["namespace"] == "nodenet-exporter"
+    assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "nodenet-exporter"
+    assert doc["spec"]["groups"] == rule_groups()
+
+
+# ---------------------------------------------------------------------------- rule contents
+def test_exactly_the_alerts_of_the_issue_with_their_for_and_severity():
+    got = {r["alert"]: (r.get("for"), r.get("labels", {}).get("severity")) for r in all_rules()}
+    assert len(all_rules()) == len(got), "duplicate alert names"
+    assert got == EXPECTED_ALERTS
+
+
+@pytest.mark.parametrize("rule", all_rules(), ids=lambda r: r["alert"])
+def test_every_rule_is_complete(rule):
+    assert rule.get("for"), "no for:"
+    assert rule["labels"]["severity"] in {"critical", "warning", "info"}
+    ann = rule["annotations"]
+    for key in ("summary", "description", "runbook_url"):
+        assert ann.get(key), f"no {key}"
+    # The description names the node (node label or instance) and is templated.
+    assert "$labels.instance" in ann["description"] or "$labels.node" in ann["description"]
+    assert "{{" not in ann["summary"], "summary is a fixed headline"
+
+
+@pytest.mark.parametrize("rule", all_rules(), ids=lambda r: r["alert"])
+def test_job_selector_on_every_selector(rule):
+    sels = re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}", rule["expr"])
+    names = metric_names(rule["expr"])
+    assert names, rule["expr"]
+    # every metric is written with a matcher block, and every block carries the job selector
+    assert {n for n, _ in sels} == names, f"selector without labels in {rule['expr']}"
+    for name, matchers in sels:
+        assert JOB in matchers, f"{name}{{{matchers}}} lacks {JOB}"
+
+
+def test_runbook_url_anchors_exist_in_the_runbook():
+    build = load_build()
+    anchors = runbook_anchors()
+    for rule in all_rules():
+        url = rule["annotations"]["runbook_url"]
+        base, _, anchor = url.partition("#")
+        assert base == build.RUNBOOK_URL and base.endswith("docs/runbook.md"), url
+        assert anchor == rule["alert"].lower(), url
+        assert anchor in anchors, f"docs/runbook.md has no section #{anchor}"
+
+
+def test_runbook_sections_say_what_the_issue_asks():
+    text = RUNBOOK.read_text()
+    sections = re.split(r"^## ", text, flags=re.M)
+    by_name = {s.split("\n", 1)[0].strip(): s for s in sections}
+    for name in EXPECTED_ALERTS:
+        body = by_name.get(name)
+        assert body, f"no section for {name}"
+        for part in ("**Meaning.**", "**What breaks for users.**", "**Confirm on the node.**",
+                     "**Fix.**", "**Why"):
+            assert part in body, f"{name}: no {part}"
+    for tool in ("conntrack -S", "sysctl", "ip -d link", "ipvsadm -Ln --stats", "curl",
+                 "nf_conntrack_buckets", "50 bytes below", "70 on an IPv6"):
+        assert tool in text, f"runbook never mentions {tool!r}"
+
+
+# ---------------------------------------------------------------------------- promtool cases
+def _cases():
+    """alert name -> list of (test file, group index, eval_time minutes, firing?)."""
+    out: dict[str, list[tuple[str, int, float, bool]]] = {}
+    for f in RULE_TESTS:
+        doc = yaml.safe_load(f.read_text())
+        for gi, group in enumerate(doc["tests"]):
+            for case in group.get("alert_rule_test", []):
+                t = case["eval_time"]
+                assert t.endswith("m"), f"{f.name}: use minutes for eval_time ({t})"
+                out.setdefault(case["alertname"], []).append(
+                    (f.name, gi, float(t[:-1]), bool(case.get("exp_alerts"))))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ALERTS))
+def test_every_alert_has_firing_just_before_and_negative_cases(name):
+    cases = _cases().get(name, [])
+    firing = [c for c in cases if c[3]]
+    quiet = [c for c in cases if not c[3]]
+    assert firing, f"{name}: no case where it fires"
+    just_before = [q for q in quiet for fc in firing
+                   if q[:2] == fc[:2] and q[2] == fc[2] - 1]
+    assert just_before, f"{name}: no non-firing case 1m before a firing case in the same series"
+    negative = [q for q in quiet if q not in just_before]
+    assert negative, f"{name}: no negative case"
+
+
+def test_promtool_expectations_include_severity_and_runbook_url():
+    for f in RULE_TESTS:
+        for group in yaml.safe_load(f.read_text())["tests"]:
+            for case in group.get("alert_rule_test", []):
+                for exp in case.get("exp_alerts") or []:
+                    assert exp["exp_labels"].get("severity"), f"{f.name}: {case}"
+                    ann = exp["exp_annotations"]
+                    assert ann["runbook_url"].endswith("#" + case["alertname"].lower())
+                    assert ann.get("summary") and ann.get("description")
+
+
+# ---------------------------------------------------------------------------- metric names
+def test_metric_name_parser_finds_selectors():
+    expr = ('(sum without(cpu) (rate(a_total{job="x"}[5m])) / on(instance) b{job="x"}) > 0.1 '
+            'and absent(up{job="x"}) unless ignoring(kind) c{kind="veth"} or label_replace('
+            'd, "direction", "receive", "", "")')
+    assert metric_names(expr) == {"a_total", "b", "up", "c", "d"}
+
+
+def test_rules_use_only_contract_metric_names():
+    used = set().union(*(metric_names(r["expr"]) for r in all_rules()))
+    unknown = used - CONTRACT_METRICS - SYNTHETIC_METRICS
+    assert not unknown, f"metrics not in the contract of issues 2/3/4/9: {sorted(unknown)}"
+
+
+def _golden_names() -> set[str]:
+    names = set()
+    for line in GOLDEN.read_text().splitlines():
+        if line and not line.startswith("#"):
+            names.add(re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0))
+    return names
+
+
+def test_rules_use_only_metrics_in_the_golden_exposition():
+    assert GOLDEN.exists(), (
+        f"{GOLDEN.relative_to(ROOT)} does not exist yet: the golden exposition (issue 2's "
+        f"golden test) is needed to check the rules' metric names against what the exporter "
+        f"really exports")
+    exported = _golden_names()
+    used = set().union(*(metric_names(r["expr"]) for r in all_rules())) - SYNTHETIC_METRICS
+    missing = used - exported
+    assert not missing, (f"the rules use metrics that {GOLDEN.relative_to(ROOT)} does not "
+                         f"contain: {sorted(missing)}")
