@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Run nodenet-exporter with its IPVS netlink socket replaced by a replay of captured dumps.
+
+    python benchmarks/ipvs_replay.py REPLAY_FILE [exporter flags...]
+
+REPLAY_FILE (written by `ipvs_uml.py --guest`, from a real IPVS kernel): records of
+u32 length + bytes: the GET_SERVICE dump reply, then one GET_DEST dump reply per service in
+the order of the services.  Used to measure the exporter's user-space cost natively on a
+machine whose kernel has no IPVS (here: the host), next to node_exporter reading the same
+table from a procfs copy.  Benchmark-only; the exporter never imports this.
+"""
+import os
+import struct
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from exporter.sources import ipvs  # noqa: E402
+
+
+def load(path):
+    recs = []
+    with open(path, "rb") as f:
+        data = f.read()
+    off = 0
+    while off < len(data):
+        (n,) = struct.unpack_from("=I", data, off)
+        recs.append(data[off + 4:off + 4 + n])
+        off += 4 + n
+    return recs
+
+
+def install(path):
+    recs = load(path)
+    services = ipvs.decode_services(recs[0])
+    by_key = {ipvs.service_key(s): recs[1 + i] for i, s in enumerate(services)}
+
+    class ReplaySocket:
+        def __init__(self, timeout, recv_size):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def family_id(self, name):
+            return 0x20
+
+        def dump(self, fam, cmd, attrs=b""):
+            yield (recs[0] if cmd == ipvs.IPVS_CMD_GET_SERVICE else by_key[attrs]), None
+
+    ipvs._GenlSocket = ReplaySocket
+
+
+def capture(path):
+    """Inside a kernel with IPVS: write the replay file."""
+    with ipvs._GenlSocket(30.0, 1 << 16) as sock, open(path, "wb") as f:
+        fam = sock.family_id("IPVS")
+        chunks = [c for c, _ in sock.dump(fam, ipvs.IPVS_CMD_GET_SERVICE)]
+        blob = b"".join(chunks)
+        f.write(struct.pack("=I", len(blob)) + blob)
+        for svc in ipvs.decode_services(blob):
+            blob = b"".join(c for c, _ in sock.dump(fam, ipvs.IPVS_CMD_GET_DEST,
+                                                    ipvs.service_key(svc)))
+            f.write(struct.pack("=I", len(blob)) + blob)
+
+
+if __name__ == "__main__":
+    install(sys.argv[1])
+    from exporter.cli import main
+    sys.exit(main(sys.argv[2:]))
