@@ -14,7 +14,7 @@ import pytest
 
 from exporter import docs
 from tests.helpers.exporter_proc import ExporterProcess
-from tests.helpers.netns import netns
+from tests.helpers.netns import netns, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(os.path.dirname(HERE), "fixtures")
@@ -31,9 +31,25 @@ def normalise(text: str) -> list[str]:
     return sorted(line for line in text.splitlines() if line and not VOLATILE.match(line))
 
 
+# A small, quiet overlay topology (no IPv6, no addresses: no packet moves on these links):
+# a bridge with a veth (down), and a VXLAN at 1450 over a 1500 underlay (headroom 0).
+TOPOLOGY = [
+    "sysctl -qw net.ipv6.conf.all.disable_ipv6=1",  # this namespace's own sysctls
+    "sysctl -qw net.ipv6.conf.default.disable_ipv6=1",
+    "ip link add gold-under type veth peer name gold-pod",
+    "ip link add gold-br type bridge",
+    "ip link set gold-pod master gold-br",
+    "ip link add gold-vx type vxlan id 42 dev gold-under dstport 4789 remote 192.0.2.1",
+    "ip link set gold-vx mtu 1450",
+    "ip link set gold-under up", "ip link set gold-vx up",  # bridge and pod stay down: silent
+]
+
+
 @pytest.fixture(scope="module")
 def exposition():
     with netns("nn-golden") as ns:
+        for cmd in TOPOLOGY:
+            run(cmd, netns=ns)
         with ExporterProcess(FIXTURE_ARGS, netns=ns) as ex:
             return ex.scrape()
 
