@@ -7,7 +7,8 @@
 # never committed: tests/vm/.cache/ is git-ignored).  The kernel version is whatever
 # the archive's user-mode-linux package currently ships (not pinned).
 #   uml/usr/bin/linux.uml                  the UML kernel (hostfs built in)
-#   uml/usr/lib/uml/modules/<ver>/...      its modules (net, lib, crypto, dummy)
+#   uml/usr/lib/uml/modules/<ver>/...      its modules (net, lib, crypto, dummy,
+#                                          geneve, vxlan, bonding)
 #   pkgroot/                               ipvsadm + libnl/libpopt, busybox (static),
 #                                          prometheus-node-exporter
 # Env: UML_CACHE (default tests/vm/.cache), SKIP_APT_UPDATE=1 to not run apt-get update.
@@ -43,19 +44,26 @@ for p in ipvsadm libnl-3-200 libnl-genl-3-200 libpopt0 busybox-static prometheus
     touch "$stamp"
 done
 
-# the kernel: only the binary and the module trees we load (keeps the cache small)
+# the kernel: only the binary and the module trees we load (keeps the cache small).
+# The stamp names the .deb and the pattern list, so a longer list re-extracts an old cache.
 deb=$(ls user-mode-linux_*.deb | sort | tail -1)
-stamp="$CACHE/uml/.extracted.$deb"
+PATTERNS=(
+    './usr/bin/linux.uml'
+    './usr/lib/uml/modules/*/modules.builtin'
+    './usr/lib/uml/modules/*/kernel/net/*'
+    './usr/lib/uml/modules/*/kernel/lib/*'
+    './usr/lib/uml/modules/*/kernel/crypto/*'
+    './usr/lib/uml/modules/*/kernel/drivers/net/dummy.ko*'
+    # link kinds of the netdev tests (tests/vm/test_netdev_tunnels_uml.py)
+    './usr/lib/uml/modules/*/kernel/drivers/net/geneve.ko*'
+    './usr/lib/uml/modules/*/kernel/drivers/net/vxlan/*'
+    './usr/lib/uml/modules/*/kernel/drivers/net/bonding/*'
+)
+stamp="$CACHE/uml/.extracted.$deb.$(printf '%s\n' "${PATTERNS[@]}" | md5sum | cut -c1-8)"
 if [ ! -e "$stamp" ] || [ ! -x "$CACHE/uml/usr/bin/linux.uml" ]; then
     rm -rf "$CACHE/uml"
     mkdir -p "$CACHE/uml"
-    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$CACHE/uml" --wildcards \
-        './usr/bin/linux.uml' \
-        './usr/lib/uml/modules/*/modules.builtin' \
-        './usr/lib/uml/modules/*/kernel/net/*' \
-        './usr/lib/uml/modules/*/kernel/lib/*' \
-        './usr/lib/uml/modules/*/kernel/crypto/*' \
-        './usr/lib/uml/modules/*/kernel/drivers/net/dummy.ko*'
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$CACHE/uml" --wildcards "${PATTERNS[@]}"
     touch "$stamp"
 fi
 

@@ -19,7 +19,8 @@ OUT (outdir), CODE (checkout), PY (this Python), PYTHONPATH=CODE, UML_CACHE, and
 `ipvsadm`, `node_exporter`, `busybox`, `uml-modprobe` from the cache first.
 
 A guest that does not boot raises UMLBootError (with the console), never a skip.
-Command line: python tests/vm/uml.py [--no-ipvs] [--timeout S] SCRIPT_OR_TEXT
+Command line: python tests/vm/uml.py [--no-ipvs] [--extra-modules tunnels|M,...] [--timeout S]
+SCRIPT_OR_TEXT
 """
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ DEFAULT_MODULES = (
 )
 #: the same kernel, without IPVS (the "absent" case)
 NO_IPVS_MODULES = tuple(m for m in DEFAULT_MODULES if not m.startswith("ip_vs"))
+#: link kinds for the netdev tests, as `extra_modules` (setup_uml.sh extracts them).  Loading
+#: ipip, ip_gre, ip6_gre, sit, ip6_tunnel and bonding creates their fallback devices
+#: (tunl0, gre0, gretap0, erspan0, ip6gre0, sit0, ip6tnl0, bond0) as on any node.
+TUNNEL_MODULES = ("vxlan", "geneve", "ipip", "ip_gre", "ip6_gre", "sit", "ip6_tunnel",
+                  "8021q", "bonding")
 
 
 class UMLError(RuntimeError):
@@ -124,11 +130,13 @@ def _shell_quote(v: str) -> str:
 
 
 def run_guest(script: str | os.PathLike, timeout: float = 300, *,
-              modules=DEFAULT_MODULES, mem_mb: int = 1024, env: dict | None = None,
+              modules=DEFAULT_MODULES, extra_modules=(), mem_mb: int = 1024,
+              env: dict | None = None,
               outdir: str | os.PathLike | None = None, tag: str = "guest",
               echo: bool = False) -> GuestResult:
     """Boot UML, run `script` (bash text, or a path to a bash script) and power off.
 
+    `modules` are loaded at boot, then `extra_modules` (e.g. TUNNEL_MODULES).
     Returns the script's exit status, the console and the result dir.  Raises UMLBootError
     when the guest does not come up (kernel missing, hostfs failed, ...)."""
     ensure_setup()
@@ -144,7 +152,7 @@ def run_guest(script: str | os.PathLike, timeout: float = 300, *,
     (out / "guest.sh").write_text(text if text.endswith("\n") else text + "\n")
     genv = {
         "UML_CACHE": str(CACHE),
-        "NN_MODULES": " ".join(modules),
+        "NN_MODULES": " ".join(tuple(modules) + tuple(extra_modules)),
         "OUT": str(out),
         "CODE": str(CODE),
         "PY": sys.executable,
@@ -240,9 +248,13 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--no-ipvs", action="store_true", help="boot without the ip_vs modules")
     ap.add_argument("--mem", type=int, default=1024, help="guest memory, MiB")
+    ap.add_argument("--extra-modules", default="",
+                    help="more modules to load, comma separated ('tunnels': TUNNEL_MODULES)")
     a = ap.parse_args(argv)
+    extra = [m for m in a.extra_modules.split(",") if m]
+    extra = [x for m in extra for x in (TUNNEL_MODULES if m == "tunnels" else (m,))]
     res = run_guest(a.script, a.timeout, modules=NO_IPVS_MODULES if a.no_ipvs else DEFAULT_MODULES,
-                    mem_mb=a.mem, echo=True)
+                    extra_modules=extra, mem_mb=a.mem, echo=True)
     print(f"[host] rc={res.rc} timed_out={res.timed_out} boot={res.boot_seconds:.2f}s "
           f"total={res.elapsed:.2f}s outdir={res.outdir}", file=sys.stderr)
     return 124 if res.timed_out else (125 if res.rc is None else res.rc)
