@@ -14,7 +14,7 @@ import pytest
 from exporter.sources.links import LinkParseError, parse_link_dump
 from nlbuild_netdev import FIXTURES, load_hex
 
-SCENARIOS = ["veth", "vxlan4", "vxlan6", "bridge", "macvlan", "tun"]
+SCENARIOS = ["veth", "vxlan4", "vxlan6", "bridge", "macvlan", "tun", "uml_tunnels"]
 
 RX = {"bytes": "rx_bytes", "packets": "rx_packets", "errors": "rx_errors",
       "dropped": "rx_dropped", "over_errors": "rx_over_errors", "multicast": "multicast",
