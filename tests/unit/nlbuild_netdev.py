@@ -5,8 +5,9 @@ kinds' ``fill_info`` callbacks lay them out (attribute order and sizes from Linu
 ``net/core/rtnetlink.c``, ``drivers/net/geneve.c``, ``net/ipv4/ipip.c``, ``net/ipv4/ip_gre.c``,
 ``net/ipv6/ip6_tunnel.c``, ``net/ipv6/ip6_gre.c``).  It is used for the kinds this machine's
 kernel cannot create (geneve, ipip, sit, ip6tnl, gre, gretap, ip6gre, ip6gretap, wireguard):
-those are hand-built bytes, not captures.  The UML-based tests (tests/vm/, another helper)
-will capture them from a real kernel.
+those are hand-built bytes, not captures.  Captures of all of them but WireGuard, from
+Debian's User-Mode Linux 6.1, are tests/fixtures/netlink/links_uml_tunnels.*; the builder's
+IFLA_INFO_DATA layouts are checked against them (tests/unit/test_netdev_tunnels.py).
 """
 from __future__ import annotations
 
