@@ -37,15 +37,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import ParseError
+from . import NetlinkError, ParseError
 
 
 class ConntrackParseError(ParseError):
     """Conntrack input (procfs text or netlink bytes) that cannot be understood."""
-
-
-class NetlinkError(OSError):
-    """The kernel answered a ctnetlink request with an error (errno attribute set)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -559,8 +555,7 @@ class CtNetlink:
             reply = decode(self.recv())
             records.extend(reply.records)
             if reply.error:
-                raise NetlinkError(reply.error, f"ctnetlink {mtype:#x}: "
-                                   f"{os.strerror(reply.error)}")
+                raise NetlinkError(reply.error, f"ctnetlink {mtype:#x}")
             if reply.done:
                 return records
 
@@ -603,7 +598,7 @@ class CtNetlink:
                 break
             counter.feed(self.recv(), max_entries)
         if counter.error:
-            raise NetlinkError(counter.error, f"ctnetlink dump: {os.strerror(counter.error)}")
+            raise NetlinkError(counter.error, "ctnetlink dump")
         if partial:
             self.close()
         return counter, partial

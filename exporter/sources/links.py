@@ -25,26 +25,17 @@ if the kernel flags the dump as interrupted (NLM_F_DUMP_INTR) it is repeated onc
 from __future__ import annotations
 
 import errno as _errno
-import os
 import socket
 import struct
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from . import ParseError
+from . import NetlinkError, ParseError
 
 
 class LinkParseError(ParseError):
     """Bytes that are not a well-formed rtnetlink link/route reply; the message says where."""
-
-
-class NetlinkError(OSError):
-    """The kernel answered with NLMSG_ERROR; ``errno`` is the (positive) error number."""
-
-    def __init__(self, err: int, context: str = ""):
-        msg = os.strerror(err) if 0 < err < 4096 else f"netlink error {err}"
-        super().__init__(err, f"{context}: {msg}" if context else msg)
 
 
 # --- netlink / rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h) ---

@@ -96,8 +96,10 @@ def test_assured_fill_makes_the_kernel_drop_new_flows(ns):
     before = ctfill.stats(ns).get("drop", 0)
     r = ctfill.send_flows(ns, 2000, port=PORT + 1, start=res.flows)
     after = ctfill.stats(ns)
-    # Nothing is evictable: every new flow's first packet is dropped (sendto: EPERM).
-    assert r.errors == 2000 and "PermissionError" in r.first_error, r
-    assert after.get("drop", 0) - before == 2000, after
-    assert after.get("early_drop", 0) == 0, after
+    # Nothing is evictable: new flows' first packets are dropped (sendto: EPERM). A few may
+    # still get in when an entry of the fill expires or was not yet assured (seen: 19 of 2000
+    # on a loaded machine), so: nearly all refused, and every refusal counted as a drop.
+    assert r.errors >= 1900 and "PermissionError" in r.first_error, r
+    assert after.get("drop", 0) - before == r.errors, after
+    assert after.get("early_drop", 0) <= 2000 - r.errors, after
     assert ctfill.count(ns) == limit

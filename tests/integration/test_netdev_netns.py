@@ -380,8 +380,12 @@ def test_interfaces_created_and_deleted_during_scrapes():
         worker = threading.Thread(target=churn, daemon=True)
         try:
             worker.start()
-            seen_churn = 0
-            for _ in range(40):
+            seen_churn = scrapes = 0
+            deadline = time.monotonic() + 50
+            # at least 40 scrapes, and on until a few overlapped the churn (bounded in time)
+            while scrapes < 40 or (seen_churn < 3 and time.monotonic() < deadline
+                                   and not stop.is_set() and worker.is_alive()):
+                scrapes += 1
                 parsed = exporter.scrape()   # asserts HTTP 200
                 assert parsed[("nodenet_scrape_collector_success",
                                (("collector", "netdev"),))] == 1
