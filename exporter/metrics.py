@@ -148,7 +148,8 @@ def _labelset(labels: tuple, label_values: tuple) -> str:
     return ",".join(f'{k}="{escape_label_value(str(v))}"' for k, v in zip(labels, label_values))
 
 
-CHUNK = 1 << 16    # bytes of text per chunk the writer yields (about)
+CHUNK = 1 << 20    # bytes of text per chunk the writer yields (about); big chunks: fewer
+#                    chunk headers and reads for the client (costly in a UML guest)
 _LINES = 512       # samples rendered per step
 
 

@@ -134,7 +134,7 @@ def test_http10_body_is_delimited_by_close(server):
 
 
 def test_error_while_streaming_cuts_the_body(server):
-    server.app.gatherer.fail_after = 5
+    server.app.gatherer.fail_after = 2
     conn, resp = get(server)
     assert resp.status == 200  # headers went out before the failure
     with pytest.raises(http.client.IncompleteRead):
