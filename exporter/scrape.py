@@ -6,7 +6,9 @@
   for this scrape (success 0).  It is not started again while its previous run is still
   stuck, so a hung netlink read costs one thread, not one per scrape.
 - Sharing: scrapes that arrive while a collection is running wait for it and share its
-  result (an HA pair of Prometheus servers reads the kernel once, not twice).
+  result (an HA pair of Prometheus servers reads the kernel once, not twice).  Rendering is
+  per request and streamed (``scrape_chunks``): the writer is stateless, so concurrent
+  renderings of the shared families need no lock.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import __version__
 from .metrics import GAUGE, ExpositionWriter, Metric
@@ -45,7 +47,6 @@ class CollectorStatus:
 @dataclass
 class Result:
     families: list
-    rendered: dict = field(default_factory=dict)
 
 
 class _Flight:
@@ -68,18 +69,17 @@ class Gatherer:
         self._running: dict = {}  # name -> future still running from an earlier scrape
         self._lock = threading.Lock()
         self._flight: _Flight | None = None
-        self._writers = {False: ExpositionWriter(), True: ExpositionWriter()}
-        self._render_lock = threading.Lock()
+        self._writer = ExpositionWriter()
         self._build_info = BUILD_INFO.single(1, __version__, platform.python_version())
 
     def scrape(self, openmetrics: bool = False) -> bytes:
+        return b"".join(self.scrape_chunks(openmetrics))
+
+    def scrape_chunks(self, openmetrics: bool = False):
+        """Collects (or joins the collection in flight), then returns an iterator over the
+        exposition's byte chunks, rendered as they are consumed."""
         result = self._shared_collection()
-        with self._render_lock:
-            body = result.rendered.get(openmetrics)
-            if body is None:
-                body = self._writers[openmetrics].render(result.families, openmetrics)
-                result.rendered[openmetrics] = body
-        return body
+        return self._writer.render_chunks(result.families, openmetrics)
 
     def _shared_collection(self) -> Result:
         with self._lock:

@@ -7,14 +7,15 @@ request: a client sending a byte every few seconds would hold a thread forever).
 """
 from __future__ import annotations
 
-import gzip
 import html
+import itertools
 import re
 import socket
 import socketserver
 import ssl
 import threading
 import time
+import zlib
 from email.utils import formatdate
 from http import HTTPStatus
 
@@ -196,6 +197,7 @@ _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 TEXT = "text/plain; charset=utf-8"
+SMALL_BODY = 1 << 18   # bytes: below this a /metrics answer has a Content-Length
 
 
 class _Reject(Exception):
@@ -364,40 +366,81 @@ class Handler(socketserver.BaseRequestHandler):
         return self._respond(404, b"not found\n", head=head, close=not keep)
 
     def _metrics(self, app: App, req: Request, head: bool, keep: bool) -> bool:
+        """The exposition, streamed: rendered (and gzipped) chunk by chunk as it is sent.
+
+        A body that fits in ``SMALL_BODY`` (and every HEAD answer) goes out with a
+        Content-Length; a bigger one with chunked transfer encoding (HTTP/1.0: delimited by
+        closing the connection), so a 540k-sample scrape never holds its 84 MiB of text."""
         if not app.try_begin_scrape():
             return self._respond(
                 503, f"too many concurrent scrapes (limit {app.max_requests})\n".encode(),
                 head=head, close=not keep)
         try:
             openmetrics = wants_openmetrics(req.headers.get("accept", ""))
+            gz = None
+            extra = {}
+            if accepts_gzip(req.headers.get("accept-encoding", "")):
+                gz = zlib.compressobj(1, zlib.DEFLATED, 31)
+                extra["Content-Encoding"] = "gzip"
             try:
-                body = app.gatherer.scrape(openmetrics)
+                chunks = _encoded(app.gatherer.scrape_chunks(openmetrics), gz)
+                first, size, done = [], 0, False
+                while size < SMALL_BODY:
+                    piece = next(chunks, None)
+                    if piece is None:
+                        done = True
+                        break
+                    first.append(piece)
+                    size += len(piece)
+                if head and not done:
+                    size += sum(len(piece) for piece in chunks)
+                    done = True
             except Exception as exc:  # noqa: BLE001 - a bug in the framework itself
                 app.log.error("scrape failed", error=f"{type(exc).__name__}: {exc}")
                 return self._respond(500, f"scrape failed: {exc}\n".encode(), head=head,
                                      close=not keep)
+            ctype = CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_TEXT
+            if done:
+                return self._respond(200, b"".join(first), ctype, head=head, close=not keep,
+                                     extra=extra, length=size)
+            chunked = req.version >= (1, 1)
+            close = not keep or not chunked or self.server.stopping
+            if chunked:
+                extra["Transfer-Encoding"] = "chunked"
+            self._write_all(self._head(200, ctype, close, extra, None))
+            try:
+                for piece in itertools.chain(first, chunks):
+                    if chunked:
+                        piece = b"%x\r\n%b\r\n" % (len(piece), piece)
+                    self._write_all(piece)
+            except Exception as exc:  # noqa: BLE001 - headers are out: cut the stream short
+                if not isinstance(exc, (_Closed, OSError)):
+                    app.log.error("scrape failed while streaming",
+                                  error=f"{type(exc).__name__}: {exc}")
+                raise _Closed(f"stream aborted: {type(exc).__name__}") from None
+            if chunked:
+                self._write_all(b"0\r\n\r\n")
+            return not close
         finally:
             app.end_scrape()
-        ctype = CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_TEXT
-        extra = {}
-        if accepts_gzip(req.headers.get("accept-encoding", "")):
-            body = gzip.compress(body, compresslevel=1)
-            extra["Content-Encoding"] = "gzip"
-        return self._respond(200, body, ctype, head=head, close=not keep, extra=extra)
 
-    def _respond(self, code: int, body: bytes, ctype: str = TEXT, head: bool = False,
-                 close: bool = False, extra=None) -> bool:
-        close = close or self.server.stopping
+    def _head(self, code: int, ctype: str, close: bool, extra, length: int | None) -> bytes:
         lines = [f"HTTP/1.1 {code} {_REASONS.get(code, 'Unknown')}",
                  f"Date: {formatdate(usegmt=True)}",
                  f"Server: nodenet-exporter/{__version__}",
-                 f"Content-Type: {ctype}",
-                 f"Content-Length: {len(body)}"]
+                 f"Content-Type: {ctype}"]
+        if length is not None:
+            lines.append(f"Content-Length: {length}")
         lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
         lines += [f"{k}: {v}" for k, v in self.web.headers]
         if close:
             lines.append("Connection: close")
-        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _respond(self, code: int, body: bytes, ctype: str = TEXT, head: bool = False,
+                 close: bool = False, extra=None, length: int | None = None) -> bool:
+        close = close or self.server.stopping
+        data = self._head(code, ctype, close, extra, len(body) if length is None else length)
         self._write_all(data if head else data + body)
         return not close
 
@@ -414,6 +457,21 @@ class Handler(socketserver.BaseRequestHandler):
             except (socket.timeout, TimeoutError):
                 raise _Closed("write timeout") from None
             view = view[sent:]
+
+
+def _encoded(chunks, gz):
+    """The exposition's chunks, gzipped when gz is a compressobj; never an empty piece (an
+    empty chunk would end a chunked body)."""
+    if gz is None:
+        for piece in chunks:
+            if piece:
+                yield piece
+        return
+    for piece in chunks:
+        piece = gz.compress(piece)
+        if piece:
+            yield piece
+    yield gz.flush()
 
 
 def _head_end(buf: bytearray) -> tuple[int, int] | None:

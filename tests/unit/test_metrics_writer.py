@@ -4,7 +4,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.metrics import COUNTER, GAUGE, ExpositionWriter, Metric, format_value
+from exporter.metrics import COUNTER, GAUGE, ExpositionWriter, Metric, Table, format_value
 
 C = Metric("t_requests_total", COUNTER, "Requests.\nSecond line \\ here", ("path", "code"))
 G = Metric("t_temp", GAUGE, "Temperature.")
@@ -38,7 +38,7 @@ def test_openmetrics_format_round_trips():
     assert fams["t_temp"].samples[0].value == -1.5
 
 
-def test_cache_renders_identically_and_forgets_dead_series():
+def test_writer_keeps_no_state_between_renderings():
     w = ExpositionWriter()
     first = w.render(families())
     assert w.render(families()) == first
@@ -46,7 +46,93 @@ def test_cache_renders_identically_and_forgets_dead_series():
     c.add(("/b", "200"), 1)
     third = w.render([c]).decode()
     assert '/a' not in third and 'path="/b"' in third
-    assert list(w._cache) == ["t_requests_total"] and len(w._cache["t_requests_total"]) == 1
+    assert vars(w) == {}  # nothing cached: memory follows the live series only
+
+
+B1 = Metric("t_backend_bytes_total", COUNTER, "Bytes.", ("svc", "backend"))
+B2 = Metric("t_backend_weight", GAUGE, "Weight.", ("svc", "backend"))
+BI = Metric("t_backend_info", GAUGE, "Info.", ("svc", "backend", "method"))
+
+
+def table_and_family_pair():
+    """The same series once as a Table, once as Families (the reference)."""
+    rows = [(("a", "1"), 10, 1.5, "nat"), ((' q"\\\n', "2"), 2**64, float("nan"), 'x"y'),
+            (("a", "3"), 0, float("inf"), "nat")]
+    t = Table((B1, B2, BI))
+    fams = [B1.family(), B2.family(), BI.family()]
+    for lv, nbytes, weight, method in rows:
+        t.add(lv, nbytes, weight, (1, method))
+        fams[0].add(lv, nbytes)
+        fams[1].add(lv, weight)
+        fams[2].add(lv + (method,), 1)
+    return t, fams
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_table_renders_as_the_same_families(openmetrics):
+    t, fams = table_and_family_pair()
+    w = ExpositionWriter()
+    out = w.render([t], openmetrics)
+    assert out == w.render(fams, openmetrics)
+    parsed = {f.name: f for f in (parse_om if openmetrics else parse_text)(out.decode())}
+    samples = {(s.name, s.labels["svc"], s.labels["backend"]): s.value
+               for f in parsed.values() for s in f.samples}
+    assert samples[("t_backend_bytes_total", ' q"\\\n', "2")] == float(2**64)
+    assert samples[("t_backend_weight", "a", "3")] == math.inf
+    assert math.isnan(samples[("t_backend_weight", ' q"\\\n', "2")])
+    info = {s.labels["backend"]: s.labels["method"] for s in parsed["t_backend_info"].samples}
+    assert info == {"1": "nat", "2": 'x"y', "3": "nat"}
+    assert b'svc=" q\\"\\\\\\n"' in out  # escaped: quote, backslash, newline
+
+
+def test_table_duplicates_keep_the_first_row_and_merge_with_families():
+    t = Table((B1, B2))
+    t.add(("a", "1"), 1, 2)
+    t.add(("a", "1"), 3, 4)
+    t.add(("b", "1"), 5, 6)
+    f = B2.family()
+    f.add(("c", "1"), 7)
+    f.add(("b", "1"), 8)
+    out = ExpositionWriter().render([t, f]).decode()
+    assert [line for line in out.splitlines() if not line.startswith("#")] == [
+        't_backend_bytes_total{svc="a",backend="1"} 1',
+        't_backend_bytes_total{svc="b",backend="1"} 5',
+        't_backend_weight{svc="a",backend="1"} 2',
+        't_backend_weight{svc="b",backend="1"} 6',
+        't_backend_weight{svc="c",backend="1"} 7']
+    assert len({f.name for f in parse_text(out)}) == 2
+
+
+def test_table_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        Table((B1, G))  # labels do not start with the table's
+    t = Table((B1, B2))
+    with pytest.raises(ValueError):
+        t.add(("only-one",), 1, 2)
+    with pytest.raises(ValueError):
+        t.add(("a", "b"), 1)  # one value for two metrics
+
+
+def test_chunks_are_bounded_and_join_to_the_whole():
+    t = Table((B1, B2, BI))
+    for i in range(5000):
+        t.add((f"svc{i}", str(i)), i, i % 3, (1, "nat"))
+    w = ExpositionWriter()
+    chunks = list(w.render_chunks([t, G.single(1)], chunk=4096))
+    whole = w.render([t, G.single(1)])
+    assert b"".join(chunks) == whole and len(chunks) > 10
+    # a chunk is cut after at most one step of lines past the size
+    assert max(len(c) for c in chunks) < 4096 + 512 * 80
+    assert len(list(parse_text(whole.decode()))) == 4
+    om = list(w.render_chunks([t], openmetrics=True, chunk=4096))
+    assert om[-1].endswith(b"# EOF\n") and b"".join(om).count(b"# EOF") == 1
+
+
+def test_empty_inputs_still_render():
+    assert ExpositionWriter().render([]) == b""
+    assert ExpositionWriter().render([], openmetrics=True) == b"# EOF\n"
+    out = ExpositionWriter().render([Table((B1, B2))]).decode()
+    assert "# TYPE t_backend_weight gauge" in out and "{" not in out
 
 
 def test_duplicate_series_written_once_and_families_merged():
