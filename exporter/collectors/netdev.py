@@ -135,7 +135,8 @@ NOHANDLER = Metric("nodenet_interface_receive_nohandler_total", COUNTER,
 HEADROOM = Metric("nodenet_overlay_mtu_headroom_bytes", GAUGE,
                   "Underlay MTU minus encapsulation overhead minus the tunnel's MTU; negative "
                   "means full-size overlay packets cannot cross the underlay whole (they are "
-                  "fragmented or dropped). Overhead table: docs/interfaces.md.",
+                  "fragmented or dropped). Not exported for metadata-mode (external) tunnels, "
+                  "which use per-route MTUs. Overhead table: docs/interfaces.md.",
                   ("interface", "kind", "underlay"))
 ABOVE_OVERLAY = Metric("nodenet_interface_mtu_above_overlay_bytes", GAUGE,
                        "For veth and bridge interfaces on a node with an up tunnel: bytes by "
@@ -319,7 +320,8 @@ class NetdevCollector(Collector):
 
         carriers = {u.index for u in underlays.values() if u is not None}
         overlay_mtus = [link.mtu for link in links
-                        if link.tunnel is not None and link.up and link.mtu]
+                        if link.tunnel is not None and not link.tunnel.external
+                        and link.up and link.mtu]
         overlay_mtu = min(overlay_mtus) if overlay_mtus else None
 
         for link in links:
@@ -344,7 +346,11 @@ class NetdevCollector(Collector):
                     samples.append((lv, stats[i]))
                 if self._details and stats.rx_nohandler is not None:
                     nohandler.samples.append((lv, stats.rx_nohandler))
-            if link.tunnel is not None and under is not None and link.mtu and under.mtu:
+            # Metadata-mode ("external") tunnels (Cilium's cilium_vxlan, OVS genev_sys_6081)
+            # pick remote and underlay per packet and rely on per-route MTUs: their device MTU
+            # is not the path's limit, so a static headroom would be a false alarm.
+            if (link.tunnel is not None and not link.tunnel.external and under is not None
+                    and link.mtu and under.mtu):
                 overhead = encap_overhead(link, self._geneve_options)
                 if overhead is not None:
                     headroom.add((name, kind, under.name), under.mtu - overhead - link.mtu)

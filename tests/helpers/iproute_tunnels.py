@@ -111,6 +111,9 @@ def expected_headroom(w: dict, by_name: dict, routes: dict, geneve_option_bytes:
     """underlay MTU - overhead - tunnel MTU, or None when no series is due."""
     if kind(w) not in TUNNEL_KINDS:
         return None
+    data = w.get("linkinfo", {}).get("info_data", {})
+    if data.get("external") or data.get("collect_metadata"):
+        return None  # metadata mode: per-route MTUs, no static headroom (docs/interfaces.md)
     under = expected_underlay(w, routes)
     if not under:
         return None
@@ -128,7 +131,7 @@ DESIGN_HEADROOM = {
     "iibig": -20, "g6big": -52,
     "gnl3": 14,
     "gn9": 7450,
-    "gnx": 9000 - 50 - 65465,
+    # "gnx" (metadata-mode Geneve, MTU 65465) has no headroom series by design
     **{n: 7500 for n in ("tunl0", "gre0", "gretap0", "sit0", "ip6tnl0", "ip6gre0")},
 }
 #: interface: (kind label, underlay label) by design, for every interface of the topology

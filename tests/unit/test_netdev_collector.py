@@ -308,10 +308,24 @@ def test_detailed_errors_can_be_switched_off():
 
 def test_geneve_option_bytes_flag():
     links = topology(newlink(10, "gnv0", kind="geneve", mtu=1450,
-                             data=[u32(1, 1), u32(3, 0), u32(6, 0)]))
+                             data=[u32(1, 1), u32(3, 0)]))
     routes = Routes(dumps={socket_af(4): route(2, 0, oif=2) + done()})
     _, out = scrape(collector("--collector.netdev.geneve-option-bytes=8"), links, routes)
     assert values(out, "nodenet_overlay_mtu_headroom_bytes") == {("gnv0", "geneve", "eth0"): -8}
+
+
+def test_metadata_mode_tunnels_have_no_static_headroom():
+    # OVS/OVN genev_sys_6081 (collect_metadata) at 65000 over a 1500 underlay: per-flow/route
+    # MTUs decide there, so no headroom series (it would read -63550) and no above-overlay base.
+    links = topology(newlink(10, "genev_sys_6081", kind="geneve", mtu=65000,
+                             data=[u32(1, 0), u32(3, 0), u32(6, 0)]),
+                     newlink(11, "pod0", kind="veth", mtu=1500))
+    routes = Routes(dumps={socket_af(4): route(2, 0, oif=2) + done()})
+    _, out = scrape(collector(), links, routes)
+    assert values(out, "nodenet_overlay_mtu_headroom_bytes") == {}
+    assert values(out, "nodenet_interface_mtu_above_overlay_bytes") == {}
+    info = values(out, "nodenet_interface_info")
+    assert ("genev_sys_6081", "geneve", "up", "", "eth0") in info  # underlay still shown
     with pytest.raises(ConfigError):
         collector("--collector.netdev.geneve-option-bytes=-1")
 
