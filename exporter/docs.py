@@ -52,10 +52,19 @@ def metrics_table() -> str:
 
 def options_table() -> str:
     from .cli import GLOBAL_OPTIONS
+    load_all()
+    options = list(GLOBAL_OPTIONS)
+    for _, cls in sorted(REGISTRY.items()):
+        options.extend(cls.options)
     rows = ["| flag / config key | default | meaning |", "|---|---|---|"]
-    for o in GLOBAL_OPTIONS:
-        default = "" if o.default is None else str(o.default)
-        rows.append(f"| `--{o.key}` | `{default}` | {_cell(o.help)} |")
+    for o in options:
+        if o.default is None:
+            default = ""
+        elif isinstance(o.default, (list, tuple)):
+            default = ",".join(map(str, o.default))
+        else:
+            default = str(o.default)
+        rows.append(f"| `--{o.key}` | `{_cell(default)}` | {_cell(o.help)} |")
     return "\n".join(rows)
 
 
