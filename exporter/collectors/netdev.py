@@ -29,7 +29,7 @@ mode, e.g. Cilium) counts as IPv4, as the kernel itself does when it caps the tu
 WireGuard peers live in genetlink, not in rtnetlink: the IPv6 figure (80) is used, which is
 also what the kernel's default WireGuard MTU of 1420 assumes.  Geneve options are per packet
 and not visible in the link: ``--collector.netdev.geneve-option-bytes`` adds a fixed amount
-(e.g. 8 for OVN's single 8-byte option, 0 by default).
+(e.g. 8 for one 8-byte option, 0 by default; metadata-mode tunnels such as OVN's get no headroom).
 
 Underlay of a tunnel, in this order:
 
@@ -274,7 +274,7 @@ class NetdevCollector(Collector):
                "Export the detailed error kinds (length/over/crc/frame/fifo/missed, "
                "aborted/carrier/fifo, nohandler) per interface"),
         Option("collector.netdev.geneve-option-bytes", _non_negative_int, 0,
-               "Geneve option bytes per packet added to the Geneve overhead (e.g. 8 for OVN)",
+               "Geneve option bytes per packet added to the Geneve overhead (e.g. 8 for one 8-byte option; fixed-remote Geneve only)",
                "BYTES"),
     )
 
