@@ -102,11 +102,49 @@ def _hwm_mib(pid: int) -> float:
         return next(int(x.split()[1]) for x in f if x.startswith("VmHWM")) / 1024
 
 
+def raw_fetch(port: int, gzip: bool = False) -> tuple:
+    """GET /metrics over a plain socket, the body discarded as it arrives (4 MiB recv_into:
+    no HTTP parsing, no copies on the client side): (time to first byte, total, bytes)."""
+    import socket
+    req = (b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+           + (b"Accept-Encoding: gzip\r\n" if gzip else b"") + b"\r\n")
+    buf = bytearray(4 << 20)
+    n, ttfb = 0, None
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        t0 = time.perf_counter()
+        sock.sendall(req)
+        while True:
+            k = sock.recv_into(buf)
+            if not k:
+                break
+            if ttfb is None:
+                ttfb = time.perf_counter() - t0
+            n += k
+    return ttfb, time.perf_counter() - t0, n
+
+
+def collect_seconds(body: bytes) -> float | None:
+    """nodenet_scrape_collector_duration_seconds{collector="ipvs"} of a scrape (ours only)."""
+    key = b'nodenet_scrape_collector_duration_seconds{collector="ipvs"} '
+    i = body.rfind(key)
+    return None if i < 0 else float(body[i + len(key):body.index(b"\n", i)])
+
+
+def _p50(xs):
+    return 1000 * statistics.median(xs) if xs else float("nan")
+
+
 def interleaved(servers, n: int, max_seconds: float = 600.0) -> list:
     """Scrape the servers in turn, n rounds (after one warm-up round), so that the host's
-    load changes hit all of them alike; per server: wall p50/p95, CPU per scrape, RSS."""
+    load changes hit all of them alike; per server: wall p50/p95, CPU per scrape, RSS.
+    Each round scrapes each server three ways: urllib (the client wall of the main table:
+    it includes the client's own HTTP parsing and copies, on the same CPU in UML), a raw
+    socket that discards the body (time to first byte, total: the server's side), and a raw
+    socket with Accept-Encoding: gzip (as Prometheus scrapes); server CPU for each."""
     walls = {id(s): [] for s in servers}
     cpus = {id(s): [] for s in servers}
+    extra = {id(s): {k: [] for k in ("ttfb", "raw", "raw_cpu", "gz", "gz_cpu", "gz_bytes",
+                                     "collect")} for s in servers}
     bodies = {}
     for s in servers:
         bodies[id(s)] = s.fetch()
@@ -121,17 +159,59 @@ def interleaved(servers, n: int, max_seconds: float = 600.0) -> list:
             bodies[id(s)] = s.fetch()
             walls[id(s)].append(time.perf_counter() - t0)
             cpus[id(s)].append(s.cpu_seconds() - c0)
+            x = extra[id(s)]
+            cs = collect_seconds(bodies[id(s)])
+            if cs is not None:
+                x["collect"].append(cs)
+            c0 = s.cpu_seconds()
+            ttfb, total, _ = raw_fetch(s.port)
+            x["raw_cpu"].append(s.cpu_seconds() - c0)
+            x["ttfb"].append(ttfb)
+            x["raw"].append(total)
+            c0 = s.cpu_seconds()
+            _, total, nbytes = raw_fetch(s.port, gzip=True)
+            x["gz_cpu"].append(s.cpu_seconds() - c0)
+            x["gz"].append(total)
+            x["gz_bytes"].append(nbytes)
     out = []
     for s in servers:
         w = sorted(walls[id(s)])
         body = bodies[id(s)]
+        x = extra[id(s)]
         out.append({"target": s.name, "scrapes": len(w),
                     "samples": sum(1 for x in body.splitlines() if x and not x.startswith(b"#")),
                     "bytes": len(body), "wall_p50_ms": 1000 * statistics.median(w),
                     "wall_p95_ms": 1000 * w[min(len(w) - 1, int(0.95 * len(w)))],
                     "cpu_ms": 1000 * statistics.mean(cpus[id(s)]), "rss_mib": s.rss_mib(),
-                    "first_rss_mib": first_rss[id(s)], "hwm_mib": _hwm_mib(s.proc.pid)})
+                    "first_rss_mib": first_rss[id(s)], "hwm_mib": _hwm_mib(s.proc.pid),
+                    "collect_ms": _p50(x["collect"]), "ttfb_ms": _p50(x["ttfb"]),
+                    "raw_wall_ms": _p50(x["raw"]),
+                    "raw_cpu_ms": 1000 * statistics.mean(x["raw_cpu"] or [float("nan")]),
+                    "gz_wall_ms": _p50(x["gz"]),
+                    "gz_cpu_ms": 1000 * statistics.mean(x["gz_cpu"] or [float("nan")]),
+                    "gz_bytes": max(x["gz_bytes"] or [0])})
     return out
+
+
+SIDE_HEADER = (f"{'target':<40} {'urllib wall':>11} {'collect':>8} {'raw TTFB':>9} "
+               f"{'raw wall':>9} {'raw CPU':>8} {'gzip wall':>9} {'gzip CPU':>8} {'gzip MiB':>8}")
+
+
+def side_row(m: dict) -> str:
+    """Client vs server: the urllib wall of the main table, the collector's own duration
+    (ours), a raw-socket scrape's time to first byte / total / server CPU, and the same
+    with gzip (ms, p50; CPU: mean)."""
+    return (f"{m['target']:<40} {m['wall_p50_ms']:>11.0f} {m['collect_ms']:>8.0f} "
+            f"{m['ttfb_ms']:>9.0f} {m['raw_wall_ms']:>9.0f} {m['raw_cpu_ms']:>8.0f} "
+            f"{m['gz_wall_ms']:>9.0f} {m['gz_cpu_ms']:>8.0f} {m['gz_bytes'] / 2**20:>8.1f}")
+
+
+def print_side(ms) -> None:
+    print("\nwhere the wall goes (ms): client (urllib) vs server (raw socket, body discarded), "
+          "and gzip as Prometheus asks for it")
+    print(SIDE_HEADER)
+    for m in ms:
+        print(side_row(m), flush=True)
 
 
 def guest(a) -> int:
@@ -176,6 +256,7 @@ def guest(a) -> int:
     for scen, m in rows:
         print(row(scen, m, m_ne), flush=True)
         res["rows"].append(dict(m, scenario=scen))
+    print_side([m_ours, m_ne, rows[-1][1]])
     with open(os.path.join(out, "ipvs_bench.json"), "w") as f:
         json.dump(res, f, indent=1)
     return 0
@@ -206,6 +287,10 @@ def host(a) -> int:
     nb = data["services"] * data["backends"]
     print(f"per backend: scrape {1000 * ours['wall_p50_ms'] / nb:.1f} us wall, "
           f"{1000 * ours['cpu_ms'] / nb:.1f} us CPU; dump+decode {dec['per_backend_us']:.1f} us CPU")
+    print(f"server side: nodenet/node_exporter raw-socket wall "
+          f"{ours['raw_wall_ms'] / ne['raw_wall_ms']:.2f}x, gzip wall "
+          f"{ours['gz_wall_ms'] / ne['gz_wall_ms']:.2f}x, gzip CPU "
+          f"{ours['gz_cpu_ms'] / ne['gz_cpu_ms']:.2f}x")
     print(f"ratios: nodenet/node_exporter wall {ours['wall_p50_ms'] / ne['wall_p50_ms']:.2f}x, "
           f"nodenet/ipvsadm wall {ours['wall_p50_ms'] / kern['wall_p50_ms']:.2f}x, "
           f"decode/ipvsadm wall {dec['wall_p50_ms'] / kern['wall_p50_ms']:.2f}x")
@@ -243,6 +328,9 @@ def native(outdir, scrapes: int) -> dict:
     print("\nnative, user space only (host CPU; same table, kernel reads not included):")
     print(row("ipvs, per-backend (default)", m_ours, m_ne))
     print(row("ipvs", m_ne))
+    print_side([m_ours, m_ne])
+    print(f"RSS native: nodenet after its first scrape {m_ours['first_rss_mib']:.1f} MiB, after "
+          f"{m_ours['scrapes']} more {m_ours['rss_mib']:.1f} MiB, peak {m_ours['hwm_mib']:.1f} MiB")
     return {"ours": m_ours, "node_exporter": m_ne}
 
 

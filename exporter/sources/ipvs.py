@@ -677,13 +677,17 @@ class IPVSReader:
                     services.extend(decode_services(chunk, seq))
                 if service_filter is not None:
                     services = [s for s in services if service_filter(s)]
-                for svc in services:
+                for i, svc in enumerate(services):
+                    # the list lets go of each service once yielded: a consumer that streams
+                    # (the collector) keeps only one service's decoded backends alive at once
+                    services[i] = None
                     if backends:
                         dests = []
                         for chunk, seq in sock.dump(fam, IPVS_CMD_GET_DEST, service_key(svc)):
                             dests.extend(decode_dests(chunk, svc.family, seq))
                         svc.backends = dests
                     yield svc
+                    del svc
         except IPVSUnavailable:
             raise
         except OSError as e:
