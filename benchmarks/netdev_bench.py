@@ -26,7 +26,6 @@ node_exporter netdev+netclass, and within 1.5x of its netdev-only.  Bounded: eve
 from __future__ import annotations
 
 import argparse
-import ctypes
 import http.client
 import os
 import signal
@@ -34,31 +33,13 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
-CLONE_NEWNET = 0x40000000
+sys.path.insert(0, REPO)
+from tests.helpers.netns import inside_netns  # noqa: E402
+
 TICK = os.sysconf("SC_CLK_TCK")
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextmanager
-def netns(name: str):
-    """Runs the block (in this thread) inside network namespace ``name``."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 def sh(*args: str, input: str | None = None) -> None:
@@ -81,7 +62,7 @@ def rss_mib(pid: int) -> float:
 
 def get(ns: str, port: int, path: str = "/metrics", timeout: float = 30.0) -> bytes:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    with netns(ns):
+    with inside_netns(ns):
         conn.connect()
     try:
         conn.request("GET", path)

@@ -31,27 +31,45 @@ def netns(prefix: str = "nn-test"):
 CLONE_NEWNET = 0x40000000
 
 
-def call_in_netns(name: str | None, fn, *args, **kwargs):
-    """Runs fn in a fresh thread that has entered network namespace `name` (sockets it creates
-    live there), and returns its result; the test process itself stays where it is."""
-    if not name:
-        return fn(*args, **kwargs)
+@contextlib.contextmanager
+def inside_netns(name: str):
+    """Runs the block, in the calling thread, inside network namespace `name` (/run/netns),
+    then puts the thread back where it was. Sockets made in the block live in `name`."""
     import ctypes
-    import threading
 
     libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            if libc.setns(target, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            if libc.setns(own, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns back from {name}: {os.strerror(err)}")
+    finally:
+        os.close(own)
+
+
+def call_in_netns(name: str | None, fn, *args, **kwargs):
+    """Runs fn in a fresh thread that has entered network namespace `name` (sockets it creates
+    live there), and returns its result; the calling thread itself stays where it is."""
+    if not name:
+        return fn(*args, **kwargs)
+    import threading
+
     box: dict = {}
 
     def target():
         try:
-            fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            box["result"] = fn(*args, **kwargs)
+            with inside_netns(name):
+                box["result"] = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             box["error"] = exc
 

@@ -6,7 +6,6 @@ tests call it in their fixture teardown).  Every wait here is bounded.
 """
 from __future__ import annotations
 
-import ctypes
 import http.client
 import json
 import os
@@ -15,14 +14,12 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
-
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers.netns import inside_netns
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def require_root_tools():
@@ -30,23 +27,6 @@ def require_root_tools():
     assert os.geteuid() == 0, "netdev integration tests need root (network namespaces)"
     for tool in ("ip",):
         assert shutil.which(tool), f"{tool} (iproute2) is needed"
-
-
-@contextmanager
-def setns(name: str):
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 class Netns:
@@ -88,7 +68,7 @@ class Netns:
 
 def http_get(ns: Netns, port: int, path: str = "/metrics", timeout: float = 20.0):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    with setns(ns.name):
+    with inside_netns(ns.name):
         conn.connect()
     try:
         conn.request("GET", path)
