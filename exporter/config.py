@@ -126,17 +126,22 @@ def flatten(tree, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_config_file(path: str) -> dict[str, Any]:
+def read_yaml(path: str, what: str, error: type[Exception]):
+    """Parses a YAML file; any failure raises `error` with one line: '<what> <path>: ...'."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+        with open(path, "rb") as fh:
+            return yaml.safe_load(fh)
     except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+        raise error(f"{what} {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"config file {path}:{where}: malformed YAML: {problem}") from None
+        raise error(f"{what} {path}:{where}: malformed YAML: {problem}") from None
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    data = read_yaml(path, "config file", ConfigError)
     if data is None:
         return {}
     return flatten(data)

@@ -35,7 +35,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import yaml
+from .config import read_yaml
 
 
 class WebConfigError(Exception):
@@ -74,16 +74,7 @@ class WebConfig:
 
 def load(path: str) -> WebConfig:
     """Reads and validates a web config file; raises WebConfigError (one line)."""
-    try:
-        with open(path, "rb") as fh:
-            data = yaml.safe_load(fh)
-    except OSError as exc:
-        raise WebConfigError(f"web config {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise WebConfigError(f"web config {path}:{where}: malformed YAML: {problem}") from None
+    data = read_yaml(path, "web config", WebConfigError)
     try:
         return _build(path, {} if data is None else data)
     except WebConfigError as exc:
