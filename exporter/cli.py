@@ -104,12 +104,17 @@ def build(settings, log):
 
 
 def main(argv=None) -> int:
+    command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
     try:
         settings = resolve(all_options(), argv, PROG, __version__, set(REGISTRY))
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    from . import memory
+    if command_line:   # the process itself (not a test calling main()): see exporter/memory.py
+        memory.reexec_with_malloc()
+    malloc_tuned = memory.tune_glibc()
     from . import log as logmod
     from .server import App, ExporterServer
     from .webconfig import WebConfigError, WebConfigHolder
@@ -155,6 +160,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGHUP, reload)
     log.info("listening", address=address, path=settings["web.telemetry-path"],
              collectors=sorted(gatherer.collectors), version=__version__,
+             allocator=memory.allocator(), glibc_tuned=all(malloc_tuned.values()) and bool(malloc_tuned),
              **web.current().summary)
     try:
         server.serve_forever(poll_interval=0.2)

@@ -162,39 +162,10 @@ class Gatherer:
                 pass
 
 
-#: a scrape with more samples than this gives its freed memory back to the OS when it is done
-TRIM_SAMPLES = 50_000
-
-
-def _malloc_trim():
-    try:
-        import ctypes
-        import ctypes.util
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim with
-        return None
-
-
-_TRIM = _malloc_trim()
-
-
-def _size(families) -> int:
-    """Samples of a scrape (Table: rows x metrics), cheap: no sample is looked at."""
-    return sum(len(f) * len(f.specs) if hasattr(f, "specs") else len(f) for f in families)
-
-
 def _rendered(writer, result, openmetrics):
-    """The exposition's chunks; after a big scrape (and the last reference to its families),
-    malloc_trim(0): glibc keeps the freed pages of the tables otherwise, and the next scrape
-    reuses them only in part (RSS creeps up, see docs/ipvs.md)."""
-    big = _TRIM is not None and _size(result.families) > TRIM_SAMPLES
-    try:
-        yield from writer.render_chunks(result.families, openmetrics)
-    finally:
-        del result
-        if big:
-            _TRIM(0)
+    """The exposition's chunks.  Memory is not trimmed after a big scrape: the next one reuses
+    it (exporter/memory.py)."""
+    yield from writer.render_chunks(result.families, openmetrics)
 
 
 def _materialise(collector):
