@@ -25,7 +25,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from . import ParseError
+from . import ParseError, recvmmsg
 
 # --- netlink / generic netlink constants --------------------------------------------------
 NETLINK_GENERIC = 16
@@ -719,7 +719,8 @@ class _GenlSocket:
         except BaseException:
             self.s.close()
             raise
-        self.buf = bytearray(recv_size)
+        self.rx = recvmmsg.receiver(self.s, recv_size)
+        self.pending: list = []      # received datagrams not consumed yet
         self.seq = 0
 
     def __enter__(self):
@@ -736,16 +737,20 @@ class _GenlSocket:
 
     def _replies(self, seq: int):
         """Yield each received chunk (bytes, only this request's messages' framing checked)
-        until NLMSG_DONE / a non-multipart reply / an error."""
-        mv = memoryview(self.buf)
+        until NLMSG_DONE / a non-multipart reply / an error.  Datagrams come in batches
+        (recvmmsg: a dump's last part and its NLMSG_DONE in one system call)."""
+        pending = self.pending
         while True:
-            try:
-                n, fl = self.s.recvmsg_into([mv])[0:3:2]
-            except BlockingIOError as e:   # SO_RCVTIMEO expired
-                raise TimeoutError(errno.ETIMEDOUT, "netlink: no answer from the kernel") from e
+            if not pending:
+                try:
+                    pending.extend(self.rx.recv())
+                except BlockingIOError as e:   # SO_RCVTIMEO expired
+                    raise TimeoutError(errno.ETIMEDOUT,
+                                       "netlink: no answer from the kernel") from e
+            data, fl = pending.pop(0)
             if fl & socket.MSG_TRUNC:
                 raise IPVSParseError("netlink message larger than the receive buffer")
-            data = bytes(mv[:n])
+            n = len(data)
             off, done = 0, False
             while off + 16 <= n:
                 ln, typ, flags, mseq, _ = _NLMSGHDR.unpack_from(data, off)
