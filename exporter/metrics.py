@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from itertools import chain
 from dataclasses import dataclass, field
 
 COUNTER = "counter"
@@ -105,7 +106,7 @@ class Table:
     ``(value, extra_label_value, ...)`` tuples.
     """
 
-    __slots__ = ("specs", "labels", "labelsets", "columns", "_extra", "_fmt")
+    __slots__ = ("specs", "labels", "labelsets", "columns", "_extra", "_fmt", "_keep")
 
     def __init__(self, specs, labels: tuple | None = None):
         specs = tuple(specs)
@@ -123,6 +124,7 @@ class Table:
         self.labelsets: list = []      # rendered 'k="v",...' per row (shared by the metrics)
         self.columns = [[] for _ in specs]
         self._fmt = ",".join(f'{k}="%s"' for k in self.labels)
+        self._keep: tuple | None = None
 
     def labelset(self, label_values: tuple) -> str:
         """The rendered label set (without braces) of one row; raises on a wrong count."""
@@ -142,6 +144,15 @@ class Table:
 
     def __len__(self) -> int:
         return len(self.labelsets)
+
+    def first_rows(self):
+        """None if the rows' label sets are distinct, else the indexes of the first row of
+        each label set (a duplicate series would make the whole scrape invalid).  Worked out
+        once per table (rendering is per request, the table is shared and filled already)."""
+        keep = self._keep
+        if keep is None or keep[0] != len(self.labelsets):
+            keep = self._keep = (len(self.labelsets), _first_rows(self.labelsets))
+        return keep[1]
 
 
 def _labelset(labels: tuple, label_values: tuple) -> str:
@@ -195,18 +206,56 @@ def _lines(head: str, sets, values) -> str:
     return "".join([f"{head}{s}}} {v}\n" for s, v in zip(sets, _values(values))])
 
 
+_TABLE_LINES = 2048   # table rows rendered per step (one string of ~0.5 MiB at IPVS's ~250 B)
+
+
+def _render_table(head: str, table, idx: int, extra: tuple):
+    """Yields the text of one table column: one line per row (first of duplicate label sets).
+
+    A column of plain ints (the common case: kernel counters) is rendered with one
+    %-format of a whole batch: the lines are made in C, no per-line string object.  Extra
+    labels (a column of (value, extra label values...) entries) render through a suffix per
+    distinct extra values."""
+    sets, column = table.labelsets, table.columns[idx]
+    keep = table.first_rows()
+    if keep is not None:
+        sets, column = [sets[i] for i in keep], [column[i] for i in keep]
+    n, step = len(sets), _TABLE_LINES
+    if not extra:
+        if set(map(type, column)) <= {int}:    # not bool, not float: exact %d
+            line = head + "%s} %d\n"
+            full = line * step
+            for i in range(0, n, step):
+                k = min(step, n - i)
+                yield (full if k == step else line * k) % tuple(
+                    chain.from_iterable(zip(sets[i:i + k], column[i:i + k])))
+        else:
+            for i in range(0, n, step):
+                yield _lines(head, sets[i:i + step], column[i:i + step])
+        return
+    suffixes: dict = {}
+
+    def suffix(ev):
+        text = suffixes.get(ev)
+        if text is None:
+            if len(ev) != len(extra):
+                raise ValueError(f"{head[:-1]}: {len(ev)} extra label values for {extra}")
+            text = suffixes[ev] = "," + _labelset(extra, ev)
+        return text
+
+    for i in range(0, n, step):
+        part = column[i:i + step]
+        yield "".join([f"{head}{s}{suffix(e[1:])}}} {v}\n" for s, e, v in
+                       zip(sets[i:i + step], part, _values([e[0] for e in part]))])
+
+
 def _render_spec(spec, sources, memo):
     """Yields text pieces for the samples of one metric, from its families/table columns."""
     name, labels = spec.name, spec.labels
     head = name + "{" if labels else name
-    if len(sources) == 1 and sources[0][0] == "table" and not sources[0][3]:
-        _, table, idx, _ = sources[0]
-        sets, column = table.labelsets, table.columns[idx]
-        keep = _first_rows(table)
-        if keep is not None:
-            sets, column = [sets[i] for i in keep], [column[i] for i in keep]
-        for i in range(0, len(sets), _LINES):
-            yield _lines(head, sets[i:i + _LINES], column[i:i + _LINES])
+    if len(sources) == 1 and sources[0][0] == "table":
+        _, table, idx, extra = sources[0]
+        yield from _render_table(head, table, idx, extra)
         return
     # general path: (label set, value) pairs from every source, first of duplicates kept
     pairs: list = []
@@ -257,9 +306,8 @@ def _family_pairs(name, labels, samples, memo):
     return out
 
 
-def _first_rows(table):
-    """None if the table's rows are distinct, else the indexes of the first of each label set."""
-    sets = table.labelsets
+def _first_rows(sets):
+    """None if the label sets are distinct, else the indexes of the first of each."""
     if len(set(sets)) == len(sets):
         return None
     seen: set = set()

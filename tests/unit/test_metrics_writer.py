@@ -4,6 +4,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from exporter import metrics
 from exporter.metrics import COUNTER, GAUGE, ExpositionWriter, Metric, Table, format_value
 
 C = Metric("t_requests_total", COUNTER, "Requests.\nSecond line \\ here", ("path", "code"))
@@ -115,14 +116,15 @@ def test_table_rejects_bad_shapes():
 
 def test_chunks_are_bounded_and_join_to_the_whole():
     t = Table((B1, B2, BI))
-    for i in range(5000):
+    rows = 3 * metrics._TABLE_LINES + 7       # 4 steps per metric
+    for i in range(rows):
         t.add((f"svc{i}", str(i)), i, i % 3, (1, "nat"))
     w = ExpositionWriter()
     chunks = list(w.render_chunks([t, G.single(1)], chunk=4096))
     whole = w.render([t, G.single(1)])
-    assert b"".join(chunks) == whole and len(chunks) > 10
+    assert b"".join(chunks) == whole and len(chunks) >= 10
     # a chunk is cut after at most one step of lines past the size
-    assert max(len(c) for c in chunks) < 4096 + 512 * 80
+    assert max(len(c) for c in chunks) < 4096 + metrics._TABLE_LINES * 80
     assert len(list(parse_text(whole.decode()))) == 4
     om = list(w.render_chunks([t], openmetrics=True, chunk=4096))
     assert om[-1].endswith(b"# EOF\n") and b"".join(om).count(b"# EOF") == 1
@@ -169,3 +171,53 @@ def test_format_value():
     assert format_value(0.25) == "0.25"
     assert format_value(math.nan) == "NaN"
     assert format_value(math.inf) == "+Inf" and format_value(-math.inf) == "-Inf"
+
+
+# --- the table fast path renders exactly what the general (Family) path renders -------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_VALUES = st.one_of(st.integers(-2**70, 2**70), st.booleans(),
+                    st.floats(allow_nan=True, allow_infinity=True), st.just(0))
+_ROWS = st.lists(st.tuples(st.sampled_from(["a", "b", 'q"x', "back\\slash", "nl\nx", "ü"]),
+                           st.integers(0, 3), _VALUES, st.sampled_from(["nat", "dr", "tun"])),
+                 max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=_ROWS, ints_only=st.booleans())
+def test_table_renders_as_families_do(rows, ints_only):
+    if ints_only:
+        rows = [(a, b, v if type(v) is int else 7, f) for a, b, v, f in rows]
+    t = Table((B1, B2, BI))
+    fams = [B1.family(), B2.family(), BI.family()]
+    for a, b, v, fwd in rows:
+        t.add((a, str(b)), v, b, (v, fwd))
+        fams[0].add((a, str(b)), v)
+        fams[1].add((a, str(b)), b)
+        fams[2].add((a, str(b), fwd), v)
+    w = ExpositionWriter()
+    # the general path keeps the first of duplicate series; so does the table path (rows
+    # with the same label set are one series, whatever their extra label says)
+    seen, firsts = set(), []
+    for a, b, v, fwd in rows:
+        if (a, b) not in seen:
+            seen.add((a, b))
+            firsts.append((a, b, v, fwd))
+    ref = [B1.family(), B2.family(), BI.family()]
+    for a, b, v, fwd in firsts:
+        ref[0].add((a, str(b)), v)
+        ref[1].add((a, str(b)), b)
+        ref[2].add((a, str(b), fwd), v)
+    assert w.render([t]) == w.render(ref)
+    assert w.render([t], openmetrics=True) == w.render(ref, openmetrics=True)
+
+
+def test_table_int_column_uses_exact_integers():
+    t = Table((B1,))
+    t.add(("a", "1"), 2**64 - 1)
+    t.add(("b", "1"), True)      # bool is not rendered as %d of an int subclass
+    t.add(("c", "1"), -3)
+    out = ExpositionWriter().render([t]).decode()
+    assert 't_backend_bytes_total{svc="a",backend="1"} 18446744073709551615\n' in out
+    assert 't_backend_bytes_total{svc="b",backend="1"} 1\n' in out
+    assert 't_backend_bytes_total{svc="c",backend="1"} -3\n' in out
