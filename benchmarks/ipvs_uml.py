@@ -15,7 +15,7 @@ measures per scrape: wall p50/p95, CPU ms and RSS of
 - the exporter's reader alone (netlink dump + decode, in one Python process).
 The guest has one CPU; every loop is bounded in count and time; the guest is powered off at
 the end, so nothing is left behind.  --check fails (exit 1) if nodenet-exporter's scrape is
-not faster than node_exporter's.
+not faster than node_exporter's, server side (raw socket, and gzip as Prometheus asks).
 """
 from __future__ import annotations
 
@@ -303,8 +303,13 @@ def host(a) -> int:
         print(f"native ratio nodenet/node_exporter wall "
               f"{nat['ours']['wall_p50_ms'] / nat['node_exporter']['wall_p50_ms']:.2f}x, "
               f"peak RSS {nat['ours']['hwm_mib']:.1f} vs {nat['node_exporter']['hwm_mib']:.1f} MiB")
-    if a.check and ours["wall_p50_ms"] >= ne["wall_p50_ms"]:
-        print("CHECK FAILED: nodenet-exporter is not faster than node_exporter", file=sys.stderr)
+    # the goal: a scrape faster than node_exporter's, server side (the guest's single CPU
+    # also runs the client: urllib parsing our 84 MiB body is the client's cost), both as
+    # Prometheus scrapes (gzip) and uncompressed
+    slow = [k for k in ("gz_wall_ms", "raw_wall_ms") if ours[k] >= ne[k]]
+    if a.check and slow:
+        print(f"CHECK FAILED: nodenet-exporter is not faster than node_exporter ({', '.join(slow)})",
+              file=sys.stderr)
         return 1
     return 0
 
