@@ -69,6 +69,11 @@ def capture(path):
 
 
 if __name__ == "__main__":
+    # the allocator of the real exporter: its entry point re-executes itself with
+    # PYTHONMALLOC=malloc (exporter/memory.py), but cli.main(argv), called with argv as here,
+    # does not; so do it here, before the replay is loaded (same PID, same command line)
+    from exporter import memory
+    memory.reexec_with_malloc()
     install(sys.argv[1])
     from exporter.cli import main
     sys.exit(main(sys.argv[2:]))
