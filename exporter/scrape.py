@@ -129,6 +129,9 @@ class Gatherer:
                 future, t0 = entry
                 try:
                     fams, elapsed = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                    # only a collection still running is remembered: a finished future would
+                    # keep this scrape's families (at IPVS scale ~15 MiB) alive until the next
+                    del self._running[name], future
                     families.extend(fams)
                     ok = True
                     status.last_success = time.time()

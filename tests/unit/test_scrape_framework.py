@@ -101,3 +101,34 @@ def test_availability_logs_once_per_change(capsys):
     c.availability(avail, True)
     assert c.availability(avail, True).samples == [((), 1)]
     assert logged == ["subsystem not available on this node", "subsystem available again"]
+
+
+def test_a_scrape_s_families_are_freed_once_it_is_rendered():
+    """Nothing of a finished scrape stays referenced by the gatherer (issue 8: at IPVS scale
+    keeping the last scrape's table alive until the next one doubled the heap's working set
+    and RSS grew 72 -> 101 MiB over 40 scrapes; freed, it stays flat)."""
+    import gc
+    import weakref
+
+    from exporter.metrics import Family
+
+    refs = []
+
+    class Tracked(Family):
+        pass
+
+    class Big(Collector):
+        def __init__(self):
+            self.ctx, self.log, self._available = None, log, None
+
+        def collect(self):
+            fam = Tracked(VALUE)
+            fam.add(("x",), 1)
+            refs.append(weakref.ref(fam))
+            yield fam
+
+    g = make(big=Big())
+    for _ in range(3):
+        assert b't_value{who="x"} 1' in g.scrape()
+    gc.collect()
+    assert len(refs) == 3 and all(r() is None for r in refs)
