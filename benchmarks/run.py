@@ -4,7 +4,9 @@
 Prints, in one run on this machine, nodenet-exporter side by side with node_exporter 1.5:
 - base: the default collectors in a fresh network namespace, idle RSS, and RSS over 1,000 scrapes;
 - exposition: the writer vs prometheus_client's renderer at 300k samples (per-sample cost);
-- netdev, conntrack, ipvs: the scenario scripts beside this file (namespaces / the UML VM).
+- netdev, conntrack, ipvs: the scenario scripts beside this file (namespaces / the UML VM);
+- soak: RSS, page faults and CPU over 1,000 scrapes at node scale (2,000 interfaces; the
+  5,000 x 10 IPVS table replayed natively).
 Each part is bounded in time and removes what it creates.
 """
 from __future__ import annotations
@@ -25,6 +27,8 @@ SCENARIOS = {  # name -> (script beside this file, its arguments for --quick)
     "netdev": ("netdev_bench.py", ["--sizes", "10,500"]),
     "conntrack": ("conntrack_bench.py", ["--sizes", "10000,50000"]),
     "ipvs": ("ipvs_uml.py", ["--quick"]),
+    # after ipvs: its native IPVS scenario replays the dump the ipvs run just captured
+    "soak": ("soak.py", ["--quick"]),
 }
 
 
