@@ -146,6 +146,7 @@ def test_entrypoint_user_and_port():
     assert "9834" in ops["EXPOSE"].split()
     env = " ".join(rest for op, rest in final.instructions if op == "ENV")
     assert "PYTHONDONTWRITEBYTECODE=1" in env, "readOnlyRootFilesystem: no .pyc writes at run time"
+    assert "PYTHONMALLOC=malloc" in env, "the memory policy of exporter/memory.py, without re-exec"
 
 
 def test_every_copied_source_exists_and_survives_dockerignore():
