@@ -167,7 +167,7 @@ class IPVSCollector(Collector):
 
     def _collect(self, services) -> list:
         # Tables: one rendered label set per service / backend, one value column per metric
-        # (at 5,000 x 10 this is 540k samples; see docs/performance.md)
+        # (at 5,000 x 10 this is 540k samples; see docs/performance.md and docs/ipvs.md)
         st_ = Table(_SERVICE_METRICS, SERVICE_LABELS)
         s_sets, s_labelset = st_.labelsets, st_.labelset
         (s_info, s_conns, s_inp, s_outp, s_inb, s_outb, s_nb, s_nba) = (
