@@ -329,6 +329,19 @@ def describe(srv: SoakServer, what: str, res_hint: str) -> None:
           f"{res_hint}", flush=True)
 
 
+def soak_and_stop(srv, a, what: str, gzip: bool) -> dict:
+    """Describe, soak and stop srv (whatever happens); print the scrape's size."""
+    how = "Accept-Encoding: gzip" if gzip else "plain text"
+    try:
+        describe(srv, what, f"{how}, {CONN[a.connection]}, scrapes back to back")
+        res = soak(srv, a.scrapes, gzip=gzip, keep=a.connection == "keep-alive",
+                   max_seconds=a.max_seconds)
+    finally:
+        srv.stop()
+    print_sizes(res, srv)
+    return res
+
+
 def scenario_netdev(a) -> tuple[list[str], list[str]]:
     tag = os.getpid()
     host, peer = f"nn-soak-{tag}", f"nn-soak-peer-{tag}"
@@ -346,14 +359,8 @@ def scenario_netdev(a) -> tuple[list[str], list[str]]:
         port = free_port()
         srv = SoakServer("nodenet-exporter", [sys.executable, "-m", "exporter", "--log.level=warn",
                                               f"--web.listen-address=127.0.0.1:{port}"], port, host)
-        try:
-            describe(srv, "nodenet-exporter default collectors in the namespace",
-                     f"plain text, {CONN[a.connection]}, scrapes back to back")
-            res = soak(srv, a.scrapes, gzip=False, keep=a.connection == "keep-alive",
-                       max_seconds=a.max_seconds)
-        finally:
-            srv.stop()
-        print_sizes(res, srv)
+        res = soak_and_stop(srv, a, "nodenet-exporter default collectors in the namespace",
+                            gzip=False)
         return verdict("netdev", res, check_peak=True)
     finally:
         cleanup([host, peer])
@@ -413,14 +420,7 @@ def scenario_ipvs(a, replay: Path, procfs: Path) -> tuple[list[str], list[str]]:
         sys.executable, os.path.join(HERE, "ipvs_replay.py"), str(replay), "--log.level=warn",
         f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
         "--collector.ipvs", "--collector.timeout=120s", f"--path.procfs={procfs}"], port)
-    try:
-        describe(srv, "benchmarks/ipvs_replay.py, ipvs collector only",
-                 f"Accept-Encoding: gzip, {CONN[a.connection]}, scrapes back to back")
-        res = soak(srv, a.scrapes, gzip=True, keep=a.connection == "keep-alive",
-                   max_seconds=a.max_seconds)
-    finally:
-        srv.stop()
-    print_sizes(res, srv)
+    res = soak_and_stop(srv, a, "benchmarks/ipvs_replay.py, ipvs collector only", gzip=True)
     if res["samples"] is not None:
         print(f"         (gzip; {res['samples'] / max(1, a.services * a.backends):.1f} samples "
               f"per backend)")
