@@ -76,3 +76,18 @@ def test_ipvs_socket_resolves_families_with_either_receiver(monkeypatch):
             assert isinstance(sock.rx, recvmmsg._Single) != batched
             ids[batched] = (sock.family_id("nlctrl"), sock.family_id("no-such-family"))
     assert ids[True] == ids[False] == (ipvs.GENL_ID_CTRL, None)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_datagram_larger_than_the_buffer_is_flagged_truncated(batched):
+    """The IPVS reader refuses truncated replies (MSG_TRUNC): both receivers must report it."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, ipvs.NETLINK_GENERIC)
+    try:
+        s.bind((0, 0))
+        req = bytes((ipvs.CTRL_CMD_GETFAMILY, 1, 0, 0))
+        s.send(struct.pack("=IHHII", 16 + len(req), ipvs.GENL_ID_CTRL,
+                           ipvs.NLM_F_REQUEST | ipvs.NLM_F_DUMP, 1, 0) + req)
+        data, flags = recvmmsg.receiver(s, 64, batched=batched).recv()[0]
+        assert flags & socket.MSG_TRUNC and len(data) == 64
+    finally:
+        s.close()
