@@ -352,7 +352,8 @@ _STATS_TYPES = {"svc": {SVC_STATS: "s32", SVC_STATS64: "s64"},
 _TOP_ATTR = {"svc": IPVS_CMD_ATTR_SERVICE, "dst": IPVS_CMD_ATTR_DEST}
 _MAX_TEMPLATES = 64
 FAST = True                  # tests turn this off to compare with the generic decoder
-_templates: dict = {}        # (kind, message length) -> [(struct, check getter, check values, builder)]
+_templates: dict = {}        # (kind, message length) -> [(struct, check getter, check values,
+#                              builder, _Skeleton)]
 _ntemplates = 0
 
 
@@ -363,6 +364,7 @@ def _compile(data, off: int, ln: int, kind: str):
     idx = {}
     n = 8
     codes, stypes = _LEAF_CODES[kind], _STATS_TYPES[kind]
+    heads = [(0, 8), (16, 20)]   # nlmsghdr len/type/flags, genl cmd/version/reserved
 
     def walk(pos, end, level):
         nonlocal n
@@ -370,6 +372,7 @@ def _compile(data, off: int, ln: int, kind: str):
             if end - pos < 4:
                 return False
             alen, atyp = _NLA.unpack_from(data, pos)
+            heads.append((pos - off, pos - off + 4))
             padded = (alen + 3) & ~3
             if alen < 4 or pos + padded > end:
                 return False
@@ -414,7 +417,33 @@ def _compile(data, off: int, ln: int, kind: str):
     builder = (_service_builder if kind == "svc" else _dest_builder)(idx, n)
     if builder is None:
         return None
-    return st, operator.itemgetter(*chk_i), tuple(chk_v), builder
+    return (st, operator.itemgetter(*chk_i), tuple(chk_v), builder,
+            _Skeleton(bytes(data[off:off + ln]), heads))
+
+
+class _Skeleton:
+    """The bytes every message of a compiled shape must repeat: its netlink and genetlink
+    headers and every attribute's (length, type) word; checks k messages at once with one
+    big-integer AND (C speed, no tuple per message)."""
+
+    __slots__ = ("mask", "skel", "_k")
+
+    def __init__(self, message: bytes, heads):
+        mask = bytearray(len(message))
+        for a, b in heads:
+            mask[a:b] = b"\xff" * (b - a)
+        self.mask = bytes(mask)
+        self.skel = bytes(x & y for x, y in zip(message, mask))
+        self._k: dict = {}
+
+    def matches(self, data, k: int) -> bool:
+        """True if data (k messages of this shape back to back) has the skeleton in each."""
+        mk = self._k.get(k)
+        if mk is None:
+            mk = (int.from_bytes(self.mask * k, "little"), int.from_bytes(self.skel * k, "little"))
+            if len(self._k) < 16:
+                self._k[k] = mk
+        return int.from_bytes(data, "little") & mk[0] == mk[1]
 
 
 def _stats_getter(idx: dict, n: int):
@@ -513,7 +542,7 @@ def _fast(data, off: int, ln: int, kind: str, family: int):
     key = (kind, ln)
     tpls = _templates.get(key)
     if tpls:
-        for st, get, want, build in tpls:
+        for st, get, want, build, _ in tpls:
             v = st.unpack_from(data, off)
             if get(v) == want:
                 return build(v, family)
@@ -585,12 +614,43 @@ def decode_services(data, seq: int | None = None) -> list:
     return out
 
 
+def _uniform_dests(data, service_family: int, seq):
+    """The common case in one pass: a chunk made only of destination messages of one compiled
+    shape (the kernel writes every IPv4 or IPv6 destination alike), unpacked with
+    iter_unpack and checked all at once; None when the chunk is anything else."""
+    if not FAST or len(data) < 20:
+        return None
+    ln = _NLMSGHDR.unpack_from(data, 0)[0]
+    tpls = _templates.get(("dst", ln))
+    if not tpls or ln % 4:
+        return None
+    n = len(data)
+    if n % ln:
+        # the dump's NLMSG_DONE may end the same chunk (one buffer holding a whole reply)
+        if n % ln != 20 or n < ln + 20:
+            return None
+        _l, typ, _f, mseq, _p = _NLMSGHDR.unpack_from(data, n - 20)
+        if _l != 20 or typ != NLMSG_DONE or (seq is not None and mseq != seq):
+            return None
+        data = memoryview(data)[:n - 20]
+    k = len(data) // ln
+    if seq is not None and memoryview(data).cast("I")[2::ln // 4].tolist().count(seq) != k:
+        return None     # a message of another request: the general path skips it
+    for st, _get, _want, build, skeleton in tpls:
+        if skeleton.matches(data, k):
+            return [build(v, service_family) for v in st.iter_unpack(data)]
+    return None
+
+
 def decode_dests(data, service_family: int, seq: int | None = None) -> list:
     """Bytes of an IPVS_CMD_GET_DEST dump reply -> [Backend] (addresses default to the
     service's family when the kernel omits IPVS_DEST_ATTR_ADDR_FAMILY).  Raises
     IPVSParseError on malformed data, IPVSKernelError for a kernel NLMSG_ERROR."""
     out = []
     try:
+        fast = _uniform_dests(data, service_family, seq)
+        if fast is not None:
+            return fast
         for s, e in iter_genl_payloads(data, seq):
             b = _fast(data, s - 20, e - s + 20, "dst", service_family)
             if b is not None:

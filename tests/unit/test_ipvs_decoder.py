@@ -320,3 +320,56 @@ def test_layout_mismatch_falls_back_to_generic():
     assert got[:k] + got[k + 1:] == want[:k] + want[k + 1:]
     got[k].weight = want[k].weight
     assert got[k] == want[k]
+
+
+# --- the whole-chunk fast path (_uniform_dests: one skeleton check for k messages) -----------
+UNIFORM = chunks("ipvs_dests_04.hex")[0]            # 4 destinations of one shape, seq 8
+DONE_8 = chunks("ipvs_dests_04.hex")[1]             # its NLMSG_DONE
+
+
+def _decode_both(data, seq, monkeypatch):
+    """(result or exception type) of decode_dests with and without the fast paths."""
+    out = []
+    for fast in (True, False):
+        monkeypatch.setattr(ipvs, "FAST", fast)
+        try:
+            out.append(ipvs.decode_dests(data, 2, seq))
+        except ipvs.IPVSError as e:
+            out.append(type(e))
+    return out
+
+
+def test_uniform_chunk_takes_the_whole_chunk_path(monkeypatch):
+    ipvs.decode_dests(UNIFORM, 2)                   # compiles the layout
+    calls = []
+    real = ipvs._uniform_dests
+    monkeypatch.setattr(ipvs, "_uniform_dests", lambda *a: calls.append(real(*a)) or calls[-1])
+    got = ipvs.decode_dests(UNIFORM, 2, 8)
+    assert calls and calls[0] is not None and len(got) == 4
+    assert ipvs.decode_dests(UNIFORM + DONE_8, 2, 8) == got      # a reply held in one buffer
+    assert calls[-1] is not None
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(flips=st.lists(st.tuples(st.integers(0, 1599), st.integers(0, 255)), max_size=4),
+       other_seq=st.one_of(st.none(), st.integers(0, 3)),
+       tail=st.sampled_from(["", "done", "done-other-seq", "error"]),
+       seq=st.sampled_from([8, None]))
+def test_uniform_path_equals_generic_decoder(monkeypatch, flips, other_seq, tail, seq):
+    """Whatever is changed in a uniform chunk (a header word, a value, padding, one message's
+    seq, what ends the chunk), the whole-chunk path decodes it as the generic walker does."""
+    ipvs.decode_dests(UNIFORM, 2)
+    data = bytearray(UNIFORM)
+    for pos, val in flips:
+        data[pos] = val
+    if other_seq is not None:
+        struct.pack_into("=I", data, other_seq * 400 + 8, 99)
+    if tail == "done":
+        data += DONE_8
+    elif tail == "done-other-seq":
+        data += DONE_8[:8] + struct.pack("=I", 99) + DONE_8[12:]
+    elif tail == "error":
+        data += struct.pack("=IHHIIi", 36, ipvs.NLMSG_ERROR, 0, 8, 0, -1) + bytes(16)
+    fast, slow = _decode_both(bytes(data), seq, monkeypatch)
+    assert fast == slow
