@@ -114,7 +114,8 @@ def main(argv=None) -> int:
     from . import memory
     if command_line:   # the process itself (not a test calling main()): see exporter/memory.py
         memory.reexec_with_malloc()
-    malloc_tuned = memory.tune_glibc()
+    tuned = memory.tune_glibc()
+    glibc_tuned = bool(tuned) and all(tuned.values())
     from . import log as logmod
     from .server import App, ExporterServer
     from .webconfig import WebConfigError, WebConfigHolder
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGHUP, reload)
     log.info("listening", address=address, path=settings["web.telemetry-path"],
              collectors=sorted(gatherer.collectors), version=__version__,
-             allocator=memory.allocator(), glibc_tuned=all(malloc_tuned.values()) and bool(malloc_tuned),
+             allocator=memory.allocator(), glibc_tuned=glibc_tuned,
              **web.current().summary)
     try:
         server.serve_forever(poll_interval=0.2)
