@@ -398,7 +398,9 @@ def _compile(data, off: int, ln: int, kind: str):
                 fmt.append(code)
                 idx[t] = n
                 n += _CODE_NVALS.get(code, 1)
-            elif level in ("s32", "s64") and 1 <= t <= 10 and plen in (4, 8):
+            elif level in ("s32", "s64") and 1 <= t <= 10:
+                if plen not in (4, 8):   # odd sizes (the generic walker's cases): no layout
+                    return False
                 fmt.append("Q" if plen == 8 else "I")
                 idx[(level, t)] = n
                 n += 1

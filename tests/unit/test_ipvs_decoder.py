@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st, HealthCheck
+from hypothesis import example, given, settings, strategies as st, HealthCheck
 
 from exporter.sources import ipvs
 
@@ -352,6 +352,9 @@ def test_uniform_chunk_takes_the_whole_chunk_path(monkeypatch):
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
+# found by this test in CI: a stats PAD attribute turned into a 0-byte counter; the generic
+# walker refuses it, a layout compiled from that message used to accept it
+@example(flips=[(1122, 1)], other_seq=None, tail="", seq=8)
 @given(flips=st.lists(st.tuples(st.integers(0, 1599), st.integers(0, 255)), max_size=4),
        other_seq=st.one_of(st.none(), st.integers(0, 3)),
        tail=st.sampled_from(["", "done", "done-other-seq", "error"]),
