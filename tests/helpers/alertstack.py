@@ -30,7 +30,6 @@ API:
 """
 from __future__ import annotations
 
-import ctypes
 import http.server
 import json
 import os
@@ -45,23 +44,10 @@ import urllib.request
 
 import yaml
 
-from tests.helpers.netns import call_in_netns
+from tests.helpers.netns import call_in_netns, enter_netns
 
-CLONE_NEWNET = 0x40000000
 PROMETHEUS = "/usr/bin/prometheus"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def enter_netns(ns: str) -> None:
-    """Move the *calling thread* into network namespace ``ns``."""
-    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({ns}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 def in_netns(ns: str, fn, *args, **kwargs):

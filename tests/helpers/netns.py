@@ -6,6 +6,8 @@ import os
 import subprocess
 import uuid
 
+from exporter.sources import conntrack
+
 
 def run(cmd, netns: str | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess:
     if isinstance(cmd, str):
@@ -28,31 +30,35 @@ def netns(prefix: str = "nn-test"):
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-CLONE_NEWNET = 0x40000000
+def _setns(fd: int, what: str) -> None:
+    """setns(fd, CLONE_NEWNET) for the calling thread (the exporter's own call), the error
+    saying `what` was attempted."""
+    try:
+        conntrack._setns(fd, conntrack.CLONE_NEWNET)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{what}: {exc.strerror}") from None
+
+
+def enter_netns(name: str) -> None:
+    """Moves the calling thread into network namespace `name` (/run/netns) for good."""
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        _setns(fd, f"setns into {name}")
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def inside_netns(name: str):
     """Runs the block, in the calling thread, inside network namespace `name` (/run/netns),
     then puts the thread back where it was. Sockets made in the block live in `name`."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-        try:
-            if libc.setns(target, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-        finally:
-            os.close(target)
+        enter_netns(name)
         try:
             yield
         finally:
-            if libc.setns(own, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns back from {name}: {os.strerror(err)}")
+            _setns(own, f"setns back from {name}")
     finally:
         os.close(own)
 
