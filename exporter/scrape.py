@@ -79,7 +79,9 @@ class Gatherer:
         """Collects (or joins the collection in flight), then returns an iterator over the
         exposition's byte chunks, rendered as they are consumed."""
         result = self._shared_collection()
-        return _rendered(self._writer, result, openmetrics)
+        # a generator: rendered as consumed.  Memory is not trimmed after a big scrape, the
+        # next one reuses it (exporter/memory.py)
+        return self._writer.render_chunks(result.families, openmetrics)
 
     def _shared_collection(self) -> Result:
         with self._lock:
@@ -163,12 +165,6 @@ class Gatherer:
                 collector.close()
             except Exception:  # noqa: BLE001 - shutting down anyway
                 pass
-
-
-def _rendered(writer, result, openmetrics):
-    """The exposition's chunks.  Memory is not trimmed after a big scrape: the next one reuses
-    it (exporter/memory.py)."""
-    yield from writer.render_chunks(result.families, openmetrics)
 
 
 def _materialise(collector):
