@@ -209,6 +209,21 @@ def _lines(head: str, sets, values) -> str:
 _TABLE_LINES = 2048   # table rows rendered per step (one string of ~0.5 MiB at IPVS's ~250 B)
 
 
+def _suffixer(name: str, extra: tuple):
+    """ev -> ',k="v",...' for a table column's extra label values, rendered once per
+    distinct ev; ValueError on a wrong count."""
+    suffixes: dict = {}
+
+    def suffix(ev):
+        text = suffixes.get(ev)
+        if text is None:
+            if len(ev) != len(extra):
+                raise ValueError(f"{name}: {len(ev)} extra label values for {extra}")
+            text = suffixes[ev] = "," + _labelset(extra, ev)
+        return text
+    return suffix
+
+
 def _render_table(head: str, table, idx: int, extra: tuple):
     """Yields the text of one table column: one line per row (first of duplicate label sets).
 
@@ -233,16 +248,7 @@ def _render_table(head: str, table, idx: int, extra: tuple):
             for i in range(0, n, step):
                 yield _lines(head, sets[i:i + step], column[i:i + step])
         return
-    suffixes: dict = {}
-
-    def suffix(ev):
-        text = suffixes.get(ev)
-        if text is None:
-            if len(ev) != len(extra):
-                raise ValueError(f"{head[:-1]}: {len(ev)} extra label values for {extra}")
-            text = suffixes[ev] = "," + _labelset(extra, ev)
-        return text
-
+    suffix = _suffixer(head[:-1], extra)
     for i in range(0, n, step):
         part = column[i:i + step]
         yield "".join([f"{head}{s}{suffix(e[1:])}}} {v}\n" for s, e, v in
@@ -268,15 +274,10 @@ def _render_spec(spec, sources, memo):
             if not extra:
                 pairs.extend(zip(sets, column))
                 continue
-            suffixes: dict = {}
+            suffix = _suffixer(name, extra)
             for s, entry in zip(sets, column):
-                ev = entry[1:]
-                suffix = suffixes.get(ev)
-                if suffix is None:
-                    if len(ev) != len(extra):
-                        raise ValueError(f"{name}: {len(ev)} extra label values for {extra}")
-                    suffix = suffixes[ev] = "," + _labelset(extra, ev)
-                pairs.append((s + suffix if s else suffix[1:], entry[0]))
+                text = suffix(entry[1:])
+                pairs.append((s + text if s else text[1:], entry[0]))
     if len({s for s, _ in pairs}) != len(pairs):
         # a duplicate series would make the whole scrape invalid: keep the first only
         seen: set = set()
