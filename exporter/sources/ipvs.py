@@ -333,8 +333,9 @@ def decode_dest_attrs(buf, start: int, end: int, service_family: int) -> Backend
 # The kernel writes every destination (and every service of one kind) with the same attribute
 # sequence; only the values differ.  The first message of a given shape is walked once and
 # compiled into one struct format covering the whole message; later messages of the same
-# length are unpacked with one call and accepted only if all their (length, type) words equal
-# the compiled ones.  Anything else (other kernels, PAD attributes placed differently, garbage)
+# length are unpacked with one call and accepted only if their netlink/genetlink headers and
+# all their (length, type) words equal the compiled ones (its _Skeleton, which also checks a
+# whole datagram of such messages at once).  Anything else (other kernels, PAD attributes placed differently, garbage)
 # goes through the generic decoder above, which stays the reference.
 _LEAF_CODES = {
     "svc": {SVC_AF: "H", SVC_PROTOCOL: "H", SVC_ADDR: "16s", SVC_PORT: "BB", SVC_FWMARK: "I",
@@ -352,15 +353,13 @@ _STATS_TYPES = {"svc": {SVC_STATS: "s32", SVC_STATS64: "s64"},
 _TOP_ATTR = {"svc": IPVS_CMD_ATTR_SERVICE, "dst": IPVS_CMD_ATTR_DEST}
 _MAX_TEMPLATES = 64
 FAST = True                  # tests turn this off to compare with the generic decoder
-_templates: dict = {}        # (kind, message length) -> [(struct, check getter, check values,
-#                              builder, _Skeleton)]
+_templates: dict = {}        # (kind, message length) -> [(struct, builder, _Skeleton)]
 _ntemplates = 0
 
 
 def _compile(data, off: int, ln: int, kind: str):
     """Walk one message and compile its layout; None if it has no decodable shape."""
     fmt = ["=IHHIIBBH"]
-    chk_i, chk_v = [0], [ln]
     idx = {}
     n = 8
     codes, stypes = _LEAF_CODES[kind], _STATS_TYPES[kind]
@@ -379,8 +378,6 @@ def _compile(data, off: int, ln: int, kind: str):
             t = atyp & NLA_TYPE_MASK
             plen = alen - 4
             fmt.append("HH")
-            chk_i.extend((n, n + 1))
-            chk_v.extend((alen, atyp))
             n += 2
             if level == "top" and t == _TOP_ATTR[kind] and "main" not in idx:
                 idx["main"] = True
@@ -419,8 +416,7 @@ def _compile(data, off: int, ln: int, kind: str):
     builder = (_service_builder if kind == "svc" else _dest_builder)(idx, n)
     if builder is None:
         return None
-    return (st, operator.itemgetter(*chk_i), tuple(chk_v), builder,
-            _Skeleton(bytes(data[off:off + ln]), heads))
+    return st, builder, _Skeleton(bytes(data[off:off + ln]), heads)
 
 
 class _Skeleton:
@@ -544,10 +540,10 @@ def _fast(data, off: int, ln: int, kind: str, family: int):
     key = (kind, ln)
     tpls = _templates.get(key)
     if tpls:
-        for st, get, want, build, _ in tpls:
-            v = st.unpack_from(data, off)
-            if get(v) == want:
-                return build(v, family)
+        msg = memoryview(data)[off:off + ln]
+        for st, build, skeleton in tpls:
+            if skeleton.matches(msg, 1):
+                return build(st.unpack_from(msg), family)
     if _ntemplates >= _MAX_TEMPLATES:
         return None
     t = _compile(data, off, ln, kind)
@@ -555,7 +551,7 @@ def _fast(data, off: int, ln: int, kind: str, family: int):
         return None
     _templates.setdefault(key, []).append(t)
     _ntemplates += 1
-    return t[3](t[0].unpack_from(data, off), family)
+    return t[1](t[0].unpack_from(data, off), family)
 
 
 def iter_genl_payloads(data, seq: int | None = None):
@@ -638,7 +634,7 @@ def _uniform_dests(data, service_family: int, seq):
     k = len(data) // ln
     if seq is not None and memoryview(data).cast("I")[2::ln // 4].tolist().count(seq) != k:
         return None     # a message of another request: the general path skips it
-    for st, _get, _want, build, skeleton in tpls:
+    for st, build, skeleton in tpls:
         if skeleton.matches(data, k):
             return [build(v, service_family) for v in st.iter_unpack(data)]
     return None
