@@ -1,0 +1,238 @@
+"""Socket usage beside its kernel limits: sockstat, TCP/UDP memory, fragments, file handles,
+ephemeral ports vs the Kubernetes NodePort range.
+
+Sources (under ``--path.procfs``): ``net/sockstat``, ``net/sockstat6`` and ``sys/...``
+(``net.ipv4.tcp_max_tw_buckets``, ``tcp_max_orphans``, ``tcp_mem``, ``udp_mem``,
+``ipfrag_high_thresh``, ``net.ipv6.ip6frag_high_thresh``, ``ip_local_port_range``,
+``ip_local_reserved_ports``, ``fs.file-nr``, ``fs.file-max``).  No privilege needed.
+
+Scope (docs/limits.md has the table): in-use counts, TIME_WAIT, fragment memory and their
+limits, and the port range are per network namespace; orphans, TCP/UDP memory and file
+handles are machine-wide.  ``tcp_max_orphans``, ``tcp_mem`` and ``udp_mem`` exist only in the
+initial namespace's /proc/sys: elsewhere those limits are left out (never 0, never an error).
+A file that is absent (no IPv6: no sockstat6) costs only its series; one bad value costs only
+that value (logged once per distinct problem set).
+
+The collector is a list of parts (``PARTS``), each a method yielding families from what it
+reads; the per-socket attribution of the next issue (sock_diag listeners and UDP servers)
+is meant to be one more part beside these, sharing the port range read by ``_ports``.
+"""
+from __future__ import annotations
+
+import os
+
+from ..config import Option
+from ..metrics import GAUGE, Metric
+from ..sources import ParseError, procfs
+from ..sources import sockstat as ss
+from .base import Collector, register
+
+_NS = " Per network namespace."
+_GLOBAL = " Machine-wide (the same in every network namespace)."
+
+SOCKETS_USED = Metric("nodenet_sockets_used", GAUGE,
+                      "Sockets in use, all families and types (sockstat 'sockets: used')."
+                      + _NS + " (Kernels before 4.16 count the whole machine.)")
+TCP_INUSE = Metric("nodenet_tcp_sockets_in_use", GAUGE,
+                   "TCP sockets in use (not TIME_WAIT), by family (sockstat TCP/TCP6 inuse)."
+                   + _NS, ("family",))
+UDP_INUSE = Metric("nodenet_udp_sockets_in_use", GAUGE,
+                   "UDP sockets in use, by family (sockstat UDP/UDP6 inuse)." + _NS,
+                   ("family",))
+TW = Metric("nodenet_tcp_timewait_sockets", GAUGE,
+            "TCP sockets in TIME_WAIT (sockstat tw); above nodenet_tcp_timewait_sockets_limit "
+            "the kernel destroys new TIME_WAIT sockets early (TCPTimeWaitOverflow)." + _NS)
+TW_LIMIT = Metric("nodenet_tcp_timewait_sockets_limit", GAUGE,
+                  "net.ipv4.tcp_max_tw_buckets: most TIME_WAIT sockets kept." + _NS)
+ORPHANS = Metric("nodenet_tcp_orphan_sockets", GAUGE,
+                 "TCP sockets no longer attached to a file (closed, still sending; sockstat "
+                 "orphan)." + _GLOBAL)
+ORPHANS_LIMIT = Metric("nodenet_tcp_orphan_sockets_limit", GAUGE,
+                       "net.ipv4.tcp_max_orphans: above it orphans are reset ('too many "
+                       "orphaned sockets')." + _GLOBAL + " Only visible in the initial "
+                       "namespace's /proc/sys: absent elsewhere.")
+TCP_MEM = Metric("nodenet_tcp_memory_bytes", GAUGE,
+                 "Memory held by TCP socket buffers in bytes (sockstat TCP mem, pages x page "
+                 "size)." + _GLOBAL)
+TCP_MEM_LIMIT = Metric("nodenet_tcp_memory_limit_bytes", GAUGE,
+                       "net.ipv4.tcp_mem in bytes: level low (no pressure below), pressure "
+                       "(buffers are moderated above), high (allocations fail above)." + _GLOBAL
+                       + " Only visible in the initial namespace's /proc/sys: absent elsewhere.",
+                       ("level",))
+UDP_MEM = Metric("nodenet_udp_memory_bytes", GAUGE,
+                 "Memory held by UDP socket buffers in bytes (sockstat UDP mem, pages x page "
+                 "size)." + _GLOBAL)
+UDP_MEM_LIMIT = Metric("nodenet_udp_memory_limit_bytes", GAUGE,
+                       "net.ipv4.udp_mem in bytes (levels low, pressure, high as tcp_mem; above "
+                       "high datagrams are dropped, UDP MemErrors)." + _GLOBAL + " Only visible "
+                       "in the initial namespace's /proc/sys: absent elsewhere.", ("level",))
+FRAG_MEM = Metric("nodenet_ip_fragment_memory_bytes", GAUGE,
+                  "Memory held by IP fragments waiting for reassembly, in bytes (sockstat "
+                  "FRAG/FRAG6 memory)." + _NS, ("family",))
+FRAG_LIMIT = Metric("nodenet_ip_fragment_memory_limit_bytes", GAUGE,
+                    "ipfrag_high_thresh (ipv4) / ip6frag_high_thresh (ipv6): above it new "
+                    "fragments are dropped (ReasmFails)." + _NS, ("family",))
+FILES = Metric("nodenet_file_handles", GAUGE,
+               "Allocated file handles (first field of /proc/sys/fs/file-nr), what the kernel "
+               "compares with fs.file-max ('VFS: file-max limit reached')." + _GLOBAL)
+FILES_LIMIT = Metric("nodenet_file_handles_limit", GAUGE, "fs.file-max." + _GLOBAL)
+PORT_RANGE = Metric("nodenet_ephemeral_ports_range_size", GAUGE,
+                    "Ports an outgoing connection may take: the size of "
+                    "net.ipv4.ip_local_port_range minus the reserved ports inside it." + _NS)
+PORTS_RESERVED = Metric("nodenet_ephemeral_ports_reserved", GAUGE,
+                        "Ports listed in net.ipv4.ip_local_reserved_ports." + _NS)
+PORT_OVERLAP = Metric("nodenet_ephemeral_ports_nodeport_overlap", GAUGE,
+                      "Ports of the NodePort range (--collector.sockets.nodeport-range) that "
+                      "lie inside ip_local_port_range and are not reserved: an outgoing "
+                      "connection may take one and the Service stops answering on that node "
+                      "(kubernetes#111682). Should be 0." + _NS)
+
+FAMILIES = (("ipv4", "sockstat", "TCP", "UDP", "FRAG"),
+            ("ipv6", "sockstat6", "TCP6", "UDP6", "FRAG6"))
+LEVELS = ("low", "pressure", "high")
+
+
+@register
+class SocketsCollector(Collector):
+    name = "sockets"
+    default_enabled = True
+    description = ("Socket usage beside its limits: in use, TIME_WAIT, orphans, TCP/UDP memory, "
+                   "fragments, file handles, ephemeral ports vs NodePorts")
+    source = ("/proc/net/sockstat, /proc/net/sockstat6, /proc/sys (tcp_max_tw_buckets, "
+              "tcp_max_orphans, tcp_mem, udp_mem, ipfrag_high_thresh, ip_local_port_range, "
+              "ip_local_reserved_ports, fs.file-nr, fs.file-max)")
+    metrics = (SOCKETS_USED, TCP_INUSE, UDP_INUSE, TW, TW_LIMIT, ORPHANS, ORPHANS_LIMIT,
+               TCP_MEM, TCP_MEM_LIMIT, UDP_MEM, UDP_MEM_LIMIT, FRAG_MEM, FRAG_LIMIT, FILES,
+               FILES_LIMIT, PORT_RANGE, PORTS_RESERVED, PORT_OVERLAP)
+    options = (Option("collector.sockets.nodeport-range", ss.parse_port_range_flag,
+                      (30000, 32767),
+                      "NodePort range (LOW-HIGH) compared with ip_local_port_range "
+                      "(the Kubernetes default 30000-32767)", "LOW-HIGH"),)
+
+    PARTS = ("_usage", "_limits", "_files", "_ports")
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.nodeport_range = ctx.settings["collector.sockets.nodeport-range"]
+        self.page_size = os.sysconf("SC_PAGE_SIZE")
+        self._problems: tuple = ()
+
+    def collect(self):
+        self._seen: list[str] = []
+        families = []
+        for part in self.PARTS:
+            families.extend(getattr(self, part)())
+        problems = tuple(self._seen)
+        if problems != self._problems:
+            if problems:
+                self.log.warning("values left out", problems=list(problems[:10]))
+            self._problems = problems
+        return families
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _text(self, *parts: str) -> str | None:
+        try:
+            return procfs.read_text(self.ctx.proc(*parts))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _sysctl(self, name: str, n: int = 1) -> list[int] | None:
+        """The n integers of a /proc/sys file; None when absent or bad (a bad one noted)."""
+        text = self._text("sys", *name.split("."))
+        if text is None:
+            return None
+        try:
+            values = procfs.parse_sysctl_value(text)
+        except ParseError as exc:
+            self._seen.append(f"{name}: {exc}")
+            return None
+        if len(values) != n:
+            self._seen.append(f"{name}: {len(values)} values, expected {n}")
+            return None
+        return values
+
+    def _sockstat(self, file: str) -> ss.Sockstat | None:
+        text = self._text("net", file)
+        if text is None:
+            return None
+        parsed = ss.parse_sockstat(text, file)
+        self._seen.extend(parsed.problems)
+        return parsed
+
+    # -- parts --------------------------------------------------------------------------------
+
+    def _usage(self):
+        fams = {m: m.family() for m in (SOCKETS_USED, TCP_INUSE, UDP_INUSE, TW, ORPHANS,
+                                        TCP_MEM, UDP_MEM, FRAG_MEM)}
+        for family, file, tcp, udp, frag in FAMILIES:
+            st = self._sockstat(file)
+            if st is None:
+                continue
+            key = (family,)
+            for metric, section, field in ((TCP_INUSE, tcp, "inuse"), (UDP_INUSE, udp, "inuse"),
+                                           (FRAG_MEM, frag, "memory")):
+                value = st.get(section, field)
+                if value is not None:
+                    fams[metric].add(key, value)
+            if family != "ipv4":
+                continue
+            for metric, section, field, scale in (
+                    (SOCKETS_USED, "sockets", "used", 1), (TW, "TCP", "tw", 1),
+                    (ORPHANS, "TCP", "orphan", 1), (TCP_MEM, "TCP", "mem", self.page_size),
+                    (UDP_MEM, "UDP", "mem", self.page_size)):
+                value = st.get(section, field)
+                if value is not None:
+                    fams[metric].add((), value * scale)
+        return [f for f in fams.values() if f.samples]
+
+    def _limits(self):
+        out = []
+        for metric, name in ((TW_LIMIT, "net.ipv4.tcp_max_tw_buckets"),
+                             (ORPHANS_LIMIT, "net.ipv4.tcp_max_orphans")):
+            values = self._sysctl(name)
+            if values is not None:
+                out.append(metric.single(values[0]))
+        for metric, name in ((TCP_MEM_LIMIT, "net.ipv4.tcp_mem"),
+                             (UDP_MEM_LIMIT, "net.ipv4.udp_mem")):
+            values = self._sysctl(name, 3)
+            if values is not None:
+                fam = metric.family()
+                for level, pages in zip(LEVELS, values, strict=True):
+                    fam.add((level,), pages * self.page_size)
+                out.append(fam)
+        fam = FRAG_LIMIT.family()
+        for family, name in (("ipv4", "net.ipv4.ipfrag_high_thresh"),
+                             ("ipv6", "net.ipv6.ip6frag_high_thresh")):
+            values = self._sysctl(name)
+            if values is not None:
+                fam.add((family,), values[0])
+        if fam.samples:
+            out.append(fam)
+        return out
+
+    def _files(self):
+        out = []
+        values = self._sysctl("fs.file-nr", 3)
+        if values is not None:
+            out.append(FILES.single(values[0]))
+        limit = self._sysctl("fs.file-max")
+        if limit is not None:
+            out.append(FILES_LIMIT.single(limit[0]))
+        return out
+
+    def _ports(self):
+        local = self._sysctl("net.ipv4.ip_local_port_range", 2)
+        if local is None:
+            return []
+        text = self._text("sys", "net", "ipv4", "ip_local_reserved_ports")
+        reserved: list[tuple[int, int]] = []
+        if text is not None:
+            try:
+                reserved = ss.parse_port_list(text)
+            except ParseError as exc:
+                self._seen.append(f"net.ipv4.ip_local_reserved_ports: {exc}")
+                return []
+        ports = ss.ephemeral_ports((local[0], local[1]), reserved, self.nodeport_range)
+        return [PORT_RANGE.single(ports.range_size), PORTS_RESERVED.single(ports.reserved),
+                PORT_OVERLAP.single(ports.nodeport_overlap)]
