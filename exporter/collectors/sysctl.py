@@ -16,6 +16,8 @@ DEFAULT_NAMES = [
     "fs.file-max",
     "net.core.netdev_max_backlog",
     "net.core.netdev_budget",
+    "net.core.somaxconn",
+    "net.ipv4.tcp_max_syn_backlog",
 ]
 # Multi-value tunables: one series per value, told apart by the `bound` label.
 BOUNDS = {"net.ipv4.ip_local_port_range": ("min", "max")}
