@@ -41,7 +41,7 @@ import time
 from ..config import Option, parse_bool, parse_duration, parse_list, parse_positive_int
 from ..metrics import COUNTER, GAUGE, Metric
 from ..sources import conntrack as ct
-from ..sources import procfs
+from ..sources import netns, procfs
 from .base import Collector, register
 
 ENTRIES = Metric("nodenet_conntrack_entries", GAUGE,
@@ -366,9 +366,9 @@ class ConntrackCollector(Collector):
             self._warned[key] = message
 
     def _namespaces(self, t0):
-        found = ct.discover_namespaces(self.netns_dirs, self.ctx.procfs)
+        found = netns.discover(self.netns_dirs, self.ctx.procfs)
         chosen = found[: self.netns_max]
-        ct.fill_pod_uids(chosen, self.ctx.procfs)
+        netns.fill_pod_uids(chosen, self.ctx.procfs)
         deadline = t0 + 0.75 * self.budget
         counts, skipped = ct.count_in_namespaces(chosen, NETLINK_TIMEOUT, deadline)
         if skipped:

@@ -14,10 +14,8 @@ Three layers, each usable alone:
    (no pyroute2: its decoders are ~30x slower on dumps and its import costs ~270 ms).  Kernel
    refusals become :class:`NetlinkError` (an ``OSError`` with the kernel's errno), so callers
    tell "not permitted" (EPERM, no CAP_NET_ADMIN) from "conntrack not in this kernel".
-3. Per network namespace counting (:func:`discover_namespaces`, :func:`count_in_namespaces`):
-   namespaces are only ever *opened* (an existing nsfs file or /proc/<pid>/ns/net), never
-   created; a socket is made inside each one by a short-lived thread that ``setns()``-es into
-   it, and a namespace that disappears before it could be opened is skipped.
+3. Per network namespace counting (:func:`count_in_namespaces`) over the namespaces that
+   :mod:`exporter.sources.netns` discovers and enters.
 
 Kernel facts the code relies on (include/uapi/linux/netfilter/nfnetlink_conntrack.h):
 message type = subsystem << 8 | message; after the 16-byte nlmsghdr comes a 4-byte nfgenmsg
@@ -27,17 +25,14 @@ state breakdown walks the table, and it does so under a hard budget.
 """
 from __future__ import annotations
 
-import ctypes
 import errno as errno_mod
-import os
-import re
 import socket
 import struct
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import NetlinkError, ParseError
+from .netns import Namespace, run_in_namespaces
 
 
 class ConntrackParseError(ParseError):
@@ -615,119 +610,8 @@ def is_permission(exc: OSError) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Per network namespace
+# Per network namespace (discovery and setns live in sources/netns.py)
 # --------------------------------------------------------------------------------------------
-
-CLONE_NEWNET = 0x40000000
-_libc = None
-
-
-def _setns(fd: int, nstype: int) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, nstype) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@dataclass
-class Namespace:
-    """A network namespace seen on the node, identified by its nsfs inode."""
-
-    inode: int
-    name: str = ""                                   # file name under /run/netns, if any
-    paths: list[str] = field(default_factory=list)   # candidates to open, best first
-    pid: int | None = None                           # a process living in it (hostPID)
-    pod_uid: str = ""                                # from that process' cgroup path
-
-
-_POD_RE = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
-
-
-def pod_uid_from_cgroup(text: str) -> str:
-    """The Kubernetes pod UID in a /proc/<pid>/cgroup text (cgroupfs or systemd driver)."""
-    m = _POD_RE.search(text)
-    return m.group(1).replace("_", "-") if m else ""
-
-
-def discover_namespaces(run_dirs: list[str], procfs: str | None,
-                        max_pids: int = 100_000) -> list[Namespace]:
-    """Every distinct network namespace visible in run_dirs and (if procfs) /proc/<pid>.
-
-    Only stat() and readlink(): nothing is opened or created here.  Named ones come first
-    (sorted by name), then the rest by inode.  Files that vanish while listing are skipped.
-    """
-    by_inode: dict[int, Namespace] = {}
-    try:
-        nsfs_dev = os.stat("/proc/self/ns/net").st_dev
-    except OSError:
-        nsfs_dev = None
-    for run_dir in run_dirs:
-        try:
-            names = sorted(os.listdir(run_dir))
-        except OSError:
-            continue
-        for name in names:
-            path = os.path.join(run_dir, name)
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if nsfs_dev is not None and st.st_dev != nsfs_dev:
-                continue  # a leftover plain file (unmounted namespace), not an nsfs mount
-            ns = by_inode.get(st.st_ino)
-            if ns is None:
-                by_inode[st.st_ino] = Namespace(st.st_ino, name=name, paths=[path])
-            elif not ns.name:
-                ns.name = name
-                ns.paths.insert(0, path)
-    if procfs:
-        try:
-            entries = os.scandir(procfs)
-        except OSError:
-            entries = None
-        if entries is not None:
-            with entries:
-                seen = 0
-                for entry in entries:
-                    if not entry.name.isdigit():
-                        continue
-                    seen += 1
-                    if seen > max_pids:
-                        break
-                    path = os.path.join(procfs, entry.name, "ns", "net")
-                    try:
-                        link = os.readlink(path)  # "net:[4026531840]"
-                    except OSError:
-                        continue  # exited, or a kernel thread we may not inspect
-                    if not link.startswith("net:["):
-                        continue
-                    try:
-                        inode = int(link[5:-1])
-                    except ValueError:
-                        continue
-                    ns = by_inode.get(inode)
-                    if ns is None:
-                        ns = by_inode[inode] = Namespace(inode)
-                    if len(ns.paths) < 3 + (1 if ns.name else 0):
-                        ns.paths.append(path)
-                    if ns.pid is None:
-                        ns.pid = int(entry.name)
-    return sorted(by_inode.values(), key=lambda n: (n.name == "", n.name, n.inode))
-
-
-def fill_pod_uids(namespaces: list[Namespace], procfs: str) -> None:
-    """Sets pod_uid from one member process' cgroup file (cheap: one small read each)."""
-    for ns in namespaces:
-        if ns.pid is None:
-            continue
-        try:
-            with open(os.path.join(procfs, str(ns.pid), "cgroup"), "rb") as fh:
-                ns.pod_uid = pod_uid_from_cgroup(fh.read(8192).decode("utf-8", "replace"))
-        except OSError:
-            pass
-
 
 @dataclass(frozen=True)
 class NamespaceCount:
@@ -735,71 +619,14 @@ class NamespaceCount:
     entries: int
 
 
-def _open_ns(ns: Namespace) -> int | None:
-    for path in ns.paths:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue  # deleted / process exited: try the next path
-        try:
-            if os.fstat(fd).st_ino == ns.inode:
-                return fd
-        except OSError:
-            pass
-        os.close(fd)  # the name now points at another namespace (or a plain file)
-    return None
-
-
 def count_in_namespaces(namespaces: list[Namespace], timeout: float = 1.0,
                         deadline: float | None = None) -> tuple[list[NamespaceCount], list[str]]:
-    """Entries of each namespace via CT_GET_STATS from a socket created inside it.
+    """Entries of each namespace via CT_GET_STATS from a socket created inside it
+    (:func:`exporter.sources.netns.run_in_namespaces`).  Returns (counts, skipped)."""
 
-    Runs in a dedicated thread that ``setns()``-es into each namespace in turn (only that
-    thread changes namespace; it ends afterwards).  A namespace that can no longer be opened
-    (deleted, process exited) is skipped; one that is opened stays alive until its fd is
-    closed, so its count is read consistently.  Returns (counts, skipped descriptions).
-    ``deadline`` (time.monotonic) stops early; the rest are reported as skipped.
-    """
-    results: list[NamespaceCount] = []
-    skipped: list[str] = []
-    failure: list[BaseException] = []
+    def entries(_ns: Namespace) -> int:
+        with CtNetlink(timeout) as nl:
+            return nl.stats().entries
 
-    def work():
-        try:
-            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            failure.append(exc)
-            return
-        try:
-            for ns in namespaces:
-                label = ns.name or str(ns.inode)
-                if deadline is not None and time.monotonic() > deadline:
-                    skipped.append(f"{label}: time budget")
-                    continue
-                fd = _open_ns(ns)
-                if fd is None:
-                    skipped.append(f"{label}: gone")
-                    continue
-                try:
-                    _setns(fd, CLONE_NEWNET)
-                    with CtNetlink(timeout) as nl:
-                        results.append(NamespaceCount(ns, nl.stats().entries))
-                except OSError as exc:
-                    skipped.append(f"{label}: {exc.strerror or exc}")
-                finally:
-                    os.close(fd)
-            try:
-                _setns(home, CLONE_NEWNET)
-            except OSError:
-                pass  # this thread ends now anyway
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            failure.append(exc)
-        finally:
-            os.close(home)
-
-    t = threading.Thread(target=work, name="conntrack-netns", daemon=True)
-    t.start()
-    t.join()
-    if failure:
-        raise failure[0]
-    return results, skipped
+    done, skipped = run_in_namespaces(namespaces, entries, deadline)
+    return [NamespaceCount(ns, n) for ns, n in done], skipped

@@ -6,7 +6,7 @@ import os
 import subprocess
 import uuid
 
-from exporter.sources import conntrack
+from exporter.sources import netns as nsapi
 
 
 def run(cmd, netns: str | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def _setns(fd: int, what: str) -> None:
     """setns(fd, CLONE_NEWNET) for the calling thread (the exporter's own call), the error
     saying `what` was attempted."""
     try:
-        conntrack._setns(fd, conntrack.CLONE_NEWNET)
+        nsapi.setns(fd)
     except OSError as exc:
         raise OSError(exc.errno, f"{what}: {exc.strerror}") from None
 

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.sources import conntrack as ct
+from exporter.sources import netns
 
 from tests.helpers.conntrack_fixtures import hex_buffers, proc_text
 
@@ -137,4 +138,4 @@ def test_proc_files_truncated_and_mutated(text, data):
 @FUZZ
 @given(st.binary(max_size=300))
 def test_cgroup_text_never_raises(raw):
-    assert isinstance(ct.pod_uid_from_cgroup(raw.decode("utf-8", "replace")), str)
+    assert isinstance(netns.pod_uid_from_cgroup(raw.decode("utf-8", "replace")), str)

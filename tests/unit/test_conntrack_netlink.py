@@ -10,6 +10,7 @@ import struct
 import pytest
 
 from exporter.sources import conntrack as ct
+from exporter.sources import netns
 
 from tests.helpers.conntrack_fixtures import ReplaySocket, expected, hex_buffers
 
@@ -125,9 +126,9 @@ def test_pod_uid_from_cgroup_paths():
     systemd = ("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod"
                "1b2c3d4e_aaaa_bbbb_cccc_0123456789ab.slice/cri-containerd-abc.scope\n")
     cgroupfs = "0::/kubepods/burstable/pod1b2c3d4e-aaaa-bbbb-cccc-0123456789ab/abcdef\n"
-    assert ct.pod_uid_from_cgroup(systemd) == "1b2c3d4e-aaaa-bbbb-cccc-0123456789ab"
-    assert ct.pod_uid_from_cgroup(cgroupfs) == "1b2c3d4e-aaaa-bbbb-cccc-0123456789ab"
-    assert ct.pod_uid_from_cgroup("0::/user.slice/session-1.scope\n") == ""
+    assert netns.pod_uid_from_cgroup(systemd) == "1b2c3d4e-aaaa-bbbb-cccc-0123456789ab"
+    assert netns.pod_uid_from_cgroup(cgroupfs) == "1b2c3d4e-aaaa-bbbb-cccc-0123456789ab"
+    assert netns.pod_uid_from_cgroup("0::/user.slice/session-1.scope\n") == ""
 
 
 def test_fast_paths_agree_with_the_full_attribute_walk():
