@@ -17,11 +17,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from exporter import log as logmod  # noqa: E402
-from exporter.cli import all_options  # noqa: E402
-from exporter.collectors import load_all  # noqa: E402
-from exporter.collectors.base import REGISTRY, Context  # noqa: E402
-from exporter.config import resolve  # noqa: E402
+from exporter import log as logmod
+from exporter.cli import all_options
+from exporter.collectors import load_all
+from exporter.collectors.base import REGISTRY, Context
+from exporter.config import resolve
 
 WITNESS = ("net/snmp", "net/netstat", "net/snmp6", "net/sockstat", "net/sockstat6",
            "sys/fs/file-nr")

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -66,6 +64,11 @@ def nstat(ns: str) -> dict:
     res = run(["nstat", "-asz", "--json"], netns=ns, env=env)
     data = json.loads(res.stdout)
     return data.get("kernel", data)
+
+
+def read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read()
 
 
 @pytest.fixture
@@ -143,7 +146,7 @@ def test_ephemeral_ports_overlap_then_reserved(ns):
     assert sample(snap, "nodenet_ephemeral_ports_reserved") == 2768
     assert sample(snap, "nodenet_ephemeral_ports_range_size") == 64512 - 2768
     # the machine's own range is untouched
-    assert open("/proc/sys/net/ipv4/ip_local_reserved_ports").read().strip() == ""
+    assert read("/proc/sys/net/ipv4/ip_local_reserved_ports").strip() == ""
 
 
 def test_file_handles_equal_file_nr_within_the_machines_churn(ns):
@@ -152,7 +155,7 @@ def test_file_handles_equal_file_nr_within_the_machines_churn(ns):
     lo, hi = witnessed(snap, "sys/fs/file-nr", lambda t: int(t.split()[0]))
     slack = 64 + (max(lo, hi) - min(lo, hi))   # other processes open and close files
     assert min(lo, hi) - slack <= got <= max(lo, hi) + slack, (got, lo, hi)
-    assert sample(snap, "nodenet_file_handles_limit") == int(open("/proc/sys/fs/file-max").read())
+    assert sample(snap, "nodenet_file_handles_limit") == int(read("/proc/sys/fs/file-max"))
 
 
 def test_pod_namespace_leaves_initial_only_limits_out(ns):

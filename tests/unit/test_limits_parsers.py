@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.sources import ParseError
-from exporter.sources import snmp
+from exporter.sources import ParseError, snmp
 from exporter.sources import sockstat as ss
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures",
