@@ -555,6 +555,8 @@ def overview() -> dict:
                    col("Bytes above overlay MTU", "suffix: B",
                        thresholds=steps(("green", None), ("red", 1)))]), 12, 7)
 
+    limits_panels(b, q, overview=True)
+
     b.row("Exporter")
     b.add(table(
         "Failing collectors",
@@ -815,6 +817,8 @@ def node() -> dict:
                      [target(q.m("nodenet_ipvs_backend_connections_active"), BACKEND_LEGEND)],
                      "short", min_=0), 12, 8)
 
+    limits_panels(b, q, overview=False)
+
     b.row("Kernel tunables and exporter")
     b.add(table("Kernel tunables", "Values of the sysctls the sysctl collector reads.",
                 [("Value", target(q.m("nodenet_sysctl_value")))], labels=("name", "bound"),
@@ -835,6 +839,97 @@ def node() -> dict:
                      "One node's network health in depth: conntrack, CPU steal and softnet per "
                      "CPU, interfaces and MTU, IPVS services and backends, tunables.",
                      b.finish(), multi_instance=False)
+
+
+# ------------------------------------------------------------------------------- issue 14: limits
+def limits_panels(b: Board, q: Q, *, overview: bool) -> None:
+    """Kernel limits beside their usage (sockets, netstat, neighbour collectors): one row on
+    each dashboard. Ratios carry the job/node matchers on both sides."""
+    def fill(usage, limit, extra=""):
+        on = " ignoring(level)" if extra else ""
+        return f"{q.m(usage)} /{on} {q.m(limit, extra)}"
+
+    neigh = "max by (instance) (" + fill("nodenet_neighbour_entries",
+                                         "nodenet_neighbour_entries_limit") + ")"
+    files = fill("nodenet_file_handles", "nodenet_file_handles_limit")
+    orphans = fill("nodenet_tcp_orphan_sockets", "nodenet_tcp_orphan_sockets_limit")
+    tcpmem = fill("nodenet_tcp_memory_bytes", "nodenet_tcp_memory_limit_bytes",
+                  'level="pressure"')
+    tw = fill("nodenet_tcp_timewait_sockets", "nodenet_tcp_timewait_sockets_limit")
+    refused = [
+        target(q.rate("nodenet_tcp_listen_overflows_total"), "listen overflows"
+               + (" {{instance}}" if overview else "")),
+        target(f"sum by (instance) ({q.rate('nodenet_udp_receive_buffer_errors_total')})",
+               "UDP receive buffer errors" + (" {{instance}}" if overview else "")),
+        target(f"sum by (instance) ({q.rate('nodenet_ip_reassembly_failures_total')})",
+               "reassembly failures" + (" {{instance}}" if overview else "")),
+        target(f"sum by (instance) ({q.rate('nodenet_neighbour_table_fulls_total')})",
+               "neighbour table full" + (" {{instance}}" if overview else "")),
+    ]
+    b.row("Kernel limits (sockets, neighbour tables, file handles)")
+    if overview:
+        b.add(table(
+            "Limits: fill per node",
+            "Usage / limit per node (NodenetNeighbourTableNearFull, NodenetFileHandlesNearLimit, "
+            "NodenetOrphanSocketsNearLimit, NodenetTCPMemoryPressure): the fullest neighbour "
+            "table, file handles, orphans, TCP memory vs tcp_mem pressure, TIME_WAIT vs "
+            "tcp_max_tw_buckets. Empty cells: the limit is not visible (exporter without "
+            "hostNetwork).",
+            [("Neighbour", target(neigh)), ("File handles", target(files)),
+             ("Orphans", target(orphans)), ("TCP memory", target(tcpmem)),
+             ("TIME_WAIT", target(tw))],
+            labels=("instance",), sort="Neighbour",
+            overrides=[col("instance", link=True)] + [
+                col(c, "percentunit", thresholds=utilisation_thresholds())
+                for c in ("Neighbour", "File handles", "Orphans", "TCP memory", "TIME_WAIT")]),
+            12, 8)
+        b.add(timeseries("Traffic refused by kernel limits",
+                         "Per second: listen queue overflows, UDP receive buffer errors, IP "
+                         "reassembly failures, neighbour table overflows (each has an alert).",
+                         refused, "short", min_=0), 12, 8)
+        b.add(table(
+            "NodePorts inside the ephemeral port range",
+            "Nodes whose ip_local_port_range covers NodePorts that are not reserved "
+            "(NodenetEphemeralPortsOverlapNodePorts). Empty when none.",
+            [("Ports", target(f"{q.m('nodenet_ephemeral_ports_nodeport_overlap')} > 0"))],
+            labels=("instance",),
+            overrides=[col("instance", link=True),
+                       col("Ports", "short", thresholds=steps(("green", None), ("red", 1)))]),
+            24, 6)
+        return
+    b.add(timeseries("Neighbour tables",
+                     "Entries (permanent included) and gc_thresh3 per table; machine-wide.",
+                     [target(q.m("nodenet_neighbour_entries"), "{{table}} entries"),
+                      target(q.m("nodenet_neighbour_entries_limit"), "{{table}} gc_thresh3")],
+                     "short", min_=0), 8, 8)
+    b.add(timeseries("TCP sockets",
+                     "In use per family, TIME_WAIT and its limit, orphans.",
+                     [target(q.m("nodenet_tcp_sockets_in_use"), "in use {{family}}"),
+                      target(q.m("nodenet_tcp_timewait_sockets"), "TIME_WAIT"),
+                      target(q.m("nodenet_tcp_timewait_sockets_limit"), "tcp_max_tw_buckets"),
+                      target(q.m("nodenet_tcp_orphan_sockets"), "orphans")],
+                     "short", min_=0), 8, 8)
+    b.add(timeseries("Socket memory",
+                     "TCP and UDP buffer memory and their tcp_mem/udp_mem pressure level "
+                     "(machine-wide).",
+                     [target(q.m("nodenet_tcp_memory_bytes"), "TCP"),
+                      target(q.m("nodenet_tcp_memory_limit_bytes", 'level="pressure"'),
+                             "tcp_mem pressure"),
+                      target(q.m("nodenet_udp_memory_bytes"), "UDP"),
+                      target(q.m("nodenet_udp_memory_limit_bytes", 'level="pressure"'),
+                             "udp_mem pressure")],
+                     "bytes", min_=0), 8, 8)
+    b.add(gauge("File handles", "Allocated file handles / fs.file-max.",
+                [target(files, instant=True)], "percentunit",
+                thresholds=utilisation_thresholds()), 4, 6)
+    b.add(stat("NodePorts in ephemeral range",
+               "NodePort-range ports that ip_local_port_range covers and that are not "
+               "reserved; should be 0.",
+               [target(q.m("nodenet_ephemeral_ports_nodeport_overlap"), instant=True)],
+               "short", thresholds=steps(("green", None), ("red", 1))), 4, 6)
+    b.add(timeseries("Traffic refused by kernel limits",
+                     "Per second: listen overflows, UDP receive buffer errors, reassembly "
+                     "failures, neighbour table overflows.", refused, "short", min_=0), 16, 6)
 
 
 # ------------------------------------------------------------------------------- output
