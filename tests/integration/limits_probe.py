@@ -137,7 +137,20 @@ def fragments(n: int) -> list:
     return [first, pending, collect()]
 
 
-SCENARIOS = {"timewait": timewait, "listen_overflow": listen_overflow,
+def neighbour(_n: int) -> list:
+    """The neighbour collector with `ip -s ntable` read just before and after."""
+    import subprocess
+
+    def ntable():
+        return subprocess.run(["ip", "-s", "ntable", "show", "name", "arp_cache"],
+                              capture_output=True, text=True, check=True).stdout
+    before = ntable()
+    snap = collect(("neighbour",))
+    snap["ntable_before"], snap["ntable_after"] = before, ntable()
+    return [snap]
+
+
+SCENARIOS = {"neighbour": neighbour, "timewait": timewait, "listen_overflow": listen_overflow,
              "udp_rcvbuf": udp_rcvbuf, "fragments": fragments,
              "collect": lambda _n: [collect()]}
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -171,6 +173,37 @@ def test_pod_namespace_leaves_initial_only_limits_out(ns):
     lo, hi = witnessed(snap, "net/sockstat", raw_sockstat, "TCP", "mem")
     page = os.sysconf("SC_PAGE_SIZE")
     assert lo * page <= sample(snap, "nodenet_tcp_memory_bytes") <= hi * page or lo != hi
+
+
+def _ntable(text: str, key: str) -> int:
+    m = re.search(rf"\b{key} (\d+)", text)
+    assert m, (key, text)
+    return int(m.group(1))
+
+
+def test_neighbour_entries_count_permanent_entries_machine_wide(ns):
+    """Permanent entries only (never thousands of ordinary ones on this machine): 50 on a
+    veth in our namespace raise the machine-wide arp_cache count, which the dump read
+    from inside the namespace reports as `ip -s ntable` does."""
+    run(["ip", "link", "add", "nd0", "type", "veth", "peer", "name", "nd1"], netns=ns)
+    run(["ip", "link", "set", "nd0", "up"], netns=ns)
+    run(["ip", "addr", "add", "10.78.0.1/24", "dev", "nd0"], netns=ns)
+    (base,) = probe(ns, "neighbour")
+    batch = "".join(f"neigh add 10.78.0.{i + 2} lladdr 02:00:00:00:00:{i:02x} dev nd0 "
+                    "nud permanent\n" for i in range(50))
+    subprocess.run(["ip", "-n", ns, "-batch", "-"], input=batch, text=True, check=True,
+                   capture_output=True)
+    (snap,) = probe(ns, "neighbour")
+    got = sample(snap, "nodenet_neighbour_entries", "arp_cache")
+    lo, hi = _ntable(snap["ntable_before"], "entries"), _ntable(snap["ntable_after"], "entries")
+    assert min(lo, hi) <= got <= max(lo, hi), (got, lo, hi)
+    rise = got - sample(base, "nodenet_neighbour_entries", "arp_cache")
+    assert rise >= 50 - 5, rise      # others' ordinary entries may come and go meanwhile
+    assert sample(snap, "nodenet_neighbour_entries_limit", "arp_cache") == \
+        _ntable(snap["ntable_after"], "thresh3")
+    assert sample(snap, "nodenet_neighbour_source_info", "netlink") == 1
+    # not the initial namespace: no /proc/net/stat/arp_cache, so no unresolved discards
+    assert "nodenet_neighbour_unresolved_discards_total" not in snap["samples"]
 
 
 def test_default_collectors_succeed_in_a_bare_namespace_as_nobody(ns):
