@@ -6,7 +6,10 @@ Prints, in one run on this machine, nodenet-exporter side by side with node_expo
 - exposition: the writer vs prometheus_client's renderer at 300k samples (per-sample cost);
 - netdev, conntrack, ipvs: the scenario scripts beside this file (namespaces / the UML VM);
 - soak: RSS, page faults and CPU over 1,000 scrapes at node scale (2,000 interfaces; the
-  5,000 x 10 IPVS table replayed natively).
+  5,000 x 10 IPVS table replayed natively);
+- limits: the sockets, netstat and neighbour collectors at 10,000 sockets and 2,000
+  neighbour entries vs node_exporter's netstat, sockstat, filefd and arp (permanent entries
+  grow 100 -> 10,000).
 Each part is bounded in time and removes what it creates.
 """
 from __future__ import annotations
@@ -29,6 +32,8 @@ SCENARIOS = {  # name -> (script beside this file, its arguments for --quick)
     "ipvs": ("ipvs_uml.py", ["--quick"]),
     # after ipvs: its native IPVS scenario replays the dump the ipvs run just captured
     "soak": ("soak.py", ["--quick"]),
+    # issue 14: sockets + netstat + neighbour vs node_exporter netstat/sockstat/filefd/arp
+    "limits": ("limits_bench.py", ["--quick"]),
 }
 
 

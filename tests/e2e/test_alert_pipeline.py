@@ -221,3 +221,95 @@ def test_full_conntrack_table_pages_through_prometheus_and_alertmanager(netns, t
     print("figures:", json.dumps(figures, indent=1))
     record_property("figures", json.dumps(figures))
     assert set(figures["alert_seconds_after_full"]) == set(WANTED)
+
+
+# --------------------------------------------------------------- issue 14: refused traffic
+# A sick namespace (a never-accepting listener with backlog 1 and a never-read UDP socket with
+# a tiny buffer, tests/helpers/sicknet.py) and a healthy one (the same traffic, served), each
+# with its own exporter; Prometheus, Alertmanager and the webhook in a third namespace linked
+# to both by veth pairs. NodenetTCPListenOverflows and NodenetUDPReceiveBufferErrors (for: 2m)
+# must reach the webhook for the sick exporter and never fire for the healthy one.
+LIMITS_WANTED = {"NodenetTCPListenOverflows": "warning",
+                 "NodenetUDPReceiveBufferErrors": "warning"}
+LIMITS_BUDGET = 330
+SICK, HEALTHY = "10.99.1.2:9834", "10.99.2.2:9834"
+
+
+def test_refused_traffic_pages_for_the_sick_namespace_only(tmp_path):
+    preflight()
+    from tests.helpers.netns import netns as make_netns
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    sicknet = str(ROOT / "tests" / "helpers" / "sicknet.py")
+    procs: list = []
+    with make_netns("nn-alerts-mon") as mon, make_netns("nn-alerts-sick") as sick, \
+            make_netns("nn-alerts-ok") as ok:
+        alertstack.link_namespaces(mon, sick, "10.99.1.1", "10.99.1.2")
+        alertstack.link_namespaces(mon, ok, "10.99.2.1", "10.99.2.2")
+        hook = alertstack.Webhook(mon, HOOK_PORT)
+        t0 = time.monotonic()
+        try:
+            for ns, addr in ((sick, SICK), (ok, HEALTHY)):
+                ex = alertstack.NetnsProcess(ns, [sys.executable, "-m", "exporter",
+                                                  f"--web.listen-address={addr}"],
+                                             tmp_path / f"exporter-{ns}.log", env=env, cwd=ROOT)
+                procs.append(ex.start())
+            for ns, mode in ((sick, "sick"), (ok, "healthy")):
+                load = alertstack.NetnsProcess(ns, [sys.executable, sicknet, mode,
+                                                    str(LIMITS_BUDGET)],
+                                               tmp_path / f"load-{mode}.log", env=env, cwd=ROOT)
+                procs.append(load.start())
+            hook.start()
+            am = alertstack.alertmanager(mon, tmp_path, webhook_url=hook.url, port=AM_PORT)
+            procs.append(am.start())
+            prom = alertstack.prometheus(mon, tmp_path, rule_files=[str(RULES)], job=JOB,
+                                         targets=[SICK, HEALTHY],
+                                         alertmanager=f"127.0.0.1:{AM_PORT}", port=PROM_PORT)
+            procs.append(prom.start())
+            alertstack.wait_http(mon, f"http://127.0.0.1:{PROM_PORT}/-/ready", 60, prom)
+            prom_url = f"http://127.0.0.1:{PROM_PORT}"
+            got: dict[str, float] = {}
+            while len(got) < len(LIMITS_WANTED):
+                alerts = [a for a in hook.alerts() if a.get("status") == "firing"]
+                for name in LIMITS_WANTED:
+                    if name not in got and any(a["labels"].get("alertname") == name
+                                               and a["labels"].get("instance") == SICK
+                                               for a in alerts):
+                        got[name] = round(time.monotonic() - t0)
+                if time.monotonic() > t0 + LIMITS_BUDGET:
+                    states = alertstack.in_netns(mon, alertstack.http_get,
+                                                 f"{prom_url}/api/v1/alerts").decode()
+                    raise AssertionError(f"webhook got {sorted(got)} of {sorted(LIMITS_WANTED)}"
+                                         f" within {LIMITS_BUDGET}s; Prometheus: {states}")
+                hook.wait_for(lambda a: False, 1.0)
+            print("limits alerts fired after (s):", got)
+            # delivered as the rules say
+            for name, severity in LIMITS_WANTED.items():
+                alert = next(a for a in hook.alerts() if a["labels"].get("alertname") == name
+                             and a["labels"].get("instance") == SICK)
+                assert alert["labels"]["severity"] == severity
+                assert alert["annotations"]["runbook_url"].endswith("#" + name.lower())
+                assert SICK in alert["annotations"]["description"]
+            # the healthy namespace had the same traffic, served: counters flat, no alert
+            sel = f'job="{JOB}",instance="{HEALTHY}"'
+            served = alertstack.prom_query(
+                mon, prom_url, f'nodenet_udp_received_datagrams_total{{{sel},family="ipv4"}}')
+            assert served and float(served[0]["value"][1]) > 100, served
+            for metric in ("nodenet_tcp_listen_overflows_total",
+                           'nodenet_udp_receive_buffer_errors_total{family="ipv4"}'):
+                name, _, extra = metric.partition("{")
+                q = f'{name}{{{sel}{"," + extra.rstrip("}") if extra else ""}}}'
+                value = alertstack.prom_query(mon, prom_url, q)
+                assert value and float(value[0]["value"][1]) == 0, (q, value)
+            assert not alertstack.prom_query(mon, prom_url, f'ALERTS{{instance="{HEALTHY}",'
+                                             'alertname=~"NodenetTCPListenOverflows|'
+                                             'NodenetUDPReceiveBufferErrors"}')
+            assert not [a for a in hook.alerts() if a["labels"].get("instance") == HEALTHY
+                        and a["labels"].get("alertname") in LIMITS_WANTED]
+        except BaseException:
+            for p in procs:
+                print(f"--- {p.argv[4]} log (tail) ---\n{p.log()[-1500:]}")
+            raise
+        finally:
+            for p in reversed(procs):
+                p.stop()
+            hook.stop()

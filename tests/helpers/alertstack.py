@@ -266,3 +266,18 @@ def alertmanager(ns: str, workdir: pathlib.Path, *, webhook_url: str, port: int 
                              f"--web.listen-address=127.0.0.1:{port}",
                              "--cluster.listen-address=", "--log.level=info"],
                         workdir / "alertmanager.log")
+
+
+# --------------------------------------------------------------- issue 14: linked namespaces
+def link_namespaces(a: str, b: str, a_addr: str, b_addr: str, prefix: int = 30) -> None:
+    """A veth pair between namespaces ``a`` and ``b`` (both the caller's), addressed
+    ``a_addr``/``b_addr`` on a /``prefix``: Prometheus in ``a`` scrapes an exporter in ``b``.
+    The pair is deleted with either namespace."""
+    tag = f"{abs(hash((a, b))) % 10**6:06d}"
+    va, vb = f"nna{tag}", f"nnb{tag}"
+    run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True)  # noqa: E731
+    run("ip", "-n", a, "link", "add", va, "type", "veth", "peer", "name", vb, "netns", b)
+    run("ip", "-n", a, "addr", "add", f"{a_addr}/{prefix}", "dev", va)
+    run("ip", "-n", b, "addr", "add", f"{b_addr}/{prefix}", "dev", vb)
+    run("ip", "-n", a, "link", "set", va, "up")
+    run("ip", "-n", b, "link", "set", vb, "up")
