@@ -8,8 +8,9 @@ running kernel does not print (UDP MemErrors on old kernels, everything IPv6 wit
 disabled) is left out, never exported as 0.  TCP counters are one MIB for IPv4 and IPv6
 together (the kernel keeps no per-family TCP counters); UDP, IP and ICMP are per family.
 
-``read_counters(net_dir)`` is the reusable half (issue 15 reads other namespaces'
-``/proc/<pid>/net`` with it); ``COUNTERS`` is the name list its regex filter selects from.
+``read_mibs(net_dir)`` and ``families(mibs, rows)`` are the reusable half (issue 15 reads
+other namespaces' ``/proc/<pid>/net`` with them); ``COUNTERS`` is the table its regex filter
+selects rows from.
 """
 from __future__ import annotations
 
@@ -134,16 +135,31 @@ METRICS = tuple(dict.fromkeys(row[0] for row in COUNTERS))
 FILES = ("snmp", "netstat", "snmp6")
 
 
-def read_mibs(net_dir: str) -> tuple[dict[str, snmp.Mib], bool]:
+def wanted(rows=COUNTERS) -> dict[str, frozenset[str]]:
+    """file -> the sections (snmp, netstat) or names (snmp6) the rows read."""
+    out: dict[str, set[str]] = {f: set() for f in FILES}
+    for _m, _l, file, section, field in rows:
+        out[file].add(field if file == "snmp6" else section)
+    return {f: frozenset(v) for f, v in out.items()}
+
+
+WANTED = wanted()
+
+
+def read_mibs(net_dir: str, want=WANTED) -> tuple[dict[str, snmp.Mib], bool]:
     """The three files of one namespace's net directory; (file -> Mib, snmp present?).
-    An absent file (snmp6 without IPv6) is simply missing from the result."""
+    An absent file (snmp6 without IPv6) is simply missing from the result; only the
+    sections/names in ``want`` (see :func:`wanted`) are parsed."""
     mibs: dict[str, snmp.Mib] = {}
     for file in FILES:
+        if not want.get(file):
+            continue
         try:
             text = procfs.read_text(os.path.join(net_dir, file))
         except (FileNotFoundError, NotADirectoryError):
             continue
-        mibs[file] = snmp.parse_snmp6(text) if file == "snmp6" else snmp.parse_mib(text, file)
+        mibs[file] = (snmp.parse_snmp6(text, want[file]) if file == "snmp6"
+                      else snmp.parse_mib(text, file, want[file]))
     return mibs, "snmp" in mibs
 
 

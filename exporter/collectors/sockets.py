@@ -116,9 +116,10 @@ class SocketsCollector(Collector):
         self.nodeport_range = ctx.settings["collector.sockets.nodeport-range"]
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self._problems: tuple = ()
+        self._seen: list[str] = []     # problems met during the current collection
 
     def collect(self):
-        self._seen: list[str] = []
+        self._seen = []
         families = []
         for part in self.PARTS:
             families.extend(getattr(self, part)())

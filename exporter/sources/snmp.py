@@ -35,6 +35,13 @@ def _value(text: str) -> int | None:
     return value if -_MAX_U64 <= value <= _MAX_U64 else None
 
 
+def _all_unsigned(tokens: list[str]) -> bool:
+    """The common case, checked in C: every token plain ASCII digits of at most 20 (a u64 has
+    at most 20; a 20-digit value above 2**64-1 is caught by the caller's range check)."""
+    joined = "".join(tokens)
+    return joined.isascii() and joined.isdigit() and max(map(len, tokens)) <= 20
+
+
 @dataclass
 class Mib:
     """Sections of a MIB file: ``sections["TcpExt"]["ListenOverflows"]``; what was dropped."""
@@ -46,14 +53,19 @@ class Mib:
         return self.sections.get(section, {}).get(name)
 
 
-def parse_mib(text: str, what: str = "snmp") -> Mib:
-    """/proc/net/snmp or /proc/net/netstat: header/value line pairs per ``Prefix:``."""
+def parse_mib(text: str, what: str = "snmp", only: frozenset[str] | None = None) -> Mib:
+    """/proc/net/snmp or /proc/net/netstat: header/value line pairs per ``Prefix:``.
+
+    ``only``: the prefixes wanted (others are skipped unparsed: the collectors read a few
+    sections of files that hold many)."""
     mib = Mib()
     pending: tuple[str, list[str], int] | None = None   # (prefix, names, line number)
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         prefix, sep, rest = line.partition(":")
+        if only is not None and sep and prefix not in only:
+            continue
         tokens = rest.split()
         if not sep or not _NAME.fullmatch(prefix):
             mib.problems.append(f"{what} line {lineno}: not a 'Prefix: ...' line")
@@ -65,7 +77,7 @@ def parse_mib(text: str, what: str = "snmp") -> Mib:
         if pending is not None:
             mib.problems.append(f"{what} line {pending[2]}: {pending[0]} header without values")
             pending = None
-        if tokens and all(_NAME.fullmatch(t) for t in tokens):
+        if tokens and all(t.isidentifier() and t.isascii() for t in tokens):
             pending = (prefix, tokens, lineno)
         else:
             mib.problems.append(f"{what} line {lineno}: {prefix} values without a header")
@@ -83,6 +95,11 @@ def _values(mib: Mib, what: str, pending, tokens: list[str], lineno: int) -> Non
     if prefix in mib.sections:
         mib.problems.append(f"{what} line {lineno}: {prefix} repeated (first kept)")
         return
+    if _all_unsigned(tokens):
+        values = list(map(int, tokens))
+        if max(values) <= _MAX_U64:
+            mib.sections[prefix] = dict(zip(names, values, strict=True))
+            return
     section: dict[str, int] = {}
     for name, token in zip(names, tokens, strict=True):
         value = _value(token)
@@ -94,13 +111,14 @@ def _values(mib: Mib, what: str, pending, tokens: list[str], lineno: int) -> Non
     mib.sections[prefix] = section
 
 
-def parse_snmp6(text: str) -> Mib:
-    """/proc/net/snmp6: ``Ip6InReceives  1`` per line, kept in one section named ``""``."""
+def parse_snmp6(text: str, only: frozenset[str] | None = None) -> Mib:
+    """/proc/net/snmp6: ``Ip6InReceives  1`` per line, kept in one section named ``""``.
+    ``only``: the names wanted (other lines are skipped unparsed)."""
     mib = Mib()
     values: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         fields = line.split()
-        if not fields:
+        if not fields or (only is not None and fields[0] not in only):
             continue
         value = _value(fields[1]) if len(fields) == 2 else None
         if value is None or not _NAME.fullmatch(fields[0]):

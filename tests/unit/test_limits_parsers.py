@@ -168,3 +168,26 @@ def test_nodeport_range_flag():
     for bad in ("30000", "32767-30000", "0-10", "1-65536", "a-b", "30000-32767-1"):
         with pytest.raises(ValueError):
             ss.parse_port_range_flag(bad)
+
+
+@pytest.mark.parametrize("kernel", ["3.10", "4.19", "5.10", "6.18", "odd"])
+def test_parsing_only_the_wanted_sections_gives_the_same_values(kernel):
+    from exporter.collectors.netstat import WANTED
+    for name in ("snmp", "netstat"):
+        full = snmp.parse_mib(text(kernel, name), name)
+        part = snmp.parse_mib(text(kernel, name), name, WANTED[name])
+        assert part.sections == {k: v for k, v in full.sections.items() if k in WANTED[name]}
+    full6 = snmp.parse_snmp6(text(kernel, "snmp6")).sections[""]
+    part6 = snmp.parse_snmp6(text(kernel, "snmp6"), WANTED["snmp6"]).sections[""]
+    assert part6 == {k: v for k, v in full6.items() if k in WANTED["snmp6"]}
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(st.one_of(st.integers(0, 2**64 + 5).map(str), st.sampled_from(
+    ["-1", "+4", "1x", "０", "²", "0x10", "9" * 21, ""])), min_size=1, max_size=12))
+def test_the_fast_value_path_equals_the_per_value_check(tokens):
+    tokens = [t for t in tokens if t] or ["0"]
+    names = [f"F{i}" for i in range(len(tokens))]
+    mib = snmp.parse_mib(f"X: {' '.join(names)}\nX: {' '.join(tokens)}\n")
+    slow = {n: snmp._value(t) for n, t in zip(names, tokens, strict=True)}
+    assert mib.sections["X"] == {n: v for n, v in slow.items() if v is not None}
