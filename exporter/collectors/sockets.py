@@ -40,7 +40,8 @@ UDP_INUSE = Metric("nodenet_udp_sockets_in_use", GAUGE,
                    "UDP sockets in use, by family (sockstat UDP/UDP6 inuse)." + _NS,
                    ("family",))
 TW = Metric("nodenet_tcp_timewait_sockets", GAUGE,
-            "TCP sockets in TIME_WAIT (sockstat tw); above nodenet_tcp_timewait_sockets_limit "
+            "TCP sockets in TIME_WAIT, IPv4 and IPv6 (sockstat tw); above "
+            "nodenet_tcp_timewait_sockets_limit "
             "the kernel destroys new TIME_WAIT sockets early (TCPTimeWaitOverflow)." + _NS)
 TW_LIMIT = Metric("nodenet_tcp_timewait_sockets_limit", GAUGE,
                   "net.ipv4.tcp_max_tw_buckets: most TIME_WAIT sockets kept." + _NS)

@@ -121,8 +121,9 @@ def _checksum(data: bytes) -> int:
 
 
 def fragments(n: int) -> list:
-    """n first fragments (MF set) that never get their second half, to 127.0.0.1; with
-    ipfrag_time 1 (set by the test in this namespace) they time out after ~1 s."""
+    """n first fragments (MF set) that never get their second half, to 127.0.0.1 and to ::1;
+    with ipfrag_time / ip6frag_time 1 (set by the test in this namespace) they time out after
+    ~1 s."""
     first = collect()
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     for ident in range(n):
@@ -132,6 +133,12 @@ def fragments(n: int) -> list:
                            socket.inet_aton("127.0.0.1"))
         head = head[:10] + struct.pack("!H", _checksum(head)) + head[12:]
         raw.sendto(head + payload, ("127.0.0.1", 0))
+    # IPv6: a fragment header (next header UDP, offset 0, M set) that the kernel wraps in an
+    # IPv6 header to ::1; ip6frag_time 1 (set by the test) expires it the same way
+    raw6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, 44)   # IPPROTO_FRAGMENT
+    for ident in range(n):
+        raw6.sendto(struct.pack("!BBHI", socket.IPPROTO_UDP, 0, 0x0001, 5000 + ident)
+                    + b"\0" * 8 + b"f" * 64, ("::1", 0))
     pending = collect()
     time.sleep(3.0)        # > ipfrag_time: every queue expires (ip_expire)
     return [first, pending, collect()]

@@ -121,19 +121,30 @@ def test_udp_receive_buffer_errors_rise_by_the_kernels_count(ns):
     assert nstat(ns)["UdpRcvbufErrors"] == errors
 
 
+def raw_snmp6(text: str, field: str) -> int:
+    return int(dict(ln.split() for ln in text.splitlines() if ln.strip())[field])
+
+
 def test_reassembly_timeouts_with_the_namespaces_ipfrag_time(ns):
     run(["sysctl", "-qw", "net.ipv4.ipfrag_time=1"], netns=ns)   # this namespace's own
+    run(["sysctl", "-qw", "net.ipv6.ip6frag_time=1"], netns=ns)
     first, pending, last = probe(ns, "fragments", 10)
-    held = sample(pending, "nodenet_ip_fragment_memory_bytes", "ipv4")
-    lo, hi = witnessed(pending, "net/sockstat", raw_sockstat, "FRAG", "memory")
-    assert held > 0 and lo == hi == held, (held, lo, hi)
+    for family, path, key in (("ipv4", "net/sockstat", "FRAG"), ("ipv6", "net/sockstat6",
+                                                                  "FRAG6")):
+        held = sample(pending, "nodenet_ip_fragment_memory_bytes", family)
+        lo, hi = witnessed(pending, path, raw_sockstat, key, "memory")
+        assert held > 0 and lo == hi == held, (family, held, lo, hi)
+        assert sample(last, "nodenet_ip_fragment_memory_bytes", family) == 0
     for name, field in (("nodenet_ip_reassembly_timeouts_total", "ReasmTimeout"),
                         ("nodenet_ip_reassembly_failures_total", "ReasmFails")):
         lo, hi = witnessed(last, "net/snmp", raw_pairs, "Ip", field)
         assert lo == hi == sample(last, name, "ipv4")
         assert sample(last, name, "ipv4") - sample(first, name, "ipv4") == 10, name
-    assert sample(last, "nodenet_ip_fragment_memory_bytes", "ipv4") == 0
-    assert nstat(ns)["IpReasmTimeout"] == 10
+        lo, hi = witnessed(last, "net/snmp6", raw_snmp6, "Ip6" + field)
+        assert lo == hi == sample(last, name, "ipv6")
+        assert sample(last, name, "ipv6") - sample(first, name, "ipv6") == 10, name
+    kernel = nstat(ns)
+    assert kernel["IpReasmTimeout"] == 10 and kernel["Ip6ReasmTimeout"] == 10
 
 
 def test_ephemeral_ports_overlap_then_reserved(ns):
