@@ -194,9 +194,14 @@ class NetstatCollector(Collector):
     def __init__(self, ctx):
         super().__init__(ctx)
         self._problems: tuple = ()
+        self._present: bool | None = None
 
     def collect(self):
-        mibs, _ = read_mibs(self.ctx.proc("net"))
+        mibs, present = read_mibs(self.ctx.proc("net"))
+        if present != self._present:
+            if not present:
+                self.log.info("no net/snmp under --path.procfs: no protocol counters")
+            self._present = present
         problems = tuple(p for mib in mibs.values() for p in mib.problems)
         if problems != self._problems:
             if problems:

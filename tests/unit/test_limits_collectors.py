@@ -180,3 +180,14 @@ def test_the_same_problems_are_logged_once():
         for _ in range(3):
             list(collector.collect())
     assert len(stream.getvalue().splitlines()) == 2
+
+
+def test_netstat_without_proc_files_is_empty_and_says_so_once():
+    stream = io.StringIO()
+    settings = resolve(all_options(), ["--path.procfs=/nonexistent"], "t", "0", set(REGISTRY))
+    c = REGISTRY["netstat"](Context(settings=settings, log=logmod.setup(
+        "info", "json", stream=stream).bind(collector="netstat")))
+    for _ in range(3):
+        assert list(c.collect()) == []
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and "no net/snmp" in lines[0]
