@@ -36,7 +36,8 @@ PACKAGE_SKIP = {"curses", "dbm"}
 ETC_FILES = ["/etc/ld.so.cache", "/etc/ld.so.conf"]
 ETC_DIRS = ["/etc/ld.so.conf.d"]
 # uid/gid 65534 by name for tools that look it up; the image never needs more accounts.
-PASSWD = "root:x:0:0:root:/nonexistent:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n"
+PASSWD = ("root:x:0:0:root:/nonexistent:/sbin/nologin\n"
+          "nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n")
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
 LDD_LINE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
 
@@ -134,6 +135,8 @@ def main(venv: str, rootfs: str) -> None:
     # (podman diff stays empty).
     for f in ("hosts", "hostname", "resolv.conf"):
         (root / "etc" / f).write_text("")
+    # podman creates it in every container that lacks it (as Debian ships it).
+    (root / "etc" / "mtab").symlink_to("/proc/mounts")
     # Mount points the runtime fills; /tmp stays an empty directory (readOnlyRootFilesystem
     # gives no writable /tmp, and the exporter needs none).
     for d in ("proc", "sys", "dev", "run", "tmp"):
