@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the nodenet-exporter image from the Containerfile; the tag is the last line on stdout.
 #   bash deploy/build-image.sh                  -> localhost/nodenet-exporter:<version>
+#   bash deploy/build-image.sh --context-only   -> stages the build context, prints its path
 #
 # Environment:
 #   NODENET_IMAGE_BASE   unset/auto: the Containerfile's BASE_IMAGE (python:3.11-slim) if the
@@ -44,6 +45,54 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 T0=$(now)
 
+VERSION=$("$PY" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$REPO/pyproject.toml")
+TAG=${NODENET_IMAGE_TAG:-localhost/nodenet-exporter:$VERSION}
+REVISION=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
+SOURCE=${NODENET_IMAGE_SOURCE:-$(git -C "$REPO" config --get remote.origin.url 2>/dev/null || echo unknown)}
+mkdir -p "$CACHE"
+
+# --------------------------------------------------------------------------- wheels
+
+CTX=$CACHE/context
+rm -rf "$CTX" "$CACHE/src"
+mkdir -p "$CTX/wheels" "$CTX/deploy/image" "$CACHE/src"
+DEPS=$("$PY" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' "$REPO/pyproject.toml")
+PIP_REQ="pip==$("$PY" -m pip --version | awk '{print $2}')"
+if [ -n "${NODENET_WHEELS:-}" ]; then
+    WHEELS=$NODENET_WHEELS
+    log "wheels: from $WHEELS"
+else
+    WHEELS=$CACHE/wheels-$(printf '%s\n' "$DEPS" "$PIP_REQ" "$PYVER" "$GLIBC" "$ARCH" | sha)
+    if [ ! -d "$WHEELS" ]; then
+        log "wheels: pip download (manylinux_${GLIBC}_$ARCH, CPython $PYVER)"
+        rm -rf "$WHEELS.tmp"
+        # shellcheck disable=SC2086
+        # pip does not expand manylinux_2_X to older tags: list them (2014 expands to 2010, 1).
+        local_plats=(--platform "manylinux2014_$ARCH")
+        for v in $(seq 17 "${GLIBC#2_}"); do local_plats+=(--platform "manylinux_2_${v}_$ARCH"); done
+        "$PY" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+            "${local_plats[@]}" --python-version "$PYVER" --implementation cp \
+            --dest "$WHEELS.tmp" $DEPS "$PIP_REQ" >&2 \
+            || die "pip download failed: no binary wheel for a dependency? Put wheels in a directory and set NODENET_WHEELS"
+        mv "$WHEELS.tmp" "$WHEELS"
+    fi
+fi
+cp "$WHEELS"/*.whl "$CTX/wheels/"
+ls "$CTX"/wheels/pip-*.whl >/dev/null 2>&1 || die "no pip wheel in $WHEELS (the builder runs pip from it)"
+# The exporter's wheel from a copy of exactly what it is built from (no build/ in the tree).
+cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/exporter" "$CACHE/src/"
+find "$CACHE/src" -name __pycache__ -prune -exec rm -rf {} +
+"$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$CTX/wheels" "$CACHE/src" >&2
+cp "$REPO/deploy/image/rootfs.py" "$CTX/deploy/image/"
+cp "$REPO/.dockerignore" "$CTX/"
+
+if [ "${1:-}" = --context-only ]; then
+    # The staged build context alone (no engine needed): what the Containerfile COPYs.
+    rm -rf "$CACHE/src"
+    echo "$CTX"
+    exit 0
+fi
+
 ENGINE=${NODENET_ENGINE:-}
 if [ -z "$ENGINE" ]; then
     if command -v podman >/dev/null; then ENGINE=podman
@@ -56,12 +105,6 @@ if [ "$ENGINE" = podman ]; then
     command -v runc >/dev/null && BUILD_FLAGS+=(--runtime runc)
     BUILD_FLAGS+=(--pull=never --layers=false)
 fi
-
-VERSION=$("$PY" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$REPO/pyproject.toml")
-TAG=${NODENET_IMAGE_TAG:-localhost/nodenet-exporter:$VERSION}
-REVISION=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
-SOURCE=${NODENET_IMAGE_SOURCE:-$(git -C "$REPO" config --get remote.origin.url 2>/dev/null || echo unknown)}
-mkdir -p "$CACHE"
 
 image_id() { "$ENGINE" image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
 
@@ -110,41 +153,6 @@ case ${NODENET_IMAGE_BASE:-auto} in
         [ -n "$(image_id "$BASE")" ] || "$ENGINE" pull -q "$BASE" >/dev/null || die "base $BASE: not present and cannot be pulled" ;;
 esac
 BASE_ID=$(image_id "$BASE")
-
-# --------------------------------------------------------------------------- wheels
-
-CTX=$CACHE/context
-rm -rf "$CTX" "$CACHE/src"
-mkdir -p "$CTX/wheels" "$CTX/deploy/image" "$CACHE/src"
-DEPS=$("$PY" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' "$REPO/pyproject.toml")
-PIP_REQ="pip==$("$PY" -m pip --version | awk '{print $2}')"
-if [ -n "${NODENET_WHEELS:-}" ]; then
-    WHEELS=$NODENET_WHEELS
-    log "wheels: from $WHEELS"
-else
-    WHEELS=$CACHE/wheels-$(printf '%s\n' "$DEPS" "$PIP_REQ" "$PYVER" "$GLIBC" "$ARCH" | sha)
-    if [ ! -d "$WHEELS" ]; then
-        log "wheels: pip download (manylinux_${GLIBC}_$ARCH, CPython $PYVER)"
-        rm -rf "$WHEELS.tmp"
-        # shellcheck disable=SC2086
-        # pip does not expand manylinux_2_X to older tags: list them (2014 expands to 2010, 1).
-        local_plats=(--platform "manylinux2014_$ARCH")
-        for v in $(seq 17 "${GLIBC#2_}"); do local_plats+=(--platform "manylinux_2_${v}_$ARCH"); done
-        "$PY" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
-            "${local_plats[@]}" --python-version "$PYVER" --implementation cp \
-            --dest "$WHEELS.tmp" $DEPS "$PIP_REQ" >&2 \
-            || die "pip download failed: no binary wheel for a dependency? Put wheels in a directory and set NODENET_WHEELS"
-        mv "$WHEELS.tmp" "$WHEELS"
-    fi
-fi
-cp "$WHEELS"/*.whl "$CTX/wheels/"
-ls "$CTX"/wheels/pip-*.whl >/dev/null 2>&1 || die "no pip wheel in $WHEELS (the builder runs pip from it)"
-# The exporter's wheel from a copy of exactly what it is built from (no build/ in the tree).
-cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/exporter" "$CACHE/src/"
-find "$CACHE/src" -name __pycache__ -prune -exec rm -rf {} +
-"$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$CTX/wheels" "$CACHE/src" >&2
-cp "$REPO/deploy/image/rootfs.py" "$CTX/deploy/image/"
-cp "$REPO/.dockerignore" "$CTX/"
 
 # --------------------------------------------------------------------------- build (or reuse)
 
