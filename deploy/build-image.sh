@@ -79,16 +79,20 @@ else
 fi
 cp "$WHEELS"/*.whl "$CTX/wheels/"
 ls "$CTX"/wheels/pip-*.whl >/dev/null 2>&1 || die "no pip wheel in $WHEELS (the builder runs pip from it)"
-# The exporter's wheel from a copy of exactly what it is built from (no build/ in the tree).
-cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/exporter" "$CACHE/src/"
-find "$CACHE/src" -name __pycache__ -prune -exec rm -rf {} +
-"$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$CTX/wheels" "$CACHE/src" >&2
 cp "$REPO/deploy/image/rootfs.py" "$CTX/deploy/image/"
 cp "$REPO/.dockerignore" "$CTX/"
+# The exporter's wheel from a copy of exactly what it is built from (no build/ in the tree);
+# made only when a build needs it (the cache key hashes the sources themselves).
+project_wheel() {
+    cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/exporter" "$CACHE/src/"
+    find "$CACHE/src" -name __pycache__ -prune -exec rm -rf {} +
+    "$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$CTX/wheels" "$CACHE/src" >&2
+    rm -rf "$CACHE/src"
+}
 
 if [ "${1:-}" = --context-only ]; then
     # The staged build context alone (no engine needed): what the Containerfile COPYs.
-    rm -rf "$CACHE/src"
+    project_wheel
     echo "$CTX"
     exit 0
 fi
@@ -157,7 +161,7 @@ BASE_ID=$(image_id "$BASE")
 # --------------------------------------------------------------------------- build (or reuse)
 
 KEY=$({ echo "$BASE_ID $VERSION $SOURCE $REVISION"
-        cat "$REPO/Containerfile" "$REPO/.dockerignore" "$REPO/deploy/image/rootfs.py"
+        cat "$REPO/Containerfile" "$REPO/.dockerignore" "$REPO/deploy/image/rootfs.py" "$0"
         (cd "$WHEELS" && sha256sum ./*.whl)
         (cd "$REPO" && find pyproject.toml README.md exporter -name __pycache__ -prune -o -type f -print \
             | LC_ALL=C sort | xargs sha256sum); } | sha)
@@ -171,6 +175,7 @@ elif [ -s "$ARCHIVE" ]; then
     HOW="cached (loaded $ARCHIVE)"
 else
     OLD_ID=$(image_id "$TAG")
+    project_wheel
     log "building $TAG on $BASE with $ENGINE"
     "$ENGINE" build "${BUILD_FLAGS[@]}" -f "$REPO/Containerfile" \
         --build-arg "BASE_IMAGE=$BASE" --build-arg "VERSION=$VERSION" \
@@ -185,7 +190,6 @@ else
         "$ENGINE" rmi "$OLD_ID" >/dev/null 2>&1 || true
     fi
 fi
-rm -rf "$CACHE/src"
 SIZE=$("$ENGINE" image inspect --format '{{.Size}}' "$TAG")
 log "$TAG: $HOW in $(since "$T0") s; size $((SIZE / 1048576)) MiB uncompressed ($SIZE bytes); base $BASE"
 echo "$TAG"

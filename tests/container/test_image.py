@@ -11,6 +11,7 @@ deploy/components/<mode>/), so what is tested is what Kubernetes runs.
 Every container and image this module creates is removed by ID at the end; images that existed
 before the run (a user's own build) are left alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,23 +41,37 @@ MAX_IMAGE_MIB = 150
 START_TIMEOUT_S = 30.0
 STOP_WITHIN_S = 2.0
 # Nothing a running exporter needs, and nothing an attacker in it should find.
-FORBIDDEN = re.compile(r"^(usr/)?(s?bin)/(sh|bash|dash|busybox|apt|apt-get|dpkg|perl|gcc|cc|pip3?|"
-                       r"python3?-config)$|/site-packages/pip/|^usr/share/(doc|locale|man)/|^var/lib/(apt|dpkg)/")
+FORBIDDEN = re.compile(
+    r"^(usr/)?(s?bin)/(sh|bash|dash|busybox|apt|apt-get|dpkg|perl|gcc|cc|pip3?|"
+    r"python3?-config)$|/site-packages/pip/|^usr/share/(doc|locale|man)/|^var/lib/(apt|dpkg)/"
+)
 
 
-def sh(cmd: list[str] | str, check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+def sh(
+    cmd: list[str] | str, check: bool = True, timeout: float = 120, **kw
+) -> subprocess.CompletedProcess:
     if isinstance(cmd, str):
         cmd = shlex.split(cmd)
     r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, **kw)
     if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+        )
     return r
 
 
+_CONFIG: list = []  # the pytest config, for report()
+
+
 def report(line: str) -> None:
-    """Figures for the person running the suite, past pytest's capture."""
-    sys.__stderr__.write(f"\n[image] {line}\n")
-    sys.__stderr__.flush()
+    """Figures for the person running the suite (build time, size, stop time), past capture."""
+    capman = _CONFIG[0].pluginmanager.getplugin("capturemanager") if _CONFIG else None
+    if capman is None:
+        print(f"[image] {line}")
+        return
+    with capman.global_and_fixture_disabled():
+        sys.stdout.write(f"\n[image] {line}\n")
+        sys.stdout.flush()
 
 
 def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -71,7 +86,8 @@ def image_ids() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def image():
+def image(request):
+    _CONFIG[:] = [request.config]
     if os.geteuid() != 0:
         pytest.fail("needs root (podman, network namespaces); run the suite via tests/run.sh")
     for tool in ("podman", "runc", "mmdebstrap", "kubectl", "ip", "nft"):
@@ -133,8 +149,11 @@ def test_image_is_small_labelled_and_has_no_shell_or_pip(image, containers):
     bad = [f for f in files if FORBIDDEN.search(f)]
     assert not bad, f"the image contains tools it must not: {bad[:20]}"
     assert "opt/venv/bin/nodenet-exporter" in files
-    assert any(re.fullmatch(r"usr/lib/python3\.\d+/lib-dynload/_ssl\..*\.so", f) or
-               re.fullmatch(r"usr/local/lib/python3\.\d+/lib-dynload/_ssl\..*\.so", f) for f in files)
+    assert any(
+        re.fullmatch(r"usr/lib/python3\.\d+/lib-dynload/_ssl\..*\.so", f)
+        or re.fullmatch(r"usr/local/lib/python3\.\d+/lib-dynload/_ssl\..*\.so", f)
+        for f in files
+    )
 
 
 # --------------------------------------------------------------------------- the node
@@ -151,12 +170,14 @@ def in_ns(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess
 
 def udp_flows(ns: str, src: str, dst: str, n: int = FLOWS) -> None:
     """n real UDP flows from distinct source ports -> n unreplied conntrack entries (30 s)."""
-    code = ("import socket\n"
-            f"for i in range({n}):\n"
-            "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            f"    s.bind(('{src}', 21000 + i))\n"
-            f"    s.sendto(b'x', ('{dst}', 9))\n"
-            "    s.close()\n")
+    code = (
+        "import socket\n"
+        f"for i in range({n}):\n"
+        "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"    s.bind(('{src}', 21000 + i))\n"
+        f"    s.sendto(b'x', ('{dst}', 9))\n"
+        "    s.close()\n"
+    )
     in_ns(ns, sys.executable, "-c", code)
 
 
@@ -165,7 +186,8 @@ def ct_count(ns: str) -> int:
 
 
 def track(ns: str) -> None:
-    rules = "table inet nn_image { chain out { type filter hook output priority 0; ct state new counter; }; }"
+    rules = ("table inet nn_image { chain out { type filter hook output priority 0; "
+             "ct state new counter; }; }")
     in_ns(ns, "nft", rules)
 
 
@@ -175,13 +197,45 @@ def node():
     sh(["ip", "netns", "add", ns])
     try:
         ip("link", "set", "lo", "up", ns=ns)
-        ip("link", "add", "nnv0", "mtu", "1500", "type", "veth", "peer", "name", "nnv1", "mtu", "1500", ns=ns)
+        ip(
+            "link",
+            "add",
+            "nnv0",
+            "mtu",
+            "1500",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "nnv1",
+            "mtu",
+            "1500",
+            ns=ns,
+        )
         ip("addr", "add", f"{NODE_IP}/24", "dev", "nnv0", ns=ns)
         ip("addr", "add", f"{PEER_IP}/24", "dev", "nnv1", ns=ns)
         ip("link", "set", "nnv0", "up", ns=ns)
         ip("link", "set", "nnv1", "up", ns=ns)
-        ip("link", "add", "nnvx0", "mtu", "1450", "type", "vxlan", "id", "42", "local", NODE_IP,
-           "remote", PEER_IP, "dstport", "4789", "dev", "nnv0", ns=ns)
+        ip(
+            "link",
+            "add",
+            "nnvx0",
+            "mtu",
+            "1450",
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "local",
+            NODE_IP,
+            "remote",
+            PEER_IP,
+            "dstport",
+            "4789",
+            "dev",
+            "nnv0",
+            ns=ns,
+        )
         ip("link", "set", "nnvx0", "up", ns=ns)
         track(ns)
         yield ns
@@ -210,13 +264,16 @@ def pod_netns(tmp_path_factory):
 # --------------------------------------------------------------------------- the container
 
 
-def runtime_options() -> list[str]:
+def runtime_options() -> tuple[list[str], list[str]]:
     """Runtime settings that are no part of the manifests. rlimits: runc cannot raise a limit
     here (no CAP_SYS_RESOURCE), so pass the current hard limits; conmon, which starts runc,
     runs with RLIMIT_NPROC 32768 under podman, hence the cap."""
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 32768)
-    return ["--runtime", "runc"], [f"--ulimit=nofile={nofile}:{nofile}", f"--ulimit=nproc={nproc}:{nproc}"]
+    return ["--runtime", "runc"], [
+        f"--ulimit=nofile={nofile}:{nofile}",
+        f"--ulimit=nproc={nproc}:{nproc}",
+    ]
 
 
 class Running:
@@ -244,12 +301,19 @@ class Running:
         return out
 
 
-def start(image: str, containers: list[str], tr: k8s_podman.Translation, ns: str,
-          drop: tuple[str, ...] = ()) -> Running:
+def start(
+    image: str,
+    containers: list[str],
+    tr: k8s_podman.Translation,
+    ns: str,
+    drop: tuple[str, ...] = (),
+) -> Running:
     """podman run -d with the translation's options (minus those starting with `drop`)."""
     global_opts, run_opts = runtime_options()
     opts = [o for o in tr.args if not o.startswith(drop)] if drop else list(tr.args)
-    cid = podman(*global_opts, "run", "--detach", *run_opts, *opts, image, *tr.command_args).stdout.strip()
+    cid = podman(
+        *global_opts, "run", "--detach", *run_opts, *opts, image, *tr.command_args
+    ).stdout.strip()
     containers.append(cid)
     r = Running(cid, tr, ns)
     probe = tr.probes["readinessProbe"]
@@ -258,7 +322,9 @@ def start(image: str, containers: list[str], tr: k8s_podman.Translation, ns: str
         state = podman("inspect", "--format", "{{.State.Status}}", cid).stdout.strip()
         if state != "running":
             logs = podman("logs", cid, check=False)
-            pytest.fail(f"container {cid[:12]} is {state}:\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}")
+            pytest.fail(
+                f"container {cid[:12]} is {state}:\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}"
+            )
         status, _ = http_get(ns, f"http://{NODE_IP}:{probe.port}{probe.path}")
         if status == 200:
             return r
@@ -271,8 +337,9 @@ def stop_with_sigterm(r: Running) -> tuple[float, int]:
     sent = time.time()
     podman("kill", "--signal", "TERM", r.cid)
     podman("wait", r.cid, timeout=r.tr.stop_timeout + 10)
-    finished_ns, code = podman("inspect", "--format", "{{.State.FinishedAt.UnixNano}} {{.State.ExitCode}}",
-                               r.cid).stdout.split()
+    finished_ns, code = podman(
+        "inspect", "--format", "{{.State.FinishedAt.UnixNano}} {{.State.ExitCode}}", r.cid
+    ).stdout.split()
     return int(finished_ns) / 1e9 - sent, int(code)
 
 
@@ -298,7 +365,11 @@ def http_get(ns: str, url: str) -> tuple[int, str]:
 def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    return [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text) for s in fam.samples]
+    return [
+        (s.name, s.labels, s.value)
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    ]
 
 
 def value(ss, name: str, **labels) -> float | None:
@@ -329,7 +400,9 @@ def default_collectors() -> set[str]:
 def assert_every_collector_succeeds(ss) -> None:
     success = collector_success(ss)
     expected = default_collectors()
-    assert expected and expected <= set(success), f"default collectors missing: {expected - set(success)}"
+    assert expected and expected <= set(success), (
+        f"default collectors missing: {expected - set(success)}"
+    )
     failed = {c: v for c, v in success.items() if v != 1}
     assert not failed, f"collectors failing: {failed}"
 
@@ -375,8 +448,16 @@ def test_as_the_daemonset_runs_it(image, containers, node):
     assert seen == links, f"interfaces: exporter {sorted(seen)}, kernel {sorted(links)}"
     assert value(ss, "nodenet_interface_mtu_bytes", interface="nnvx0") == 1450
     # VXLAN over IPv4: 1500 - 50 - 1450 = 0 bytes of headroom; the veth's 1500 is 50 above it.
-    assert value(ss, "nodenet_overlay_mtu_headroom_bytes", interface="nnvx0", kind="vxlan",
-                 underlay="nnv0") == 0
+    assert (
+        value(
+            ss,
+            "nodenet_overlay_mtu_headroom_bytes",
+            interface="nnvx0",
+            kind="vxlan",
+            underlay="nnv0",
+        )
+        == 0
+    )
     assert value(ss, "nodenet_interface_mtu_above_overlay_bytes", interface="nnv1") == 50
 
     diff = podman("diff", r.cid).stdout.split("\n")
@@ -400,7 +481,11 @@ def test_image_default_user_without_capabilities_falls_back_to_procfs(image, con
         assert_every_collector_succeeds(ss)
         assert value(ss, "nodenet_conntrack_source_info", source="procfs") == 1
         assert value(ss, "nodenet_conntrack_available") == 1
-    said = [rec for rec in r.logs() if rec.get("collector") == "conntrack" and rec.get("source") == "procfs"]
+    said = [
+        rec
+        for rec in r.logs()
+        if rec.get("collector") == "conntrack" and rec.get("source") == "procfs"
+    ]
     assert len(said) == 1, f"conntrack should say once that it reads /proc instead: {said}"
     assert re.search(r"CAP_NET_ADMIN", said[0]["event"]), said
     took, code = stop_with_sigterm(r)
@@ -457,7 +542,9 @@ def without_privileges(ds: dict) -> dict:
 
 
 @pytest.mark.parametrize("component", component_ids())
-def test_component_with_and_without_its_privileges(image, containers, node, pod_netns, component, tmp_path):
+def test_component_with_and_without_its_privileges(
+    image, containers, node, pod_netns, component, tmp_path
+):
     path = k8s_podman.DEPLOY / "components" / component
     spec = component_spec(path)
     ds = k8s_podman.kustomize_with(path, tmp_path)
@@ -489,7 +576,9 @@ def test_component_with_and_without_its_privileges(image, containers, node, pod_
             if mode == "without" and spec[mode].get("log"):
                 said = [rec for rec in r.logs() if re.search(spec[mode]["log"], json.dumps(rec))]
                 if len(said) != 1:
-                    errors.append(f"log /{spec[mode]['log']}/: {len(said)} records, expected 1: {said}")
+                    errors.append(
+                        f"log /{spec[mode]['log']}/: {len(said)} records, expected 1: {said}"
+                    )
             results[mode] = errors
         finally:
             took, code = stop_with_sigterm(r)

@@ -12,6 +12,7 @@ the downward API's status.hostIP / spec.nodeName are the test's node IP and name
 volumes may be redirected to a test directory (`host_paths`), so that e.g. /run/netns shows only
 the namespaces the test made.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,10 +31,25 @@ PODMAN_DEFAULT_SECCOMP = Path("/usr/share/containers/seccomp.json")
 
 # Fields with no meaning for one container on one node (scheduling, rollout, identity), or
 # already asserted by tests/unit/test_deploy_manifests.py.
-POD_IGNORED = {"dnsPolicy", "serviceAccountName", "automountServiceAccountToken", "enableServiceLinks",
-               "tolerations", "priorityClassName", "nodeSelector", "affinity"}
-CONTAINER_IGNORED = {"name", "image", "imagePullPolicy", "ports", "livenessProbe", "readinessProbe",
-                     "startupProbe"}
+POD_IGNORED = {
+    "dnsPolicy",
+    "serviceAccountName",
+    "automountServiceAccountToken",
+    "enableServiceLinks",
+    "tolerations",
+    "priorityClassName",
+    "nodeSelector",
+    "affinity",
+}
+CONTAINER_IGNORED = {
+    "name",
+    "image",
+    "imagePullPolicy",
+    "ports",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+}
 # The probes and ports are not run by podman: the test makes the kubelet's requests itself.
 
 
@@ -53,12 +69,12 @@ class Probe:
 
 @dataclass
 class Translation:
-    args: list[str]                       # podman run options, before the image
-    command_args: list[str]               # after the image: the container's args, expanded
+    args: list[str]  # podman run options, before the image
+    command_args: list[str]  # after the image: the container's args, expanded
     env: dict[str, str]
     probes: dict[str, Probe]
-    stop_timeout: int                     # terminationGracePeriodSeconds
-    image: str                            # the manifest's image reference
+    stop_timeout: int  # terminationGracePeriodSeconds
+    image: str  # the manifest's image reference
     notes: list[str] = field(default_factory=list)
 
 
@@ -80,7 +96,11 @@ def base_daemonset() -> dict:
 def components() -> list[Path]:
     """Every deploy/components/<mode>/ (a kustomize Component)."""
     root = DEPLOY / "components"
-    return sorted(p for p in root.iterdir() if (p / "kustomization.yaml").is_file()) if root.is_dir() else []
+    return (
+        sorted(p for p in root.iterdir() if (p / "kustomization.yaml").is_file())
+        if root.is_dir()
+        else []
+    )
 
 
 def kustomize_with(component: Path | None, workdir: Path) -> dict:
@@ -90,13 +110,22 @@ def kustomize_with(component: Path | None, workdir: Path) -> dict:
         raise Untranslatable("kubectl is not installed (Debian: kubernetes-client)")
     overlay = workdir / "overlay"
     overlay.mkdir(parents=True, exist_ok=True)
-    kust = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "resources": [os.path.relpath(DEPLOY, overlay)]}
+    kust = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY, overlay)],
+    }
     if component is not None:
         kust["components"] = [os.path.relpath(component, overlay)]
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kust))
-    r = subprocess.run([kubectl, "kustomize", str(overlay)], check=False, capture_output=True, text=True,
-                       timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(workdir)})
+    r = subprocess.run(
+        [kubectl, "kustomize", str(overlay)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(workdir)},
+    )
     if r.returncode != 0:
         raise Untranslatable(f"kubectl kustomize with {component}: {r.stderr.strip()}")
     return daemonset([d for d in yaml.safe_load_all(r.stdout) if d])
@@ -104,11 +133,13 @@ def kustomize_with(component: Path | None, workdir: Path) -> dict:
 
 def _expand(text: str, env: dict[str, str]) -> str:
     """Kubernetes' $(VAR) expansion: defined variables only, $$ escapes."""
+
     def sub(m: re.Match) -> str:
         if m.group(0) == "$$":
             return "$"
         name = m.group(1)
         return env[name] if name in env else m.group(0)
+
     return re.sub(r"\$\$|\$\((\w+)\)", sub, text)
 
 
@@ -123,10 +154,13 @@ def _seccomp(profile: dict | None, where: str) -> list[str]:
     if kind == "Unconfined":
         return ["--security-opt=seccomp=unconfined"]
     if kind == "Localhost":
-        path = DEPLOY / profile["localhostProfile"]
-        if not path.exists():
-            raise Untranslatable(f"{where}: Localhost seccomp profile {path} is not in deploy/")
-        return [f"--security-opt=seccomp={path}"]
+        # Relative to the kubelet's seccomp root on a node; here: shipped somewhere in deploy/
+        # (e.g. next to the component that uses it).
+        rel = (profile or {})["localhostProfile"]
+        found = sorted(DEPLOY.rglob(rel))
+        if len(found) != 1:
+            raise Untranslatable(f"{where}: seccomp profile {rel}: {len(found)} in deploy/")
+        return [f"--security-opt=seccomp={found[0]}"]
     raise Untranslatable(f"{where}: seccompProfile type {kind!r}")
 
 
@@ -135,8 +169,17 @@ def _security(pod_sc: dict, sc: dict) -> list[str]:
     unknown = set(pod_sc) - {"seccompProfile", "runAsUser", "runAsGroup", "runAsNonRoot"}
     if unknown:
         raise Untranslatable(f"pod securityContext fields not translated: {sorted(unknown)}")
-    unknown = set(sc) - {"privileged", "allowPrivilegeEscalation", "readOnlyRootFilesystem", "runAsUser",
-                         "runAsGroup", "runAsNonRoot", "capabilities", "seccompProfile", "procMount"}
+    unknown = set(sc) - {
+        "privileged",
+        "allowPrivilegeEscalation",
+        "readOnlyRootFilesystem",
+        "runAsUser",
+        "runAsGroup",
+        "runAsNonRoot",
+        "capabilities",
+        "seccompProfile",
+        "procMount",
+    }
     if unknown:
         raise Untranslatable(f"container securityContext fields not translated: {sorted(unknown)}")
     merged = {**pod_sc, **sc}
@@ -210,28 +253,51 @@ def _volumes(pod: dict, c: dict, host_paths: dict[str, str]) -> list[str]:
 
 def _probe(kind: str, p: dict, ports: dict[str, int]) -> Probe:
     get = p.get("httpGet")
-    if not get or set(p) - {"httpGet", "initialDelaySeconds", "periodSeconds", "timeoutSeconds",
-                            "failureThreshold", "successThreshold"}:
+    if not get or set(p) - {
+        "httpGet",
+        "initialDelaySeconds",
+        "periodSeconds",
+        "timeoutSeconds",
+        "failureThreshold",
+        "successThreshold",
+    }:
         raise Untranslatable(f"{kind}: only httpGet probes are translated: {p}")
     port = ports[get["port"]] if isinstance(get["port"], str) else int(get["port"])
-    return Probe(kind, get["path"], port, p.get("initialDelaySeconds", 0), p.get("periodSeconds", 10),
-                 p.get("timeoutSeconds", 1))
+    return Probe(
+        kind,
+        get["path"],
+        port,
+        p.get("initialDelaySeconds", 0),
+        p.get("periodSeconds", 10),
+        p.get("timeoutSeconds", 1),
+    )
 
 
-def translate(ds: dict, netns: str, node_ip: str, node_name: str,
-              host_paths: dict[str, str] | None = None) -> Translation:
+def translate(
+    ds: dict, netns: str, node_ip: str, node_name: str, host_paths: dict[str, str] | None = None
+) -> Translation:
     tmpl = ds["spec"]["template"]
     pod = tmpl["spec"]
-    known = POD_IGNORED | {"hostNetwork", "hostPID", "hostIPC", "containers", "securityContext", "volumes",
-                           "terminationGracePeriodSeconds"}
+    known = POD_IGNORED | {
+        "hostNetwork",
+        "hostPID",
+        "hostIPC",
+        "containers",
+        "securityContext",
+        "volumes",
+        "terminationGracePeriodSeconds",
+    }
     unknown = set(pod) - known
     if unknown:
         raise Untranslatable(f"pod fields not translated: {sorted(unknown)}")
     if len(pod["containers"]) != 1 or pod.get("initContainers"):
         raise Untranslatable("exactly one container, no init containers")
     (c,) = pod["containers"]
-    unknown = set(c) - CONTAINER_IGNORED - {"args", "command", "env", "envFrom", "resources", "securityContext",
-                                            "volumeMounts"}
+    unknown = (
+        set(c)
+        - CONTAINER_IGNORED
+        - {"args", "command", "env", "envFrom", "resources", "securityContext", "volumeMounts"}
+    )
     if unknown:
         raise Untranslatable(f"container fields not translated: {sorted(unknown)}")
     args: list[str] = []
@@ -254,7 +320,11 @@ def translate(ds: dict, netns: str, node_ip: str, node_name: str,
     if "command" in c:
         args.append("--entrypoint=" + json.dumps([_expand(a, env) for a in c["command"]]))
     ports = {p["name"]: p["containerPort"] for p in c.get("ports", []) if "name" in p}
-    probes = {k: _probe(k, c[k], ports) for k in ("livenessProbe", "readinessProbe", "startupProbe") if k in c}
+    probes = {
+        k: _probe(k, c[k], ports)
+        for k in ("livenessProbe", "readinessProbe", "startupProbe")
+        if k in c
+    }
     return Translation(
         args=args,
         command_args=[_expand(a, env) for a in c.get("args", [])],

@@ -7,6 +7,7 @@ the debian-local base build-image.sh makes), the final stage is `scratch` plus t
 and the run-time settings (user, entrypoint, memory policy, labels) are there. It also checks
 the manifest -> podman translation (tests/helpers/k8s_podman.py) on the real manifests.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,7 +28,9 @@ DOCKERIGNORE = REPO / ".dockerignore"
 BUILD_SCRIPT = REPO / "deploy" / "build-image.sh"
 DEFAULT_BASE = "python:3.11-slim"
 ENTRYPOINT = "nodenet-exporter"
-BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|clang|make|build-essential|python3?-dev|libc6-dev|apt-get|apk|dnf|yum)\b")
+BUILD_TOOLS = re.compile(
+    r"\b(gcc|g\+\+|clang|make|build-essential|python3?-dev|libc6-dev|apt-get|apk|dnf|yum)\b"
+)
 # What deploy/build-image.sh puts in the build context besides repository files.
 STAGED = {"wheels"}
 
@@ -64,7 +67,9 @@ def parse_containerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
             args[k] = v
         elif op == "FROM":
             parts = rest.split()
-            base = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], parts[0])
+            base = re.sub(
+                r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], parts[0]
+            )
             name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
             stages.append(Stage(base, name))
         else:
@@ -106,7 +111,11 @@ def dockerignore_excludes(rel: str, patterns: list[str]) -> bool:
 
 def dockerignore_patterns() -> list[str]:
     assert DOCKERIGNORE.exists(), ".dockerignore is missing"
-    return [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    return [
+        ln.strip()
+        for ln in DOCKERIGNORE.read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
 
 
 def pyproject() -> dict:
@@ -133,13 +142,17 @@ def test_builder_on_the_base_argument_final_on_scratch():
     st = stages()
     assert len(st) == 2, "builder stage + final stage"
     assert containerfile_args()["BASE_IMAGE"] == DEFAULT_BASE
-    assert st[0].base == DEFAULT_BASE and st[0].name, "the builder is named and runs on ${BASE_IMAGE}"
+    assert st[0].base == DEFAULT_BASE and st[0].name, (
+        "the builder is named and runs on ${BASE_IMAGE}"
+    )
     assert st[-1].base == "scratch", "the final stage holds only what the builder assembled"
 
 
 def test_build_script_reads_the_default_base_from_the_containerfile():
     text = BUILD_SCRIPT.read_text()
-    assert "sed -n 's/^ARG BASE_IMAGE=//p'" in text, "build-image.sh must take the public base from here"
+    assert "sed -n 's/^ARG BASE_IMAGE=//p'" in text, (
+        "build-image.sh must take the public base from here"
+    )
     assert re.search(r"--build-arg \"BASE_IMAGE=\$BASE\"", text)
     assert "mmdebstrap" in text and "--include=python3" in text and "--variant=minbase" in text
 
@@ -151,7 +164,9 @@ def test_final_stage_copies_only_the_rootfs_and_runs_nothing():
     assert len(copies) == 1, copies
     sources, src_stage = copy_sources(copies[0])
     assert src_stage == builder.name and sources == ["/rootfs/"], copies[0]
-    assert not [r for op, r in final.instructions if op == "RUN"], "no RUN on scratch (no shell there)"
+    assert not [r for op, r in final.instructions if op == "RUN"], (
+        "no RUN on scratch (no shell there)"
+    )
 
 
 def test_builder_installs_from_wheels_only_and_checks_the_rootfs():
@@ -159,14 +174,18 @@ def test_builder_installs_from_wheels_only_and_checks_the_rootfs():
     assert "--no-index" in runs and "--find-links /wheels" in runs, "wheels only: no index, no TLS"
     assert "venv --without-pip" in runs, "a venv the final stage copies; no pip in it"
     assert "rootfs.py /opt/venv /rootfs" in runs
-    assert re.search(r"chroot /rootfs \S*nodenet-exporter --version", runs), "the assembled tree must run alone"
+    assert re.search(r"chroot /rootfs \S*nodenet-exporter --version", runs), (
+        "the assembled tree must run alone"
+    )
     assert not BUILD_TOOLS.search(runs), f"build tooling in the builder: {runs}"
 
 
 def test_entrypoint_user_env_and_port():
     final = stages()[-1]
     ops = {op: rest for op, rest in final.instructions}
-    assert json.loads(ops["ENTRYPOINT"]) == [ENTRYPOINT], "exec form, nothing but the console script"
+    assert json.loads(ops["ENTRYPOINT"]) == [ENTRYPOINT], (
+        "exec form, nothing but the console script"
+    )
     user = ops["USER"].split(":")
     assert user == ["65534", "65534"], "numeric non-root default user"
     assert "9834" in ops["EXPOSE"].split()
@@ -197,7 +216,9 @@ def test_every_copied_source_is_staged_or_in_the_repository_and_survives_dockeri
             for src in sources:
                 rel = src.rstrip("/")
                 assert rel in STAGED or (REPO / rel).exists(), f"COPY {src}: not in the repository"
-                assert not dockerignore_excludes(rel, pats), f"COPY {src}: excluded by .dockerignore"
+                assert not dockerignore_excludes(rel, pats), (
+                    f"COPY {src}: excluded by .dockerignore"
+                )
                 assert not dockerignore_excludes(f"{rel}/x.whl", pats) or rel not in STAGED
                 copied.append(rel)
     assert set(copied) == {"wheels", "deploy/image/rootfs.py"}, copied
@@ -232,7 +253,9 @@ def test_wheel_source_copy_has_every_file_the_wheel_build_reads():
 
 def test_entrypoint_is_the_projects_console_script():
     scripts = pyproject()["project"].get("scripts", {})
-    assert ENTRYPOINT in scripts, f"pyproject.toml [project.scripts] has no {ENTRYPOINT!r}: {scripts}"
+    assert ENTRYPOINT in scripts, (
+        f"pyproject.toml [project.scripts] has no {ENTRYPOINT!r}: {scripts}"
+    )
 
 
 # --------------------------------------------------------------------------- manifest -> podman
@@ -250,7 +273,9 @@ def test_the_daemonset_translates_to_the_documented_podman_run():
     assert "--read-only" in a and "--read-only-tmpfs=false" in a
     assert "--security-opt=no-new-privileges" in a
     assert f"--security-opt=seccomp={k8s_podman.PODMAN_DEFAULT_SECCOMP}" in a
-    assert "--privileged" not in a and not [x for x in a if x.startswith(("--mount", "--pid", "--ipc"))]
+    assert "--privileged" not in a and not [
+        x for x in a if x.startswith(("--mount", "--pid", "--ipc"))
+    ]
     assert tr.env == {"HOST_IP": NODE_IP, "NODE_NAME": "node-a"}
     assert tr.command_args[0] == f"--web.listen-address={NODE_IP}:9834"
     assert {p.path for p in tr.probes.values()} == {"/healthz"}
@@ -264,23 +289,44 @@ def _broken(edit) -> dict:
     return ds
 
 
-@pytest.mark.parametrize("what,edit", [
-    ("pod field", lambda pod, c: pod.update(hostUsers=False)),
-    ("container field", lambda pod, c: c.update(lifecycle={"preStop": {"exec": {"command": ["x"]}}})),
-    ("securityContext field", lambda pod, c: c["securityContext"].update(seLinuxOptions={"type": "x"})),
-    ("secret env", lambda pod, c: c["env"].append({"name": "X", "valueFrom": {"secretKeyRef": {"name": "s"}}})),
-    ("emptyDir", lambda pod, c: (pod.update(volumes=[{"name": "v", "emptyDir": {}}]),
-                                 c.update(volumeMounts=[{"name": "v", "mountPath": "/v"}]))),
-    ("cpu limit", lambda pod, c: c["resources"]["limits"].update(cpu="1")),
-    ("own network namespace", lambda pod, c: pod.update(hostNetwork=False)),
-])
+@pytest.mark.parametrize(
+    "what,edit",
+    [
+        ("pod field", lambda pod, c: pod.update(hostUsers=False)),
+        (
+            "container field",
+            lambda pod, c: c.update(lifecycle={"preStop": {"exec": {"command": ["x"]}}}),
+        ),
+        (
+            "securityContext field",
+            lambda pod, c: c["securityContext"].update(seLinuxOptions={"type": "x"}),
+        ),
+        (
+            "secret env",
+            lambda pod, c: c["env"].append(
+                {"name": "X", "valueFrom": {"secretKeyRef": {"name": "s"}}}
+            ),
+        ),
+        (
+            "emptyDir",
+            lambda pod, c: (
+                pod.update(volumes=[{"name": "v", "emptyDir": {}}]),
+                c.update(volumeMounts=[{"name": "v", "mountPath": "/v"}]),
+            ),
+        ),
+        ("cpu limit", lambda pod, c: c["resources"]["limits"].update(cpu="1")),
+        ("own network namespace", lambda pod, c: pod.update(hostNetwork=False)),
+    ],
+)
 def test_translation_refuses_what_it_does_not_know(what, edit):
     with pytest.raises(k8s_podman.Untranslatable):
         k8s_podman.translate(_broken(edit), "nn-x", NODE_IP, "node-a")
 
 
 def test_translation_expands_args_as_kubernetes_does():
-    ds = _broken(lambda pod, c: c.update(args=["--a=$(HOST_IP)", "--b=$$(HOST_IP)", "--c=$(UNSET)"]))
+    ds = _broken(
+        lambda pod, c: c.update(args=["--a=$(HOST_IP)", "--b=$$(HOST_IP)", "--c=$(UNSET)"])
+    )
     tr = k8s_podman.translate(ds, "nn-x", NODE_IP, "node-a")
     assert tr.command_args == [f"--a={NODE_IP}", "--b=$(HOST_IP)", "--c=$(UNSET)"]
 
@@ -290,16 +336,22 @@ def test_every_component_renders_and_translates(tmp_path):
     assert comps, "deploy/components/ holds no component"
     for comp in comps:
         ds = k8s_podman.kustomize_with(comp, tmp_path / comp.name)
-        tr = k8s_podman.translate(ds, "nn-x", NODE_IP, "node-a", host_paths={"/run/netns": str(tmp_path)})
+        tr = k8s_podman.translate(
+            ds, "nn-x", NODE_IP, "node-a", host_paths={"/run/netns": str(tmp_path)}
+        )
         assert "--cap-add=NET_ADMIN" in tr.args, comp.name
 
 
 def test_conntrack_netns_component_grants_setns_and_run_netns_only(tmp_path):
     comp = k8s_podman.DEPLOY / "components" / "conntrack-netns"
     ds = k8s_podman.kustomize_with(comp, tmp_path)
-    tr = k8s_podman.translate(ds, "nn-x", NODE_IP, "node-a", host_paths={"/run/netns": str(tmp_path)})
+    tr = k8s_podman.translate(
+        ds, "nn-x", NODE_IP, "node-a", host_paths={"/run/netns": str(tmp_path)}
+    )
     base = k8s_podman.translate(k8s_podman.base_daemonset(), "nn-x", NODE_IP, "node-a")
     extra = [a for a in tr.args if a not in base.args]
-    assert extra == ["--cap-add=SYS_ADMIN",
-                     f"--mount=type=bind,src={tmp_path},dst=/run/netns,ro=true,bind-propagation=rslave"]
+    assert extra == [
+        "--cap-add=SYS_ADMIN",
+        f"--mount=type=bind,src={tmp_path},dst=/run/netns,ro=true,bind-propagation=rslave",
+    ]
     assert tr.command_args == base.command_args + ["--collector.conntrack.netns"]
