@@ -55,7 +55,7 @@ mkdir -p "$CACHE"
 
 CTX=$CACHE/context
 rm -rf "$CTX" "$CACHE/src"
-mkdir -p "$CTX/wheels" "$CTX/deploy/image" "$CACHE/src"
+mkdir -p "$CTX/wheels" "$CTX/deploy/image"
 DEPS=$("$PY" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' "$REPO/pyproject.toml")
 PIP_REQ="pip==$("$PY" -m pip --version | awk '{print $2}')"
 if [ -n "${NODENET_WHEELS:-}" ]; then
@@ -84,6 +84,7 @@ cp "$REPO/.dockerignore" "$CTX/"
 # The exporter's wheel from a copy of exactly what it is built from (no build/ in the tree);
 # made only when a build needs it (the cache key hashes the sources themselves).
 project_wheel() {
+    mkdir -p "$CACHE/src"
     cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/exporter" "$CACHE/src/"
     find "$CACHE/src" -name __pycache__ -prune -exec rm -rf {} +
     "$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$CTX/wheels" "$CACHE/src" >&2
@@ -167,28 +168,35 @@ KEY=$({ echo "$BASE_ID $VERSION $SOURCE $REVISION"
             | LC_ALL=C sort | xargs sha256sum); } | sha)
 ARCHIVE=$CACHE/image-$KEY.tar
 label() { "$ENGINE" image inspect --format '{{index .Config.Labels "io.nodenet.build-key"}}' "$1" 2>/dev/null || true; }
-if [ "$(label "$TAG")" = "$KEY" ]; then
+# An image of this build, whatever it is tagged (the tests build under their own tag).
+keyed() { "$ENGINE" images -q --no-trunc --filter "label=io.nodenet.build-key=$KEY" | head -n 1; }
+OLD_ID=$(image_id "$TAG")
+ID=$(keyed)
+if [ -n "$ID" ]; then
     HOW="cached (image present)"
 elif [ -s "$ARCHIVE" ]; then
     "$ENGINE" load -q -i "$ARCHIVE" >/dev/null
-    [ "$(label "$TAG")" = "$KEY" ] || die "$ARCHIVE did not load as $TAG"
+    ID=$(keyed)
+    [ -n "$ID" ] || die "$ARCHIVE did not load an image of build $KEY"
     HOW="cached (loaded $ARCHIVE)"
 else
-    OLD_ID=$(image_id "$TAG")
     project_wheel
     log "building $TAG on $BASE with $ENGINE"
     "$ENGINE" build "${BUILD_FLAGS[@]}" -f "$REPO/Containerfile" \
         --build-arg "BASE_IMAGE=$BASE" --build-arg "VERSION=$VERSION" \
         --build-arg "SOURCE=$SOURCE" --build-arg "REVISION=$REVISION" \
         --label "io.nodenet.build-key=$KEY" -t "$TAG" "$CTX" >&2
+    ID=$(image_id "$TAG")
     rm -f "$CACHE"/image-*.tar
-    "$ENGINE" save -o "$ARCHIVE.tmp" "$TAG" >/dev/null && mv "$ARCHIVE.tmp" "$ARCHIVE"
+    # Saved by ID (no tag inside): a load gives the image back, this script tags it.
+    "$ENGINE" save -o "$ARCHIVE.tmp" "$ID" >/dev/null && mv "$ARCHIVE.tmp" "$ARCHIVE"
     HOW="built"
-    # The image this tag named before, now untagged: ours (it carries the build-key label).
-    if [ -n "$OLD_ID" ] && [ "$OLD_ID" != "$(image_id "$TAG")" ] && [ -n "$(label "$OLD_ID")" ] \
-        && [ "$("$ENGINE" image inspect --format '{{len .RepoTags}}' "$OLD_ID" 2>/dev/null)" = 0 ]; then
-        "$ENGINE" rmi "$OLD_ID" >/dev/null 2>&1 || true
-    fi
+fi
+"$ENGINE" tag "$ID" "$TAG"
+# The image this tag named before, now untagged: removed if it is one of ours (build-key label).
+if [ -n "$OLD_ID" ] && [ "$OLD_ID" != "$ID" ] && [ -n "$(label "$OLD_ID")" ] \
+    && [ "$("$ENGINE" image inspect --format '{{len .RepoTags}}' "$OLD_ID" 2>/dev/null)" = 0 ]; then
+    "$ENGINE" rmi "$OLD_ID" >/dev/null 2>&1 || true
 fi
 SIZE=$("$ENGINE" image inspect --format '{{.Size}}' "$TAG")
 log "$TAG: $HOW in $(since "$T0") s; size $((SIZE / 1048576)) MiB uncompressed ($SIZE bytes); base $BASE"

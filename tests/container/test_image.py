@@ -78,8 +78,11 @@ def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     return sh(["podman", *args], check=check, timeout=timeout)
 
 
-def image_ids() -> set[str]:
-    return set(podman("images", "-a", "--no-trunc", "--format", "{{.ID}}").stdout.split())
+def image_ids(*filters: str) -> set[str]:
+    """Full image IDs (hex, no "sha256:"), optionally through `podman images --filter`s."""
+    out = podman("images", "-a", "--no-trunc", "--format", "{{.ID}}",
+                 *(f"--filter={f}" for f in filters)).stdout
+    return {i.removeprefix("sha256:") for i in out.split()}
 
 
 # --------------------------------------------------------------------------- the image
@@ -94,20 +97,27 @@ def image(request):
         if sh(["sh", "-c", f"command -v {tool}"], check=False).returncode != 0:
             pytest.fail(f"{tool} is not installed (tests/run.sh installs it)")
     before = image_ids()
+    # A tag of this run's own: other worktrees on the machine share the image store.
+    tag = f"localhost/nodenet-exporter:{pyproject_version()}-test-{uuid.uuid4().hex[:8]}"
     t0 = time.monotonic()
-    r = sh(["bash", str(REPO / "deploy" / "build-image.sh")], timeout=1200)
+    r = sh(["bash", str(REPO / "deploy" / "build-image.sh")], timeout=1200,
+           env={**os.environ, "NODENET_IMAGE_TAG": tag})
     took = time.monotonic() - t0
-    tag = r.stdout.strip().splitlines()[-1]
+    assert r.stdout.strip().splitlines()[-1] == tag, r.stdout[-500:]
     summary = [ln for ln in r.stderr.splitlines() if ln.startswith(f"build-image.sh: {tag}:")]
     report(f"build-image.sh in {took:.1f} s: {summary[-1] if summary else r.stderr[-500:]}")
     image_id = podman("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+    image_id = image_id.removeprefix("sha256:")
+    bases = image_ids("reference=localhost/nodenet-base")
     try:
         yield tag
     finally:
-        # Images made by this run (the exporter's and, when the run made it, the base): by ID.
-        made = [i for i in image_ids() - before]
-        for i in sorted(made, key=lambda i: i != image_id):  # the exporter's image first
-            podman("rmi", "--force", i, check=False)
+        # Our tag goes; the image and base only when this run made them (by ID, without
+        # --force: an image someone else tagged or uses meanwhile stays).
+        podman("untag", image_id, tag, check=False)
+        for i in [image_id, *sorted(bases)]:
+            if i not in before:
+                podman("rmi", i, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +150,7 @@ def test_image_is_small_labelled_and_has_no_shell_or_pip(image, containers):
     assert env["PYTHONMALLOC"] == "malloc" and env["PYTHONDONTWRITEBYTECODE"] == "1", env
     # The manifests name the same version.
     ds_image = k8s_podman.base_daemonset()["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert ds_image.rsplit(":", 1)[1] == image.rsplit(":", 1)[1], (ds_image, image)
+    assert ds_image.rsplit(":", 1)[1] == labels["org.opencontainers.image.version"], ds_image
 
     cid = podman("create", image).stdout.strip()
     containers.append(cid)
