@@ -723,3 +723,15 @@ def test_component_guard_catches_an_undeclared_privilege(tmp_path):
     # and a grant the component does not use is reported
     _, unused = strip_grants(ds, {**grants, "capabilities": [*grants.get("capabilities", []), "BPF"]})
     assert unused == ["capability BPF"]
+
+
+@pytest.mark.parametrize("component", [p.name for p in _component_dirs()])
+def test_component_output_validates_strictly_against_kubernetes_openapi(component, tmp_path):
+    kv = kubernetes_validate()
+    ds = render_with_component(DEPLOY / "components" / component, tmp_path)
+    for version in _k8s_versions():
+        try:
+            kv.validate(ds, version, strict=True)
+        except kv.ValidationError as e:
+            pytest.fail(f"{component}: DaemonSet invalid for Kubernetes {version}: "
+                        f"{'.'.join(str(p) for p in e.path)}: {e.message}")
