@@ -20,8 +20,8 @@
 #
 # Cache: the Debian base (a tarball keyed by its recipe), the dependency wheels (keyed by the
 # dependency list and the target platform) and the built image (an archive keyed by everything
-# the build reads) live in the cache directory; an unchanged tree rebuilds in seconds, a fresh
-# machine builds from nothing (~1-2 min, mostly mmdebstrap). Delete the directory to rebuild
+# the build reads) live in the cache directory; an unchanged tree "rebuilds" in seconds, a fresh
+# machine builds from nothing in ~2-3 min (mostly mmdebstrap; measured on 2 busy CPUs). Delete the directory to rebuild
 # everything (e.g. to pick up Debian security updates for the base).
 #
 # Wheels: the exporter's own (pure Python) with the host's `pip wheel --no-deps`; dependencies
@@ -66,12 +66,12 @@ else
     if [ ! -d "$WHEELS" ]; then
         log "wheels: pip download (manylinux_${GLIBC}_$ARCH, CPython $PYVER)"
         rm -rf "$WHEELS.tmp"
-        # shellcheck disable=SC2086
         # pip does not expand manylinux_2_X to older tags: list them (2014 expands to 2010, 1).
-        local_plats=(--platform "manylinux2014_$ARCH")
-        for v in $(seq 17 "${GLIBC#2_}"); do local_plats+=(--platform "manylinux_2_${v}_$ARCH"); done
+        plats=(--platform "manylinux2014_$ARCH")
+        for v in $(seq 17 "${GLIBC#2_}"); do plats+=(--platform "manylinux_2_${v}_$ARCH"); done
+        # shellcheck disable=SC2086  # $DEPS: one requirement per word
         "$PY" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
-            "${local_plats[@]}" --python-version "$PYVER" --implementation cp \
+            "${plats[@]}" --python-version "$PYVER" --implementation cp \
             --dest "$WHEELS.tmp" $DEPS "$PIP_REQ" >&2 \
             || die "pip download failed: no binary wheel for a dependency? Put wheels in a directory and set NODENET_WHEELS"
         mv "$WHEELS.tmp" "$WHEELS"
