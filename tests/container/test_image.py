@@ -502,8 +502,8 @@ def test_image_default_user_without_capabilities_falls_back_to_procfs(image, con
     for _ in range(2):
         ss = scrape(r)
         assert_every_collector_succeeds(ss)
-        conntrack = [(n, lab, v) for n, lab, v in ss if n.startswith("nodenet_conntrack_")][:8]
-        assert value(ss, "nodenet_conntrack_source_info", source="procfs") == 1, (conntrack, r.tail())
+        ct = [(n, lab, v) for n, lab, v in ss if n.startswith("nodenet_conntrack_")][:8]
+        assert value(ss, "nodenet_conntrack_source_info", source="procfs") == 1, (ct, r.tail())
         assert value(ss, "nodenet_conntrack_available") == 1
     said = [
         rec
