@@ -129,6 +129,19 @@ def containers():
         podman("rm", "--force", "--time", "0", cid, check=False)
 
 
+@pytest.fixture(autouse=True)
+def no_container_outlives_its_test(request):
+    """A test that fails before its SIGTERM must not leave its exporter bound to the node's
+    port for the next test: every container still running at the end of a test goes (by ID)."""
+    yield
+    if "containers" not in request.fixturenames:
+        return
+    for cid in request.getfixturevalue("containers"):
+        state = podman("inspect", "--format", "{{.State.Status}}", cid, check=False).stdout.strip()
+        if state == "running":
+            podman("rm", "--force", "--time", "0", cid, check=False)
+
+
 def pyproject_version() -> str:
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
