@@ -542,7 +542,15 @@ def component_spec(path: Path) -> dict:
         f"{path.relative_to(REPO)}/test.yaml is missing: every component says how the container "
         "test proves it (see deploy/components/conntrack-netns/test.yaml)"
     )
-    return yaml.safe_load(spec_file.read_text())
+    spec = yaml.safe_load(spec_file.read_text())
+    where = spec_file.relative_to(REPO)
+    assert set(spec) <= {"grants", "collector", "with", "without"} and "collector" in spec, where
+    for mode in ("with", "without"):
+        assert set(spec[mode]) <= {"checks", "log"} and spec[mode].get("checks"), (where, mode)
+        for c in spec[mode]["checks"]:
+            assert set(c) <= {"metric", "labels", "equals", "at_least", "absent"}, (where, c)
+            assert len(set(c) & {"equals", "at_least", "absent"}) == 1, (where, c)
+    return spec
 
 
 def _fill(v, ctx: dict):
