@@ -29,6 +29,11 @@
 # --implementation cp` (and every older manylinux tag): PyPI's manylinux wheels for CPython 3.11
 # and glibc <= 2.36 (bookworm), whatever the host's Python is built against.
 set -euo pipefail
+case ${1:-} in
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    ""|--context-only) ;;
+    *) echo "build-image.sh: unknown argument ${1} (see --help)" >&2; exit 2 ;;
+esac
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${NODENET_IMAGE_CACHE:-$REPO/.cache/image}
