@@ -439,3 +439,65 @@ def test_the_read_only_view_really_is_read_only(node_netns, tmp_path):
     probe = tmp_path / "host-still-writable"
     probe.write_text("ok")
     assert probe.read_text() == "ok"
+
+
+# --------------------------------------------------------------------------- opt-in components
+# Every deploy/components/<mode>/, rendered with `kubectl kustomize`, run the same way: the
+# process holds exactly the capabilities the rendered manifest lists (base + the component's
+# grants, nothing more), and every collector still succeeds. (tests/container/test_image.py
+# runs each component in the real container runtime, with and without its privileges.)
+
+CAP_NUMBERS = {"NET_ADMIN": 12, "SYS_ADMIN": 21, "SYS_PTRACE": 19, "SYS_RESOURCE": 24, "BPF": 39,
+               "PERFMON": 38, "NET_RAW": 13, "DAC_READ_SEARCH": 2, "SYS_CHROOT": 18}
+
+
+def _components() -> list[Path]:
+    root = REPO / "deploy" / "components"
+    return sorted(p for p in root.iterdir() if (p / "kustomization.yaml").is_file()) if root.is_dir() else []
+
+
+def component_container_spec(comp: Path, tmp: Path, node_ip: str, node_name: str) -> ContainerSpec:
+    from tests.helpers.k8s_podman import kustomize_with  # noqa: PLC0415
+
+    ds = kustomize_with(comp, tmp)
+    pod = ds["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    sc = c["securityContext"]
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    fieldpaths = {"status.hostIP": node_ip, "spec.nodeName": node_name}
+    env = {e["name"]: fieldpaths[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in c["env"]}
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in c["args"]]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    probe = c["readinessProbe"]["httpGet"]
+    return ContainerSpec(
+        uid=sc.get("runAsUser", pod.get("securityContext", {}).get("runAsUser", IMAGE_USER)),
+        caps=[x.lower() for x in sc["capabilities"].get("add", [])],
+        no_new_privs=sc["allowPrivilegeEscalation"] is False,
+        read_only_root=sc["readOnlyRootFilesystem"] is True,
+        args=args,
+        env=env,
+        port=ports[probe["port"]] if isinstance(probe["port"], str) else probe["port"],
+        probe_path=probe["path"],
+    )
+
+
+@pytest.mark.parametrize("component", [p.name for p in _components()])
+def test_component_runs_with_exactly_its_capabilities(node_netns, tmp_path, component):
+    spec = component_container_spec(REPO / "deploy" / "components" / component, tmp_path, HOST_IP, "nn-test-node")
+    unknown = [c for c in spec.caps if c.upper() not in CAP_NUMBERS]
+    assert not unknown, f"add the number of {unknown} to CAP_NUMBERS"
+    refresh_flows(node_netns)
+    r = start_exporter(node_netns, spec, tmp_path, spec.uid, spec.caps)
+    try:
+        st = proc_status(r.pid)
+        want = f"{sum(1 << CAP_NUMBERS[c.upper()] for c in spec.caps):016x}"
+        assert (st["CapEff"], st["CapPrm"], st["CapBnd"]) == (want, want, want), (component, st)
+        assert st["NoNewPrivs"] == "1"
+        assert_read_only_view(r.pid)
+        status, body = http_get(node_netns, r.base + "/metrics")
+        assert status == 200, body[:500]
+        assert_all_collectors_succeed(samples(body))
+        assert_no_files_open_for_writing(r.pid)
+    finally:
+        stop(r)
+    assert r.proc.returncode == 0, f"{component}: exit code {r.proc.returncode} after SIGTERM"

@@ -618,3 +618,120 @@ def test_plain_scrape_config_job_and_relabeling(tmp_path):
     path.write_text(yaml.safe_dump({"scrape_configs": [static]}))
     r = subprocess.run([_promtool(), "check", "config", str(path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# --------------------------------------------------------------------------- opt-in components
+# Every deploy/components/<mode>/ (a kustomize Component) declares in its test.yaml, under
+# `grants:`, what it adds to the base DaemonSet's privileges (capabilities, hostPath mounts,
+# pod fields such as hostPID, a seccomp profile). The DaemonSet rendered with the component
+# (`kubectl kustomize`) must hold exactly the base's privileges plus those grants: a grant
+# the component does not use, or a privilege it does not declare, fails here.
+
+
+def _component_dirs() -> list[Path]:
+    root = DEPLOY / "components"
+    return sorted(p for p in root.iterdir() if (p / "kustomization.yaml").is_file()) if root.is_dir() else []
+
+
+def component_grants(comp: Path) -> dict:
+    spec = comp / "test.yaml"
+    if not spec.exists():
+        pytest.fail(f"{spec.relative_to(REPO)} is missing: it declares the component's `grants:`")
+    grants = (yaml.safe_load(spec.read_text()) or {}).get("grants")
+    assert isinstance(grants, dict), f"{spec.relative_to(REPO)}: no `grants:` mapping"
+    unknown = set(grants) - {"capabilities", "hostPaths", "pod", "seccompProfile"}
+    assert not unknown, f"{spec.relative_to(REPO)}: unknown grants {sorted(unknown)}"
+    return grants
+
+
+def render_with_component(comp: Path, tmp: Path) -> dict:
+    from tests.helpers.k8s_podman import kustomize_with  # noqa: PLC0415
+
+    return kustomize_with(comp, tmp)
+
+
+def strip_grants(ds: dict, grants: dict) -> tuple[dict, list[str]]:
+    """(the DaemonSet without the granted privileges, grants that were not there to strip)."""
+    ds = copy.deepcopy(ds)
+    pod = ds["spec"]["template"]["spec"]
+    c = exporter_container(ds)
+    sc = c.setdefault("securityContext", {})
+    unused: list[str] = []
+    add = sc.get("capabilities", {}).get("add", [])
+    for cap in grants.get("capabilities", []):
+        if cap in add:
+            add.remove(cap)
+        else:
+            unused.append(f"capability {cap}")
+    vols = pod.get("volumes", [])
+    mounts = c.get("volumeMounts", [])
+    for hp in grants.get("hostPaths", []):
+        vol = [v for v in vols if v.get("hostPath", {}).get("path") == hp["path"]]
+        mnt = [m for m in mounts if vol and m["name"] == vol[0]["name"] and m["mountPath"] == hp["mountPath"]]
+        if not (vol and mnt):
+            unused.append(f"hostPath {hp['path']} at {hp['mountPath']}")
+            continue
+        if mnt[0].get("readOnly") is not hp.get("readOnly", True):
+            unused.append(f"hostPath {hp['path']}: readOnly must be {hp.get('readOnly', True)}")
+        vols.remove(vol[0])
+        mounts.remove(mnt[0])
+    for field, want in (grants.get("pod") or {}).items():
+        if pod.get(field) != want:
+            unused.append(f"pod {field}: {want}")
+        pod.pop(field, None)
+    if "seccompProfile" in grants:
+        if sc.get("seccompProfile") != grants["seccompProfile"]:
+            unused.append(f"seccompProfile {grants['seccompProfile']}")
+        sc["seccompProfile"] = {"type": "RuntimeDefault"}
+    for key, lst in (("volumes", vols), ("volumeMounts", mounts)):
+        if not lst:
+            (pod if key == "volumes" else c).pop(key, None)
+    return ds, unused
+
+
+@pytest.mark.parametrize("component", [p.name for p in _component_dirs()])
+def test_component_grants_exactly_what_it_declares(component, tmp_path):
+    comp = DEPLOY / "components" / component
+    grants = component_grants(comp)
+    ds = render_with_component(comp, tmp_path)
+    stripped, unused = strip_grants(ds, grants)
+    assert unused == [], f"{component}: declared but not granted as declared: {unused}"
+    assert security_violations(stripped) == [], f"{component} grants more than its test.yaml declares"
+
+
+def test_component_guard_catches_an_undeclared_privilege(tmp_path):
+    comps = _component_dirs()
+    assert comps, "deploy/components/ holds no component"
+    comp = comps[0]
+    grants = component_grants(comp)
+    ds = render_with_component(comp, tmp_path)
+    breakages = {
+        "extra capability": lambda pod, c: c["securityContext"]["capabilities"]["add"].append("SYS_PTRACE"),
+        "privileged": lambda pod, c: c["securityContext"].update(privileged=True),
+        "hostPath /": lambda pod, c: (pod.setdefault("volumes", []).append({"name": "r", "hostPath": {"path": "/"}}),
+                                      c.setdefault("volumeMounts", []).append({"name": "r", "mountPath": "/host",
+                                                                               "readOnly": True})),
+        "hostPID": lambda pod, c: pod.update(hostPID=True),
+    }
+    for name, brk in breakages.items():
+        broken = copy.deepcopy(ds)
+        brk(broken["spec"]["template"]["spec"], exporter_container(broken))
+        stripped, unused = strip_grants(broken, grants)
+        if name == "hostPID" and grants.get("pod", {}).get("hostPID"):
+            continue
+        assert unused or security_violations(stripped), f"{comp.name} with {name!r} passed the guard"
+    # and a grant the component does not use is reported
+    _, unused = strip_grants(ds, {**grants, "capabilities": [*grants.get("capabilities", []), "BPF"]})
+    assert unused == ["capability BPF"]
+
+
+@pytest.mark.parametrize("component", [p.name for p in _component_dirs()])
+def test_component_output_validates_strictly_against_kubernetes_openapi(component, tmp_path):
+    kv = kubernetes_validate()
+    ds = render_with_component(DEPLOY / "components" / component, tmp_path)
+    for version in _k8s_versions():
+        try:
+            kv.validate(ds, version, strict=True)
+        except kv.ValidationError as e:
+            pytest.fail(f"{component}: DaemonSet invalid for Kubernetes {version}: "
+                        f"{'.'.join(str(p) for p in e.path)}: {e.message}")

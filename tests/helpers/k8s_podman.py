@@ -1,0 +1,345 @@
+"""A DaemonSet's pod, translated one to one into `podman run` arguments.
+
+The container tests run the built image with the arguments this module derives from the
+manifests (deploy/daemonset.yaml, and `kubectl kustomize` output for each component), so the
+tested container and what Kubernetes runs cannot drift apart.  Every field of the pod and of the
+container is either translated, or listed as meaningless for one container on one node
+(scheduling, rollout, Service discovery), or refused: a new field in a manifest makes
+`translate` fail until someone decides what it means here.
+
+The node is a network namespace of the test's (hostNetwork -> `--network ns:/run/netns/<ns>`),
+the downward API's status.hostIP / spec.nodeName are the test's node IP and name, and hostPath
+volumes may be redirected to a test directory (`host_paths`), so that e.g. /run/netns shows only
+the namespaces the test made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+PODMAN_DEFAULT_SECCOMP = Path("/usr/share/containers/seccomp.json")
+
+# Fields with no meaning for one container on one node (scheduling, rollout, identity), or
+# already asserted by tests/unit/test_deploy_manifests.py.
+POD_IGNORED = {
+    "dnsPolicy",
+    "serviceAccountName",
+    "automountServiceAccountToken",
+    "enableServiceLinks",
+    "tolerations",
+    "priorityClassName",
+    "nodeSelector",
+    "affinity",
+}
+CONTAINER_IGNORED = {
+    "name",
+    "image",
+    "imagePullPolicy",
+    "ports",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+}
+# The probes and ports are not run by podman: the test makes the kubelet's requests itself.
+
+
+class Untranslatable(AssertionError):
+    pass
+
+
+@dataclass
+class Probe:
+    kind: str
+    path: str
+    port: int
+    initial_delay: float
+    period: float
+    timeout: float
+
+
+@dataclass
+class Translation:
+    args: list[str]  # podman run options, before the image
+    command_args: list[str]  # after the image: the container's args, expanded
+    env: dict[str, str]
+    probes: dict[str, Probe]
+    stop_timeout: int  # terminationGracePeriodSeconds
+    image: str  # the manifest's image reference
+    notes: list[str] = field(default_factory=list)
+
+
+def load(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def daemonset(docs: list[dict]) -> dict:
+    found = [d for d in docs if d.get("kind") == "DaemonSet"]
+    if len(found) != 1:
+        raise Untranslatable(f"expected one DaemonSet, found {len(found)}")
+    return found[0]
+
+
+def base_daemonset() -> dict:
+    return daemonset(load(DEPLOY / "daemonset.yaml"))
+
+
+def components() -> list[Path]:
+    """Every deploy/components/<mode>/ (a kustomize Component)."""
+    root = DEPLOY / "components"
+    return (
+        sorted(p for p in root.iterdir() if (p / "kustomization.yaml").is_file())
+        if root.is_dir()
+        else []
+    )
+
+
+def kustomize_with(component: Path | None, workdir: Path) -> dict:
+    """The DaemonSet as `kubectl kustomize` renders deploy/ with this component."""
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        raise Untranslatable("kubectl is not installed (Debian: kubernetes-client)")
+    overlay = workdir / "overlay"
+    overlay.mkdir(parents=True, exist_ok=True)
+    kust = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY, overlay)],
+    }
+    if component is not None:
+        kust["components"] = [os.path.relpath(component, overlay)]
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kust))
+    r = subprocess.run(
+        [kubectl, "kustomize", str(overlay)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(workdir)},
+    )
+    if r.returncode != 0:
+        raise Untranslatable(f"kubectl kustomize with {component}: {r.stderr.strip()}")
+    return daemonset([d for d in yaml.safe_load_all(r.stdout) if d])
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion: defined variables only, $$ escapes."""
+
+    def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1)
+        return env[name] if name in env else m.group(0)
+
+    return re.sub(r"\$\$|\$\((\w+)\)", sub, text)
+
+
+def _seccomp(profile: dict | None, where: str) -> list[str]:
+    kind = (profile or {}).get("type", "RuntimeDefault")
+    if kind == "RuntimeDefault":
+        # podman's default profile is what RuntimeDefault means under CRI-O/podman; like older
+        # containerd/docker profiles it allows setns, bpf, perf_event_open only with CAP_SYS_ADMIN.
+        if not PODMAN_DEFAULT_SECCOMP.exists():
+            raise Untranslatable(f"{where}: RuntimeDefault needs podman's {PODMAN_DEFAULT_SECCOMP}")
+        return [f"--security-opt=seccomp={PODMAN_DEFAULT_SECCOMP}"]
+    if kind == "Unconfined":
+        return ["--security-opt=seccomp=unconfined"]
+    if kind == "Localhost":
+        # Relative to the kubelet's seccomp root on a node; here: shipped somewhere in deploy/
+        # (e.g. next to the component that uses it).
+        rel = (profile or {})["localhostProfile"]
+        found = sorted(DEPLOY.rglob(rel))
+        if len(found) != 1:
+            raise Untranslatable(f"{where}: seccomp profile {rel}: {len(found)} in deploy/")
+        return [f"--security-opt=seccomp={found[0]}"]
+    raise Untranslatable(f"{where}: seccompProfile type {kind!r}")
+
+
+def _security(pod_sc: dict, sc: dict) -> list[str]:
+    out: list[str] = []
+    unknown = set(pod_sc) - {"seccompProfile", "runAsUser", "runAsGroup", "runAsNonRoot"}
+    if unknown:
+        raise Untranslatable(f"pod securityContext fields not translated: {sorted(unknown)}")
+    unknown = set(sc) - {
+        "privileged",
+        "allowPrivilegeEscalation",
+        "readOnlyRootFilesystem",
+        "runAsUser",
+        "runAsGroup",
+        "runAsNonRoot",
+        "capabilities",
+        "seccompProfile",
+        "procMount",
+    }
+    if unknown:
+        raise Untranslatable(f"container securityContext fields not translated: {sorted(unknown)}")
+    merged = {**pod_sc, **sc}
+    if merged.get("privileged"):
+        out.append("--privileged")
+    uid = merged.get("runAsUser")
+    if uid is not None:
+        gid = merged.get("runAsGroup", uid)
+        out.append(f"--user={uid}:{gid}")
+    if merged.get("runAsNonRoot") and uid == 0:
+        raise Untranslatable("runAsNonRoot with runAsUser 0: Kubernetes would refuse to start it")
+    if merged.get("allowPrivilegeEscalation") is False:
+        out.append("--security-opt=no-new-privileges")
+    if merged.get("readOnlyRootFilesystem"):
+        # Kubernetes' read-only root has no writable /tmp (podman's --read-only would add one).
+        out += ["--read-only", "--read-only-tmpfs=false"]
+    caps = merged.get("capabilities", {})
+    out += [f"--cap-drop={c}" for c in caps.get("drop", [])]
+    out += [f"--cap-add={c}" for c in caps.get("add", [])]
+    if merged.get("procMount", "Default") != "Default":
+        raise Untranslatable(f"procMount {merged['procMount']}")
+    out += _seccomp(merged.get("seccompProfile"), "container")
+    return out
+
+
+def _env(c: dict, node_ip: str, node_name: str) -> dict[str, str]:
+    downward = {"status.hostIP": node_ip, "status.podIP": node_ip, "spec.nodeName": node_name}
+    env: dict[str, str] = {}
+    for e in c.get("env", []):
+        if "value" in e:
+            env[e["name"]] = _expand(str(e["value"]), env)
+        elif "fieldRef" in e.get("valueFrom", {}):
+            fp = e["valueFrom"]["fieldRef"]["fieldPath"]
+            if fp not in downward:
+                raise Untranslatable(f"env {e['name']}: fieldPath {fp} not translated")
+            env[e["name"]] = downward[fp]
+        else:
+            raise Untranslatable(f"env {e['name']}: {e.get('valueFrom')} not translated")
+    if c.get("envFrom"):
+        raise Untranslatable("envFrom not translated")
+    return env
+
+
+def _volumes(pod: dict, c: dict, host_paths: dict[str, str]) -> list[str]:
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    out: list[str] = []
+    for m in c.get("volumeMounts", []):
+        v = vols.get(m["name"])
+        if v is None:
+            raise Untranslatable(f"volumeMount {m['name']} has no volume")
+        if set(v) != {"name", "hostPath"}:
+            raise Untranslatable(f"volume {m['name']}: only hostPath volumes are translated")
+        unknown = set(m) - {"name", "mountPath", "readOnly", "mountPropagation"}
+        if unknown:
+            raise Untranslatable(f"volumeMount {m['name']}: {sorted(unknown)} not translated")
+        src = host_paths.get(v["hostPath"]["path"], v["hostPath"]["path"])
+        kind = v["hostPath"].get("type", "")
+        if kind == "Directory" and not Path(src).is_dir():
+            raise Untranslatable(f"hostPath {src} (type Directory) does not exist")
+        opts = [f"type=bind,src={src},dst={m['mountPath']}"]
+        if m.get("readOnly"):
+            opts.append("ro=true")
+        prop = {"None": "rprivate", "HostToContainer": "rslave", "Bidirectional": "rshared"}
+        opts.append(f"bind-propagation={prop[m.get('mountPropagation', 'None')]}")
+        out.append("--mount=" + ",".join(opts))
+    unused = set(vols) - {m["name"] for m in c.get("volumeMounts", [])}
+    if unused:
+        raise Untranslatable(f"volumes not mounted by the container: {sorted(unused)}")
+    return out
+
+
+def _probe(kind: str, p: dict, ports: dict[str, int]) -> Probe:
+    get = p.get("httpGet")
+    if not get or set(p) - {
+        "httpGet",
+        "initialDelaySeconds",
+        "periodSeconds",
+        "timeoutSeconds",
+        "failureThreshold",
+        "successThreshold",
+    }:
+        raise Untranslatable(f"{kind}: only httpGet probes are translated: {p}")
+    port = ports[get["port"]] if isinstance(get["port"], str) else int(get["port"])
+    return Probe(
+        kind,
+        get["path"],
+        port,
+        p.get("initialDelaySeconds", 0),
+        p.get("periodSeconds", 10),
+        p.get("timeoutSeconds", 1),
+    )
+
+
+def translate(
+    ds: dict, netns: str, node_ip: str, node_name: str, host_paths: dict[str, str] | None = None
+) -> Translation:
+    tmpl = ds["spec"]["template"]
+    pod = tmpl["spec"]
+    known = POD_IGNORED | {
+        "hostNetwork",
+        "hostPID",
+        "hostIPC",
+        "containers",
+        "securityContext",
+        "volumes",
+        "terminationGracePeriodSeconds",
+    }
+    unknown = set(pod) - known
+    if unknown:
+        raise Untranslatable(f"pod fields not translated: {sorted(unknown)}")
+    if len(pod["containers"]) != 1 or pod.get("initContainers"):
+        raise Untranslatable("exactly one container, no init containers")
+    (c,) = pod["containers"]
+    unknown = (
+        set(c)
+        - CONTAINER_IGNORED
+        - {"args", "command", "env", "envFrom", "resources", "securityContext", "volumeMounts"}
+    )
+    if unknown:
+        raise Untranslatable(f"container fields not translated: {sorted(unknown)}")
+    args: list[str] = []
+    if not pod.get("hostNetwork"):
+        raise Untranslatable("only hostNetwork pods are translated (the node is a test namespace)")
+    args.append(f"--network=ns:/run/netns/{netns}")
+    if pod.get("hostPID"):
+        args.append("--pid=host")
+    if pod.get("hostIPC"):
+        args.append("--ipc=host")
+    args += _security(pod.get("securityContext", {}), c.get("securityContext", {}))
+    env = _env(c, node_ip, node_name)
+    args += [f"--env={k}={v}" for k, v in env.items()]
+    args += _volumes(pod, c, host_paths or {})
+    limits = c.get("resources", {}).get("limits", {})
+    if set(limits) - {"memory"}:
+        raise Untranslatable(f"resource limits not translated: {sorted(set(limits) - {'memory'})}")
+    if "memory" in limits:
+        args.append(f"--memory={_bytes(limits['memory'])}")
+    if "command" in c:
+        args.append("--entrypoint=" + json.dumps([_expand(a, env) for a in c["command"]]))
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", []) if "name" in p}
+    probes = {
+        k: _probe(k, c[k], ports)
+        for k in ("livenessProbe", "readinessProbe", "startupProbe")
+        if k in c
+    }
+    return Translation(
+        args=args,
+        command_args=[_expand(a, env) for a in c.get("args", [])],
+        env=env,
+        probes=probes,
+        stop_timeout=int(pod.get("terminationGracePeriodSeconds", 30)),
+        image=c["image"],
+    )
+
+
+_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "K": 10**3, "M": 10**6, "G": 10**9, "": 1}
+
+
+def _bytes(quantity: str | int) -> int:
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|K|M|G|)", str(quantity))
+    if not m:
+        raise Untranslatable(f"memory quantity {quantity!r}")
+    return int(m.group(1)) * _UNITS[m.group(2)]
