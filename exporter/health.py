@@ -116,7 +116,7 @@ class Reading:
                 if wanted is None or name in wanted:
                     labels = fam.spec.labels
                     series.setdefault(name, []).extend(
-                        (dict(zip(labels, lv)), float(v)) for lv, v in fam.samples)
+                        (dict(zip(labels, lv, strict=False)), float(v)) for lv, v in fam.samples)
                 continue
             parsed = None   # a Table: label sets are rendered strings, parsed on demand
             for i, spec in enumerate(specs):
@@ -128,9 +128,10 @@ class Reading:
                     parsed = [parse_labelset(s) for s in fam.labelsets]
                 extra = fam._extra[i]
                 out = series.setdefault(name, [])
-                for labels, entry in zip(parsed, fam.columns[i]):
+                for labels, entry in zip(parsed, fam.columns[i], strict=False):
                     if extra:
-                        out.append(({**labels, **dict(zip(extra, entry[1:]))}, float(entry[0])))
+                        more = dict(zip(extra, entry[1:], strict=False))
+                        out.append(({**labels, **more}, float(entry[0])))
                     else:
                         out.append((labels, float(entry)))
         return cls(t, wall, series, counts, errors)
