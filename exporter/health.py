@@ -636,13 +636,13 @@ class Finding:
 
 
 def evaluate(pair: Pair, collectors: Iterable[str] | None = None,
-             checks: Iterable[Check] = CHECKS) -> list[Finding]:
+             checks: Iterable[Check] | None = None) -> list[Finding]:
     """Runs the judge of every check whose collector is in `collectors` (all when None;
     checks of the exporter itself, collector "", always run); worst first."""
     enabled = None if collectors is None else set(collectors)
     findings: list[Finding] = []
     order = {}
-    for i, check in enumerate(checks):
+    for i, check in enumerate(CHECKS if checks is None else checks):
         if check.judge is None:
             continue
         if check.collector and enabled is not None and check.collector not in enabled:
