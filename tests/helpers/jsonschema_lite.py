@@ -26,11 +26,15 @@ def errors(doc, schema: dict, path: str = "$") -> list[str]:
     unknown = set(schema) - KNOWN
     if unknown:
         return [f"{path}: schema keyword(s) {sorted(unknown)} not supported by this validator"]
-    out: list[str] = []
     if "type" in schema:
         types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
         if not any(TYPES[t](doc) for t in types):
             return [f"{path}: {doc!r} is not of type {types}"]
+    return _value_errors(doc, schema, path) + _container_errors(doc, schema, path)
+
+
+def _value_errors(doc, schema: dict, path: str) -> list[str]:
+    out: list[str] = []
     if "const" in schema and doc != schema["const"]:
         out.append(f"{path}: {doc!r} != {schema['const']!r}")
     if "enum" in schema and not any(doc == e and type(doc) is type(e) for e in schema["enum"]):
@@ -42,6 +46,11 @@ def errors(doc, schema: dict, path: str = "$") -> list[str]:
             out.append(f"{path}: shorter than {schema['minLength']}")
     if TYPES["number"](doc) and "minimum" in schema and doc < schema["minimum"]:
         out.append(f"{path}: {doc} < {schema['minimum']}")
+    return out
+
+
+def _container_errors(doc, schema: dict, path: str) -> list[str]:
+    out: list[str] = []
     if isinstance(doc, dict):
         for key in schema.get("required", ()):
             if key not in doc:

@@ -200,10 +200,10 @@ def test_ipvs_service_without_usable_backend():
 
 def test_cpu_steal_fraction_of_the_node():
     def pair(steal0, steal1, cpus=2, dt=10):
-        return Pair(reading(0, nodenet_cpu_steal_seconds_total=[({"cpu": "0"}, steal0), ({"cpu": "1"}, 0)],
-                            nodenet_cpus=cpus),
-                    reading(dt, nodenet_cpu_steal_seconds_total=[({"cpu": "0"}, steal1), ({"cpu": "1"}, 0)],
-                            nodenet_cpus=cpus))
+        def steal(s0):
+            return [({"cpu": "0"}, s0), ({"cpu": "1"}, 0)]
+        return Pair(reading(0, nodenet_cpu_steal_seconds_total=steal(steal0), nodenet_cpus=cpus),
+                    reading(dt, nodenet_cpu_steal_seconds_total=steal(steal1), nodenet_cpus=cpus))
     assert judge("NodenetCPUStealHigh", pair(0, 2)) == []         # 2 s of 20 CPU-s: 0.10
     high = judge("NodenetCPUStealHigh", pair(0, 3))
     assert high[0].message == "CPU steal 15% of 2 CPUs, threshold 10%"
