@@ -6,7 +6,9 @@ Prints, in one run on this machine, nodenet-exporter side by side with node_expo
 - exposition: the writer vs prometheus_client's renderer at 300k samples (per-sample cost);
 - netdev, conntrack, ipvs: the scenario scripts beside this file (namespaces / the UML VM);
 - soak: RSS, page faults and CPU over 1,000 scrapes at node scale (2,000 interfaces; the
-  5,000 x 10 IPVS table replayed natively).
+  5,000 x 10 IPVS table replayed natively);
+- diagnose: `nodenet-exporter diagnose` on a 110-pod-like node against interval + 0.5 s,
+  beside the kernel tools it replaces.
 Each part is bounded in time and removes what it creates.
 """
 from __future__ import annotations
@@ -29,6 +31,8 @@ SCENARIOS = {  # name -> (script beside this file, its arguments for --quick)
     "ipvs": ("ipvs_uml.py", ["--quick"]),
     # after ipvs: its native IPVS scenario replays the dump the ipvs run just captured
     "soak": ("soak.py", ["--quick"]),
+    # diagnose at a 110-pod-like node: wall time against --interval + 0.5 s
+    "diagnose": ("diagnose_bench.py", ["--runs", "3"]),
 }
 
 
