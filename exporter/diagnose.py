@@ -283,7 +283,9 @@ def render_text(doc: dict) -> str:
     findings = doc["findings"]
     counts = {s: sum(1 for f in findings if f["severity"] == s)
               for s in (health.CRITICAL, health.WARNING, health.INFO)}
-    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no finding"
+    plural = {health.CRITICAL: "critical", health.WARNING: "warnings", health.INFO: "info"}
+    tally = ", ".join(f"{n} {s if n == 1 else plural[s]}"
+                      for s, n in counts.items() if n) or "no finding"
     lines = [f"{doc['status'].upper()}: {tally} on {doc['node']} (readings "
              f"{doc['interval_seconds']:g} s apart, {doc['time']})", ""]
     width = max((len(f["check"]) for f in findings), default=0)
@@ -300,8 +302,8 @@ def render_text(doc: dict) -> str:
     lines.append(f"  {'':<{cw}}  {len(doc['collectors'])} collectors read, "
                  + (f"failed: {', '.join(failed)}" if failed else "all succeeded"))
     lines.append("")
-    lines.append("Not judged from two readings: " + "; ".join(
-        f"{n['check']} ({n['reason']})" for n in doc["not_judged"]))
+    lines.append("Not judged from two readings (alerts only):")
+    lines += [f"  {n['check']}: {n['reason']}" for n in doc["not_judged"]]
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,7 @@ Adding a check is one entry in :data:`CHECKS`::
         severity=WARNING,                       # CRITICAL (pages) / WARNING (ticket) / INFO
         threshold=0.75, threshold_format=".2f", # the number; how it is written in PromQL
         for_="5m",                              # the alert's for: window
-        expr=lambda sel, t: f"... {sel} ... > {t}",   # PromQL; sel = the job selector,
+        expr=lambda sel, t: f"nodenet_x{{{sel}}} > {t}",  # PromQL; sel = the job selector,
                                                       # t = the threshold as written
         summary="Conntrack table is more than {threshold%} full.",
         description="The conntrack table on node {node} is {{ $value | humanizePercentage }} ...",

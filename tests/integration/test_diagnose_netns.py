@@ -133,7 +133,7 @@ def test_a_sick_namespace_exits_2_with_exactly_its_findings(sick):
     text = diagnose(ns)
     assert text.returncode == 2
     lines = text.stdout.splitlines()
-    assert lines[0].startswith("CRITICAL: 1 critical, 2 warning on ")
+    assert lines[0].startswith("CRITICAL: 1 critical, 2 warnings on ")
     for line, f in zip(lines[2:5], doc["findings"], strict=True):
         assert line.split()[:2] == [f["severity"].upper(), f["check"]], line
         assert f"runbook {f['runbook_url']}]" in line
@@ -167,7 +167,7 @@ def test_diagnose_page_of_a_running_exporter_lists_the_same_findings(sick):
     valid(doc)
     assert findings(doc) == findings(command)
     assert doc["interval_seconds"] >= 2.0
-    assert text.startswith("CRITICAL: 1 critical, 2 warning on ")
+    assert text.startswith("CRITICAL: 1 critical, 2 warnings on ")
     for f in command["findings"]:
         assert any(line.split()[:2] == [f["severity"].upper(), f["check"]]
                    and f["runbook_url"] in line for line in text.splitlines()), f["check"]

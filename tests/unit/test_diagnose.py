@@ -92,7 +92,7 @@ def test_report_of_synthetic_readings_validates_and_text_is_worst_first():
     assert failing["collector"] == "softnet" and failing["labels"] == {"collector": "softnet"}
     text = diagnose.render_text(doc)
     lines = text.splitlines()
-    assert lines[0] == ("CRITICAL: 2 critical, 3 warning on n1 (readings 2 s apart, "
+    assert lines[0] == ("CRITICAL: 2 critical, 3 warnings on n1 (readings 2 s apart, "
                         "2025-12-02T00:00:02Z)")
     finding_lines = lines[2:7]
     for line, f in zip(finding_lines, doc["findings"], strict=True):
