@@ -89,9 +89,11 @@ class Reading:
     """The samples of one collection, by metric name.
 
     Built from the families a collection returns (``Family`` and ``Table``).  Only the metrics
-    in ``wanted`` are kept as series (labels, value); of every other metric only the number of
-    series is kept, so a reading stays small at IPVS scale.  ``t`` is a monotonic time in
-    seconds (rates divide by the difference of two readings' ``t``), ``wall`` unix time.
+    in ``wanted`` are kept, and only as references to their families' sample lists (a table's
+    label sets and value column): recording a reading costs a few microseconds per family, and
+    series (labels dict, value) are made when a judge first asks for them.  Of every metric
+    the number of series is counted.  ``t`` is a monotonic time in seconds (rates divide by the
+    difference of two readings' ``t``), ``wall`` unix time.
     """
 
     def __init__(self, t: float, wall: float = 0.0,
@@ -99,48 +101,64 @@ class Reading:
                  counts: dict[str, int] | None = None, errors: dict[str, str] | None = None):
         self.t = t
         self.wall = wall
-        self._series = series or {}
+        self._series = dict(series or {})
+        self._raw: dict[str, list[tuple]] = {}     # name -> sources not yet turned into series
+        self._parsed: dict[int, tuple[list, list[Labels]]] = {}   # id(table label sets) -> parsed
         self.counts = counts or {name: len(v) for name, v in self._series.items()}
         self.errors = errors or {}   # collector -> why its collection failed
 
     @classmethod
     def from_families(cls, families, t: float, wall: float = 0.0, wanted=None,
                       errors: dict[str, str] | None = None) -> Reading:
-        series: dict[str, list[tuple[Labels, float]]] = {}
-        counts: dict[str, int] = {}
+        self = cls(t, wall, errors=errors)
+        counts, raw = self.counts, self._raw
         for fam in families:
             specs = getattr(fam, "specs", None)
             if specs is None:  # a Family
                 name = fam.spec.name
                 counts[name] = counts.get(name, 0) + len(fam.samples)
                 if wanted is None or name in wanted:
-                    labels = fam.spec.labels
-                    series.setdefault(name, []).extend(
-                        (dict(zip(labels, lv, strict=False)), float(v)) for lv, v in fam.samples)
+                    raw.setdefault(name, []).append((fam.spec.labels, fam.samples))
                 continue
-            parsed = None   # a Table: label sets are rendered strings, parsed on demand
-            for i, spec in enumerate(specs):
+            for i, spec in enumerate(specs):   # a Table: label sets are rendered strings
                 name = spec.name
                 counts[name] = counts.get(name, 0) + len(fam)
-                if wanted is not None and name not in wanted:
-                    continue
-                if parsed is None:
-                    parsed = [parse_labelset(s) for s in fam.labelsets]
-                extra = fam._extra[i]
-                out = series.setdefault(name, [])
-                for labels, entry in zip(parsed, fam.columns[i], strict=False):
-                    if extra:
-                        more = dict(zip(extra, entry[1:], strict=False))
-                        out.append(({**labels, **more}, float(entry[0])))
-                    else:
-                        out.append((labels, float(entry)))
-        return cls(t, wall, series, counts, errors)
+                if wanted is None or name in wanted:
+                    raw.setdefault(name, []).append((fam.labelsets, fam.columns[i],
+                                                     fam._extra[i]))
+        return self
+
+    def _materialise(self, name: str) -> list[tuple[Labels, float]]:
+        out: list[tuple[Labels, float]] = []
+        for source in self._raw.get(name, ()):
+            if len(source) == 2:
+                labels, samples = source
+                out.extend((dict(zip(labels, lv, strict=False)), float(v)) for lv, v in samples)
+                continue
+            labelsets, column, extra = source
+            hit = self._parsed.get(id(labelsets))
+            if hit is None or hit[0] is not labelsets:
+                hit = self._parsed[id(labelsets)] = (labelsets,
+                                                     [parse_labelset(s) for s in labelsets])
+            sets = hit[1]
+            for labels, entry in zip(sets, column, strict=False):
+                if extra:
+                    more = dict(zip(extra, entry[1:], strict=False))
+                    out.append(({**labels, **more}, float(entry[0])))
+                else:
+                    out.append((labels, float(entry)))
+        return out
 
     def series(self, name: str) -> list[tuple[Labels, float]]:
-        return self._series.get(name, [])
+        got = self._series.get(name)
+        if got is None:
+            if name not in self._raw:
+                return []
+            got = self._series[name] = self._materialise(name)   # idempotent: no lock needed
+        return got
 
     def has(self, name: str) -> bool:
-        return name in self._series
+        return name in self._series or name in self._raw
 
     def value(self, name: str, **match: str) -> float | None:
         """The sum of the series of `name` whose labels include `match`; None if none."""

@@ -288,3 +288,22 @@ def test_plain_words():
     assert health.num(241172) == "241,172" and health.num(0) == "0" and health.num(2.5) == "2.5"
     assert health.num(0.25) == "0.25" and health.num(-100) == "-100"
     assert health.pct(0.92) == "92%" and health.pct(0.0123) == "1.2%" and health.pct(0) == "0%"
+
+
+def test_a_reading_keeps_no_family_alive_only_the_wanted_sample_lists():
+    import gc
+    import weakref
+
+    a = Metric("nodenet_a", GAUGE, "a", ("x",))
+    big = Metric("nodenet_big", GAUGE, "big", ("x",))
+    wanted, unwanted = a.family(), big.family()
+    wanted.add(("1",), 5)
+    for i in range(1000):
+        unwanted.add((str(i),), i)
+    refs = [weakref.ref(wanted), weakref.ref(unwanted)]
+    r = Reading.from_families([wanted, unwanted], t=0.0, wanted={"nodenet_a"})
+    del wanted, unwanted
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+    assert r.counts == {"nodenet_a": 1, "nodenet_big": 1000}
+    assert r.series("nodenet_a") == [({"x": "1"}, 5.0)] and r.series("nodenet_big") == []
