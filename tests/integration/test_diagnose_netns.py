@@ -180,3 +180,35 @@ def test_the_command_reports_usage_errors_with_exit_64():
                              capture_output=True, text=True, timeout=30)
         assert res.returncode == 64, res
         assert res.stdout == "" and res.stderr.count("\n") == 1 and reason in res.stderr
+
+
+def test_a_full_table_evicting_entries_is_critical_dropping_with_the_kernels_rate():
+    """At nf_conntrack_max, every new UDP flow makes the kernel evict an unreplied entry
+    (early_drop): NodenetConntrackDropping counts drops + early drops per second."""
+    limit = global_limit()
+    with Netns("diagdrop") as ns:
+        count, index = ns.fill_to(limit, max_seconds=120)
+        assert count == limit, f"filled only {count} of {limit} entries in 120 s"
+        before = ns.tool_stats()
+        filler = ns.popen([sys.executable, ctns.FILL_SCRIPT, "--count", "400000", "--start",
+                           str(index), "--proto", "udp", "--max-seconds", "10"],
+                          stdout=subprocess.PIPE, text=True)
+        try:
+            res = diagnose(ns, "--only=conntrack", "--output=json")
+        finally:
+            report = json.loads(filler.communicate(timeout=40)[0].strip().splitlines()[-1])
+        after = ns.tool_stats()
+    assert res.returncode == 2, res.stdout + res.stderr
+    doc = json.loads(res.stdout)
+    valid(doc)
+    assert [f["check"] for f in doc["findings"]] == [
+        "NodenetConntrackTableFull", "NodenetConntrackDropping", "NodenetConntrackTableNearFull"]
+    dropping = doc["findings"][1]
+    print(f"\n{dropping['message']} (filler: {report})")
+    evicted = sum(r["drop"] + r["early_drop"] for r in after) - sum(
+        r["drop"] + r["early_drop"] for r in before)
+    # the kernel's own count over the whole bracket holds at least diagnose's interval's worth
+    assert 0 < dropping["value"] * doc["interval_seconds"] <= evicted * 1.001, (dropping, evicted)
+    assert report["sent"] > 0
+    assert dropping["message"].startswith("conntrack dropping ")
+    assert "threshold 0/s; table 100% full" in dropping["message"]
