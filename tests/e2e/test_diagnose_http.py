@@ -86,3 +86,31 @@ def test_diagnose_page_needs_auth_and_reports_what_the_scrapes_saw(tree):
     assert "(cpu1 " in finding["message"] and finding["collector"] == "softnet"
     assert status_head == 200 and empty == ""
     assert headers_head["X-Nodenet-Diagnose-Status"] == "warning"
+
+
+def test_a_collector_stuck_in_a_read_is_a_finding_and_the_command_still_ends(tmp_path):
+    """A FIFO as /proc/net/softnet_stat blocks its reader forever (as a hung kernel read
+    would): the collector times out, diagnose reports it and exits 1 without waiting."""
+    import subprocess
+    import sys
+
+    shutil.copytree(FIX, tmp_path / "root")
+    fifo = tmp_path / "root" / "proc" / "net" / "softnet_stat"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "exporter", "diagnose",
+                          f"--path.procfs={tmp_path / 'root' / 'proc'}",
+                          f"--path.sysfs={tmp_path / 'root' / 'sys'}", "--only=softnet,cpu",
+                          "--collector.timeout=500ms", "--interval=200ms", "--output=json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30)
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 1, res.stderr
+    doc = json.loads(res.stdout)
+    assert jsonschema_lite.errors(doc, SCHEMA) == []
+    assert [(f["check"], f["labels"]) for f in doc["findings"]] == [
+        ("NodenetCollectorFailing", {"collector": "softnet"})]
+    assert "previous collection still running" in doc["findings"][0]["message"]
+    assert [c["name"] for c in doc["collectors"] if not c["success"]] == ["softnet"]
+    assert "timed out after 0.5s" in res.stderr   # the log (stderr) says why
+    assert elapsed < 25, "the stuck reader thread held the process"
