@@ -98,13 +98,12 @@ def test_a_collector_stuck_in_a_read_is_a_finding_and_the_command_still_ends(tmp
     fifo = tmp_path / "root" / "proc" / "net" / "softnet_stat"
     fifo.unlink()
     os.mkfifo(fifo)
-    t0 = time.monotonic()
+    # timeout: a process held by the stuck reader thread would never end (TimeoutExpired)
     res = subprocess.run([sys.executable, "-m", "exporter", "diagnose",
                           f"--path.procfs={tmp_path / 'root' / 'proc'}",
                           f"--path.sysfs={tmp_path / 'root' / 'sys'}", "--only=softnet,cpu",
                           "--collector.timeout=500ms", "--interval=200ms", "--output=json"],
                          cwd=ROOT, capture_output=True, text=True, timeout=30)
-    elapsed = time.monotonic() - t0
     assert res.returncode == 1, res.stderr
     doc = json.loads(res.stdout)
     assert jsonschema_lite.errors(doc, SCHEMA) == []
@@ -113,4 +112,3 @@ def test_a_collector_stuck_in_a_read_is_a_finding_and_the_command_still_ends(tmp
     assert "previous collection still running" in doc["findings"][0]["message"]
     assert [c["name"] for c in doc["collectors"] if not c["success"]] == ["softnet"]
     assert "timed out after 0.5s" in res.stderr   # the log (stderr) says why
-    assert elapsed < 25, "the stuck reader thread held the process"
