@@ -102,10 +102,10 @@ class Gatherer:
                 raise flight.error
             return flight.result
         try:
-            flight.result = self.collect()
+            flight.result = result = self.collect()
             for observe in self.on_collect:
                 try:
-                    observe(flight.result)
+                    observe(result)
                 except Exception as exc:  # noqa: BLE001 - an observer never fails a scrape
                     self.log.error("collection observer failed",
                                    error=f"{type(exc).__name__}: {exc}")
