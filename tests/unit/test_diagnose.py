@@ -156,3 +156,21 @@ def test_history_pairs_scrapes_and_reads_the_kernel_at_most_once_per_interval(tm
         assert len(collections) == 3 and later["findings"] == []
     finally:
         gatherer.close()
+
+
+def test_a_failing_collection_observer_never_fails_the_scrape():
+    settings, names = diagnose.parse([f"--path.procfs={FIXTURE / 'proc'}",
+                                      f"--path.sysfs={FIXTURE / 'sys'}", "--only=cpu"])
+    gatherer = diagnose.gatherer_for(settings, names, logmod.setup("error", "json"))
+    try:
+        seen = []
+
+        def broken(result):
+            raise ValueError("observer bug")
+
+        gatherer.on_collect[:] = [broken, seen.append]
+        result = gatherer.shared_collection()
+        assert seen == [result]
+        assert b"nodenet_cpus 4" in gatherer.scrape()
+    finally:
+        gatherer.close()
