@@ -38,6 +38,11 @@ breaks the threshold now: ``pair.gauge(name)`` is the newest value of each serie
 that went back counts from 0, as PromQL's rate()).  Judges never look at ``for:``: diagnose
 judges the present; the alert additionally waits ``for:`` before it fires.
 
+Most alerts need no judge of their own: ``judge=rate_above("nodenet_x_drops_total",
+"{value} drops/s")`` judges ``sum without(cpu) (rate(...[5m])) > threshold`` per remaining
+label set, ``judge=gauge("nodenet_x_free", "<", "{value} free")`` a gauge against the
+threshold (see "judge makers" below).
+
 An alert that two readings cannot decide (a prediction over 30 minutes, ``absent()`` of the
 exporter itself) is still an entry - its threshold and window live here too - with
 ``judge=None`` and ``not_judged`` saying why; diagnose lists those as not judged.
@@ -50,6 +55,7 @@ delete the plain call, run ``python alerts/build.py``.
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -352,13 +358,6 @@ def ct_dropping(check: Check, pair: Pair) -> Iterator[Verdict]:
                              f"threshold {num(check.threshold)}/s{fill}")
 
 
-def ct_insert_failures(check: Check, pair: Pair) -> Iterator[Verdict]:
-    rate = pair.total_rate(CT_INSERT_FAILED)
-    if rate is not None and rate > check.threshold:
-        yield Verdict(rate, f"{num(rate)} conntrack insertions/s failing, threshold "
-                            f"{num(check.threshold)}/s")
-
-
 def ipvs_no_backends(check: Check, pair: Pair) -> Iterator[Verdict]:
     backends = {_key(labels, ()): v for labels, v in pair.gauge("nodenet_ipvs_service_backends")}
     for labels, available in pair.gauge("nodenet_ipvs_service_backends_available"):
@@ -450,6 +449,45 @@ def collector_failing(check: Check, pair: Pair) -> Iterator[Verdict]:
                               f"{': ' + error if error else ''}", labels)
 
 
+# ------------------------------------------------------------------------------- judge makers
+# Most alerts are "a counter's rate above N" or "a gauge compared with N": these make their
+# judge in one line, e.g. judge=rate_above("nodenet_x_drops_total", "{value} drops/s").
+
+Judge = Callable[[Check, Pair], Iterable[Verdict]]
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+        "==": operator.eq, "!=": operator.ne}
+
+
+def _where(labels: Labels) -> str:
+    return f" ({', '.join(f'{k} {v}' for k, v in sorted(labels.items()))})" if labels else ""
+
+
+def rate_above(metric: str, words: str, without: tuple[str, ...] = ("cpu",)) -> Judge:
+    """The judge of ``sum without(<without>) (rate(<metric>[5m])) > threshold``: a verdict per
+    label set left after summing; ``words`` says the value (``{value}``), e.g.
+    "{value} listen queue overflows/s"; the series' labels and the threshold follow."""
+    def judge(check: Check, pair: Pair) -> Iterator[Verdict]:
+        for key, rate in sorted(pair.rate(metric, without).items()):
+            if rate > check.threshold:
+                labels = dict(key)
+                yield Verdict(rate, words.format(value=num(rate)) + _where(labels)
+                              + f", threshold {num(check.threshold)}/s", labels)
+    return judge
+
+
+def gauge(metric: str, op: str, words: str) -> Judge:
+    """The judge of ``<metric> <op> threshold`` (op one of > >= < <= == !=): a verdict per
+    series; ``words`` says the value (``{value}``), e.g. "{value} free bytes"."""
+    compare = _OPS[op]
+
+    def judge(check: Check, pair: Pair) -> Iterator[Verdict]:
+        for labels, value in pair.gauge(metric):
+            if compare(value, check.threshold):
+                yield Verdict(value, words.format(value=num(value)) + _where(labels)
+                              + f", threshold {op} {num(check.threshold)}", labels)
+    return judge
+
+
 # ------------------------------------------------------------------------------- PromQL parts
 
 
@@ -491,126 +529,149 @@ _CT_FILL = ("The conntrack table on node {node} is {{ $value | humanizePercentag
 
 CHECKS: tuple[Check, ...] = (
     # -- conntrack
-    Check("NodenetConntrackTableNearFull", "conntrack", "conntrack",
-          (CT_ENTRIES, CT_LIMIT), WARNING, 0.75, "5m",
-          lambda sel, t: f"(\n{_ct_utilisation(sel)}\n) > {t}\nand {_ct_limit_set(sel)}",
-          "Conntrack table is more than {threshold%} full.",
-          _CT_FILL + " When it is full the kernel drops packets of new connections.",
-          ct_utilisation, threshold_format=".2f"),
-    Check("NodenetConntrackTableFull", "conntrack", "conntrack",
-          (CT_ENTRIES, CT_LIMIT), CRITICAL, 0.90, "2m",
-          lambda sel, t: f"(\n{_ct_utilisation(sel)}\n) > {t}\nand {_ct_limit_set(sel)}",
-          "Conntrack table is more than {threshold%} full.",
-          _CT_FILL + " New connections start failing when it reaches 100%.",
-          ct_utilisation, threshold_format=".2f"),
-    Check("NodenetConntrackTablePredictedFull", "conntrack", "conntrack",
-          (CT_ENTRIES, CT_LIMIT), WARNING, 0.50, "15m",
-          lambda sel, t: (f"(\n{_ct_utilisation(sel)}\n) > {t}\nand {_ct_limit_set(sel)}\nand\n"
-                          f"  predict_linear(nodenet_conntrack_entries{{{sel}}}[30m], 3600)\n"
-                          f">=\n"
-                          f"  nodenet_conntrack_entries_limit{{{sel}}}"),
-          "Conntrack table is predicted to fill up within an hour.",
-          "The conntrack table on node {node} is {{ $value | humanizePercentage }} full"
-          " and, growing as it has over the last 30 minutes, will reach nf_conntrack_max"
-          " within an hour.",
-          not_judged="a linear prediction over the last 30 minutes of entries: two readings "
-                     "seconds apart give no trend (NodenetConntrackTableNearFull and "
-                     "TableFull judge the present fill)",
-          threshold_format=".2f"),
-    Check("NodenetConntrackDropping", "conntrack", "conntrack",
-          (CT_DROPS, CT_EARLY, CT_ENTRIES, CT_LIMIT), CRITICAL, 0, "2m",
-          lambda sel, t: (f"(\n  {_ct_rate(sel, CT_DROPS)}\n+\n"
-                          f"  {_ct_rate(sel, CT_EARLY)}\n) > {t}"),
-          "The kernel is dropping connections because the conntrack table is full.",
-          "Node {node} has been dropping packets or evicting connections because of"
-          " conntrack ({{ printf \"%.3g\" $value }} per second over the last 5"
-          " minutes, drops + early drops). New connections are failing on this node.",
-          ct_dropping),
-    Check("NodenetConntrackInsertFailures", "conntrack", "conntrack",
-          (CT_INSERT_FAILED,), WARNING, 0, "10m",
-          lambda sel, t: f"{_ct_rate(sel, CT_INSERT_FAILED)} > {t}",
-          "Conntrack insertions are failing.",
-          "Node {node} fails {{ printf \"%.3g\" $value }} conntrack insertions per"
-          " second (clash races, typically parallel UDP DNS queries); each failure drops"
-          " the packet.",
-          ct_insert_failures),
+    Check(
+        name="NodenetConntrackTableNearFull", group="conntrack", collector="conntrack",
+        inputs=(CT_ENTRIES, CT_LIMIT), severity=WARNING,
+        threshold=0.75, threshold_format=".2f", for_="5m",
+        expr=lambda sel, t: f"(\n{_ct_utilisation(sel)}\n) > {t}\nand {_ct_limit_set(sel)}",
+        summary="Conntrack table is more than {threshold%} full.",
+        description=_CT_FILL + " When it is full the kernel drops packets of new connections.",
+        judge=ct_utilisation),
+    Check(
+        name="NodenetConntrackTableFull", group="conntrack", collector="conntrack",
+        inputs=(CT_ENTRIES, CT_LIMIT), severity=CRITICAL,
+        threshold=0.90, threshold_format=".2f", for_="2m",
+        expr=lambda sel, t: f"(\n{_ct_utilisation(sel)}\n) > {t}\nand {_ct_limit_set(sel)}",
+        summary="Conntrack table is more than {threshold%} full.",
+        description=_CT_FILL + " New connections start failing when it reaches 100%.",
+        judge=ct_utilisation),
+    Check(
+        name="NodenetConntrackTablePredictedFull", group="conntrack", collector="conntrack",
+        inputs=(CT_ENTRIES, CT_LIMIT), severity=WARNING,
+        threshold=0.50, threshold_format=".2f", for_="15m",
+        expr=lambda sel, t: (
+            f"(\n{_ct_utilisation(sel)}\n) > {t}\nand {_ct_limit_set(sel)}\nand\n"
+            f"  predict_linear(nodenet_conntrack_entries{{{sel}}}[30m], 3600)\n"
+            f">=\n"
+            f"  nodenet_conntrack_entries_limit{{{sel}}}"),
+        summary="Conntrack table is predicted to fill up within an hour.",
+        description="The conntrack table on node {node} is {{ $value | humanizePercentage }}"
+                    " full and, growing as it has over the last 30 minutes, will reach"
+                    " nf_conntrack_max within an hour.",
+        not_judged="a linear prediction over the last 30 minutes of entries: two readings "
+                   "seconds apart give no trend (NodenetConntrackTableNearFull and "
+                   "TableFull judge the present fill)"),
+    Check(
+        name="NodenetConntrackDropping", group="conntrack", collector="conntrack",
+        inputs=(CT_DROPS, CT_EARLY, CT_ENTRIES, CT_LIMIT), severity=CRITICAL,
+        threshold=0, for_="2m",
+        expr=lambda sel, t: (f"(\n  {_ct_rate(sel, CT_DROPS)}\n+\n"
+                             f"  {_ct_rate(sel, CT_EARLY)}\n) > {t}"),
+        summary="The kernel is dropping connections because the conntrack table is full.",
+        description="Node {node} has been dropping packets or evicting connections because of"
+                    " conntrack ({{ printf \"%.3g\" $value }} per second over the last 5"
+                    " minutes, drops + early drops). New connections are failing on this node.",
+        judge=ct_dropping),
+    Check(
+        name="NodenetConntrackInsertFailures", group="conntrack", collector="conntrack",
+        inputs=(CT_INSERT_FAILED,), severity=WARNING, threshold=0, for_="10m",
+        expr=lambda sel, t: f"{_ct_rate(sel, CT_INSERT_FAILED)} > {t}",
+        summary="Conntrack insertions are failing.",
+        description="Node {node} fails {{ printf \"%.3g\" $value }} conntrack insertions per"
+                    " second (clash races, typically parallel UDP DNS queries); each failure"
+                    " drops the packet.",
+        judge=rate_above(CT_INSERT_FAILED, "{value} conntrack insertions/s failing")),
     # -- ipvs
-    Check("NodenetIPVSServiceNoBackends", "ipvs", "ipvs",
-          ("nodenet_ipvs_service_backends_available",), WARNING, 0, "10m",
-          lambda sel, t: f"nodenet_ipvs_service_backends_available{{{sel}}} == {t}",
-          "IPVS virtual service has no usable backend.",
-          "IPVS service {{ if $labels.fwmark }}fwmark {{ $labels.fwmark }}"
-          " ({{ $labels.family }}){{ else }}{{ $labels.protocol }}/"
-          "{{ if eq $labels.family \"ipv6\" }}[{{ $labels.address }}]"
-          "{{ else }}{{ $labels.address }}{{ end }}:{{ $labels.port }}{{ end }}"
-          " on node {node} has had no real server with weight > 0 for {for_words};"
-          " connections to it fail.",
-          ipvs_no_backends),
+    Check(
+        name="NodenetIPVSServiceNoBackends", group="ipvs", collector="ipvs",
+        inputs=("nodenet_ipvs_service_backends_available",), severity=WARNING,
+        threshold=0, for_="10m",
+        expr=lambda sel, t: f"nodenet_ipvs_service_backends_available{{{sel}}} == {t}",
+        summary="IPVS virtual service has no usable backend.",
+        description="IPVS service {{ if $labels.fwmark }}fwmark {{ $labels.fwmark }}"
+                    " ({{ $labels.family }}){{ else }}{{ $labels.protocol }}/"
+                    "{{ if eq $labels.family \"ipv6\" }}[{{ $labels.address }}]"
+                    "{{ else }}{{ $labels.address }}{{ end }}:{{ $labels.port }}{{ end }}"
+                    " on node {node} has had no real server with weight > 0 for {for_words};"
+                    " connections to it fail.",
+        judge=ipvs_no_backends),
     # -- cpu
-    Check("NodenetCPUStealHigh", "cpu", "cpu",
-          ("nodenet_cpu_steal_seconds_total", "nodenet_cpus"), WARNING, 0.10, "15m",
-          lambda sel, t: f"(\n{_steal_fraction(sel)}\n) > {t}",
-          "The hypervisor is stealing more than {threshold%} of the node's CPU time.",
-          "Node {node} has lost {{ $value | humanizePercentage }} of its CPU time to"
-          " steal over the last {for_words}; packet processing and latency suffer.",
-          cpu_steal, threshold_format=".2f"),
-    Check("NodenetCPUStealCritical", "cpu", "cpu",
-          ("nodenet_cpu_steal_seconds_total", "nodenet_cpus"), CRITICAL, 0.25, "15m",
-          lambda sel, t: f"(\n{_steal_fraction(sel)}\n) > {t}",
-          "The hypervisor is stealing more than {threshold%} of the node's CPU time.",
-          "Node {node} has lost {{ $value | humanizePercentage }} of its CPU time to"
-          " steal over the last {for_words}; the node cannot keep up with its load.",
-          cpu_steal, threshold_format=".2f"),
+    Check(
+        name="NodenetCPUStealHigh", group="cpu", collector="cpu",
+        inputs=("nodenet_cpu_steal_seconds_total", "nodenet_cpus"), severity=WARNING,
+        threshold=0.10, threshold_format=".2f", for_="15m",
+        expr=lambda sel, t: f"(\n{_steal_fraction(sel)}\n) > {t}",
+        summary="The hypervisor is stealing more than {threshold%} of the node's CPU time.",
+        description="Node {node} has lost {{ $value | humanizePercentage }} of its CPU time to"
+                    " steal over the last {for_words}; packet processing and latency suffer.",
+        judge=cpu_steal),
+    Check(
+        name="NodenetCPUStealCritical", group="cpu", collector="cpu",
+        inputs=("nodenet_cpu_steal_seconds_total", "nodenet_cpus"), severity=CRITICAL,
+        threshold=0.25, threshold_format=".2f", for_="15m",
+        expr=lambda sel, t: f"(\n{_steal_fraction(sel)}\n) > {t}",
+        summary="The hypervisor is stealing more than {threshold%} of the node's CPU time.",
+        description="Node {node} has lost {{ $value | humanizePercentage }} of its CPU time to"
+                    " steal over the last {for_words}; the node cannot keep up with its load.",
+        judge=cpu_steal),
     # -- network
-    Check("NodenetSoftnetDrops", "network", "softnet",
-          ("nodenet_softnet_dropped_total",), WARNING, 0, "10m",
-          lambda sel, t: f"sum without(cpu) (rate(nodenet_softnet_dropped_total{{{sel}}}[5m]))"
-                         f" > {t}",
-          "The kernel's network backlog is dropping packets.",
-          "Node {node} drops {{ printf \"%.3g\" $value }} packets per second because a"
-          " CPU's input backlog (net.core.netdev_max_backlog) is full.",
-          softnet_drops),
-    Check("NodenetInterfaceDrops", "network", "netdev",
-          ("nodenet_interface_receive_drops_total", "nodenet_interface_receive_packets_total",
-           "nodenet_interface_transmit_drops_total", "nodenet_interface_transmit_packets_total",
-           "nodenet_interface_info"), WARNING, 0.01, "15m",
-          lambda sel, t: (f"(\n{_if_ratio(sel, 'receive', t)}\nor\n"
-                          f"{_if_ratio(sel, 'transmit', t)}\n)\n"
-                          f"unless ignoring(direction, kind, operstate, master, underlay)\n"
-                          f"  nodenet_interface_info{{{sel}, kind=\"veth\"}}"),
-          "A network interface drops more than {threshold%} of its packets.",
-          "Interface {{ $labels.interface }} on node {node} drops"
-          " {{ $value | humanizePercentage }} of its {{ $labels.direction }}"
-          " packets.",
-          interface_drops, threshold_format=".2f"),
-    Check("NodenetOverlayMTUMismatch", "network", "netdev",
-          ("nodenet_overlay_mtu_headroom_bytes", "nodenet_interface_mtu_bytes"), WARNING, 0,
-          "5m",
-          lambda sel, t: f"nodenet_overlay_mtu_headroom_bytes{{{sel}}} < {t}",
-          "An overlay interface's MTU is larger than its underlay can carry.",
-          "Overlay interface {{ $labels.interface }} ({{ $labels.kind }}) on node"
-          " {node} has {{ printf \"%.0f\" $value }} bytes of MTU headroom over"
-          " underlay {{ $labels.underlay }}: its full-size packets do not fit the"
-          " underlay once encapsulated and are fragmented or silently dropped.",
-          overlay_mtu),
-    # -- exporter
-    Check("NodenetCollectorFailing", "exporter", "",
-          ("nodenet_scrape_collector_success",), WARNING, 0, "15m",
-          lambda sel, t: f"nodenet_scrape_collector_success{{{sel}}} == {t}",
-          "A nodenet-exporter collector is failing.",
-          "Collector {{ $labels.collector }} of nodenet-exporter on node {node} has"
-          " failed every scrape for {for_words}; its metrics are missing.",
-          collector_failing),
-    Check("NodenetExporterDown", "exporter", "",
-          ("up",), WARNING, 0, "5m",
-          lambda sel, t: f"up{{{sel}}} == {t}\nor\nabsent(up{{{sel}}})",
-          "nodenet-exporter is down or not scraped.",
-          "{{ if $labels.instance }}nodenet-exporter on node {node} has been down for"
-          " {for_words}.{{ else }}No nodenet-exporter target ({sel}) has been scraped"
-          " for {for_words}.{{ end }} Conntrack, IPVS and network alerts cannot fire"
-          " for the nodes it covers.",
-          not_judged="`up` and absent() are Prometheus's view of the scrape target: the "
-                     "exporter (or diagnose) reading the node is up by definition"),
+    Check(
+        name="NodenetSoftnetDrops", group="network", collector="softnet",
+        inputs=("nodenet_softnet_dropped_total",), severity=WARNING, threshold=0, for_="10m",
+        expr=lambda sel, t: (f"sum without(cpu) (rate(nodenet_softnet_dropped_total{{{sel}}}"
+                             f"[5m])) > {t}"),
+        summary="The kernel's network backlog is dropping packets.",
+        description="Node {node} drops {{ printf \"%.3g\" $value }} packets per second because"
+                    " a CPU's input backlog (net.core.netdev_max_backlog) is full.",
+        judge=softnet_drops),
+    Check(
+        name="NodenetInterfaceDrops", group="network", collector="netdev",
+        inputs=("nodenet_interface_receive_drops_total",
+                "nodenet_interface_receive_packets_total",
+                "nodenet_interface_transmit_drops_total",
+                "nodenet_interface_transmit_packets_total", "nodenet_interface_info"),
+        severity=WARNING, threshold=0.01, threshold_format=".2f", for_="15m",
+        expr=lambda sel, t: (f"(\n{_if_ratio(sel, 'receive', t)}\nor\n"
+                             f"{_if_ratio(sel, 'transmit', t)}\n)\n"
+                             f"unless ignoring(direction, kind, operstate, master, underlay)\n"
+                             f"  nodenet_interface_info{{{sel}, kind=\"veth\"}}"),
+        summary="A network interface drops more than {threshold%} of its packets.",
+        description="Interface {{ $labels.interface }} on node {node} drops"
+                    " {{ $value | humanizePercentage }} of its {{ $labels.direction }}"
+                    " packets.",
+        judge=interface_drops),
+    Check(
+        name="NodenetOverlayMTUMismatch", group="network", collector="netdev",
+        inputs=("nodenet_overlay_mtu_headroom_bytes", "nodenet_interface_mtu_bytes"),
+        severity=WARNING, threshold=0, for_="5m",
+        expr=lambda sel, t: f"nodenet_overlay_mtu_headroom_bytes{{{sel}}} < {t}",
+        summary="An overlay interface's MTU is larger than its underlay can carry.",
+        description="Overlay interface {{ $labels.interface }} ({{ $labels.kind }}) on node"
+                    " {node} has {{ printf \"%.0f\" $value }} bytes of MTU headroom over"
+                    " underlay {{ $labels.underlay }}: its full-size packets do not fit the"
+                    " underlay once encapsulated and are fragmented or silently dropped.",
+        judge=overlay_mtu),
+    # -- exporter (collector "": runs whichever collectors are enabled)
+    Check(
+        name="NodenetCollectorFailing", group="exporter", collector="",
+        inputs=("nodenet_scrape_collector_success",), severity=WARNING,
+        threshold=0, for_="15m",
+        expr=lambda sel, t: f"nodenet_scrape_collector_success{{{sel}}} == {t}",
+        summary="A nodenet-exporter collector is failing.",
+        description="Collector {{ $labels.collector }} of nodenet-exporter on node {node} has"
+                    " failed every scrape for {for_words}; its metrics are missing.",
+        judge=collector_failing),
+    Check(
+        name="NodenetExporterDown", group="exporter", collector="",
+        inputs=("up",), severity=WARNING, threshold=0, for_="5m",
+        expr=lambda sel, t: f"up{{{sel}}} == {t}\nor\nabsent(up{{{sel}}})",
+        summary="nodenet-exporter is down or not scraped.",
+        description="{{ if $labels.instance }}nodenet-exporter on node {node} has been down"
+                    " for {for_words}.{{ else }}No nodenet-exporter target ({sel}) has been"
+                    " scraped for {for_words}.{{ end }} Conntrack, IPVS and network alerts"
+                    " cannot fire for the nodes it covers.",
+        not_judged="`up` and absent() are Prometheus's view of the scrape target: the "
+                   "exporter (or diagnose) reading the node is up by definition"),
 )
 
 # Metric names Prometheus makes itself, not read from any collector.

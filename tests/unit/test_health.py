@@ -307,3 +307,20 @@ def test_a_reading_keeps_no_family_alive_only_the_wanted_sample_lists():
     assert [ref() for ref in refs] == [None, None]
     assert r.counts == {"nodenet_a": 1, "nodenet_big": 1000}
     assert r.series("nodenet_a") == [({"x": "1"}, 5.0)] and r.series("nodenet_big") == []
+
+
+def test_judge_makers_rate_above_and_gauge():
+    check = dataclasses.replace(health.by_name()["NodenetSoftnetDrops"], threshold=1)
+    prev = reading(0, nodenet_q_total=[({"cpu": "0", "port": "80"}, 0),
+                                       ({"cpu": "1", "port": "80"}, 0),
+                                       ({"cpu": "0", "port": "443"}, 0)])
+    cur = reading(2, nodenet_q_total=[({"cpu": "0", "port": "80"}, 4),
+                                      ({"cpu": "1", "port": "80"}, 2),
+                                      ({"cpu": "0", "port": "443"}, 2)])
+    judge_rate = health.rate_above("nodenet_q_total", "{value} overflows/s")
+    got = list(judge_rate(check, Pair(prev, cur)))
+    assert [(v.value, v.labels, v.message) for v in got] == [
+        (3.0, {"port": "80"}, "3 overflows/s (port 80), threshold 1/s")]   # 443: 1/s, not > 1
+    judge_gauge = health.gauge("nodenet_free", "<", "{value} free")
+    g = Pair(reading(0), reading(2, nodenet_free=[({"pool": "a"}, 0.5), ({"pool": "b"}, 1)]))
+    assert [v.message for v in judge_gauge(check, g)] == ["0.5 free (pool a), threshold < 1"]
