@@ -182,10 +182,12 @@ class App:
         self.metrics_path = settings["web.telemetry-path"]
         self.max_requests = settings["web.max-requests"]
         self._scrapes = threading.BoundedSemaphore(self.max_requests)
-        self._health = None     # /diagnose: exporter.diagnose.History, made on first use
+        # /diagnose: an exporter.diagnose.History of the scrapes' readings, recording from the
+        # start when the gatherer can be observed (else made at the first /diagnose)
+        self._health = None
         self._health_lock = threading.Lock()
         if hasattr(gatherer, "on_collect"):
-            self.health()   # record every scrape from the start
+            self.health()
 
     def health(self):
         with self._health_lock:
