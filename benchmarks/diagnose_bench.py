@@ -65,7 +65,7 @@ def build(node: ctns.Netns, tag: str, pods: int) -> list[str]:
 
 
 def run_diagnose(node: ctns.Netns) -> tuple[float, float, int, str]:
-    """(wall s, CPU s, exit status, first line) of one diagnose process."""
+    """(wall s, CPU s, exit status, header and finding lines) of one diagnose process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     res = subprocess.run(node.argv([sys.executable, "-m", "exporter", "diagnose",
@@ -76,7 +76,8 @@ def run_diagnose(node: ctns.Netns) -> tuple[float, float, int, str]:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if res.returncode not in (0, 1, 2):
         raise RuntimeError(f"diagnose failed ({res.returncode}): {res.stderr}")
-    return wall, cpu, res.returncode, res.stdout.splitlines()[0]
+    lines = res.stdout.split("\n\nNode summary")[0].strip()
+    return wall, cpu, res.returncode, lines
 
 
 def run_tools(node: ctns.Netns) -> float:
@@ -108,6 +109,7 @@ def main() -> int:
             count, _ = node.fill_to(ENTRIES, max_seconds=60)
             print(f"node: {args.pods} pod namespaces with veths on cni0, flannel.1 over eth0, "
                   f"{count:,} conntrack entries (built in {time.monotonic() - t0:.1f} s)")
+            load0 = f"{os.getloadavg()[0]:.2f}"
             runs = [run_diagnose(node) for _ in range(args.runs)]
             tools = run_tools(node)
             page = diagnose_page(node)
@@ -128,7 +130,9 @@ def main() -> int:
     print(f"{'kernel tools x2, 2 s apart, wall (s)':<44} {tools:8.2f}   "
           f"({len(TOOLS)} commands per pass, no judgement)")
     print(f"{'/diagnose after a scrape, wall (ms)':<44} {page * 1000:8.1f}")
-    print(f"diagnose said: {runs[-1][3]} (exit {runs[-1][2]})")
+    print(f"load average before/after: {load0} / {os.getloadavg()[0]:.2f} (2 CPUs shared)")
+    for wall, _, code, said in runs:
+        print(f"run: {wall:.2f} s, exit {code}: {said}")
     return 1 if args.check and median > budget else 0
 
 
