@@ -10,6 +10,8 @@ Prints, in one run on this machine, nodenet-exporter side by side with node_expo
 - limits: the sockets, netstat and neighbour collectors at 10,000 sockets and 2,000
   neighbour entries vs node_exporter's netstat, sockstat, filefd and arp (permanent entries
   grow 100 -> 10,000).
+- diagnose: `nodenet-exporter diagnose` on a 110-pod-like node against interval + 0.5 s,
+  beside the kernel tools it replaces.
 Each part is bounded in time and removes what it creates.
 """
 from __future__ import annotations
@@ -32,8 +34,10 @@ SCENARIOS = {  # name -> (script beside this file, its arguments for --quick)
     "ipvs": ("ipvs_uml.py", ["--quick"]),
     # after ipvs: its native IPVS scenario replays the dump the ipvs run just captured
     "soak": ("soak.py", ["--quick"]),
-    # issue 14: sockets + netstat + neighbour vs node_exporter netstat/sockstat/filefd/arp
+    # sockets + netstat + neighbour vs node_exporter netstat/sockstat/filefd/arp
     "limits": ("limits_bench.py", ["--quick"]),
+    # diagnose at a 110-pod-like node: wall time against --interval + 0.5 s
+    "diagnose": ("diagnose_bench.py", ["--runs", "3"]),
 }
 
 

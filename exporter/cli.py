@@ -106,6 +106,9 @@ def build(settings, log):
 def main(argv=None) -> int:
     command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["diagnose"]:  # sub-command: exporter/diagnose.py
+        from .diagnose import main as diagnose
+        return diagnose(argv[1:], argv_from_process=command_line)
     try:
         settings = resolve(all_options(), argv, PROG, __version__, set(REGISTRY))
     except ConfigError as exc:

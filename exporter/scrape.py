@@ -67,6 +67,9 @@ class Gatherer:
         self._pool = ThreadPoolExecutor(max_workers=max(4, 2 * len(collectors)),
                                         thread_name_prefix="collector")
         self._running: dict = {}  # name -> future still running from an earlier scrape
+        # callables(Result) run after each shared collection, in the collecting thread (the
+        # /diagnose page keeps the last readings this way; exporter/diagnose.py History)
+        self.on_collect: list = []
         self._lock = threading.Lock()
         self._flight: _Flight | None = None
         self._writer = ExpositionWriter()
@@ -83,6 +86,10 @@ class Gatherer:
         # next one reuses it (exporter/memory.py)
         return self._writer.render_chunks(result.families, openmetrics)
 
+    def shared_collection(self) -> Result:
+        """Collects, or joins the collection in flight, as a scrape does (without rendering)."""
+        return self._shared_collection()
+
     def _shared_collection(self) -> Result:
         with self._lock:
             flight = self._flight
@@ -95,7 +102,13 @@ class Gatherer:
                 raise flight.error
             return flight.result
         try:
-            flight.result = self.collect()
+            flight.result = result = self.collect()
+            for observe in self.on_collect:
+                try:
+                    observe(result)
+                except Exception as exc:  # noqa: BLE001 - an observer never fails a scrape
+                    self.log.error("collection observer failed",
+                                   error=f"{type(exc).__name__}: {exc}")
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting scrapes too
             flight.error = exc
             raise

@@ -182,6 +182,19 @@ class App:
         self.metrics_path = settings["web.telemetry-path"]
         self.max_requests = settings["web.max-requests"]
         self._scrapes = threading.BoundedSemaphore(self.max_requests)
+        # /diagnose: an exporter.diagnose.History of the scrapes' readings, recording from the
+        # start when the gatherer can be observed (else made at the first /diagnose)
+        self._health = None
+        self._health_lock = threading.Lock()
+        if hasattr(gatherer, "on_collect"):
+            self.health()
+
+    def health(self):
+        with self._health_lock:
+            if self._health is None:
+                from .diagnose import History
+                self._health = History(self.gatherer)
+            return self._health
 
     def try_begin_scrape(self) -> bool:
         return self._scrapes.acquire(blocking=False)
@@ -363,6 +376,8 @@ class Handler(socketserver.BaseRequestHandler):
         if req.path == "/":
             return self._respond(200, landing_page(app).encode(), "text/html; charset=utf-8",
                                  head=head, close=not keep)
+        if req.path == "/diagnose":
+            return self._diagnose(app, req, head, keep)
         return self._respond(404, b"not found\n", head=head, close=not keep)
 
     def _metrics(self, app: App, req: Request, head: bool, keep: bool) -> bool:
@@ -423,6 +438,31 @@ class Handler(socketserver.BaseRequestHandler):
             return not close
         finally:
             app.end_scrape()
+
+    def _diagnose(self, app: App, req: Request, head: bool, keep: bool) -> bool:
+        """The diagnose report (exporter/diagnose.py) from the last scrapes' readings;
+        ?output=json for the JSON document.  Counts as a scrape against --web.max-requests."""
+        from .diagnose import render_text
+
+        if not app.try_begin_scrape():
+            return self._respond(
+                503, f"too many concurrent scrapes (limit {app.max_requests})\n".encode(),
+                head=head, close=not keep)
+        try:
+            doc = app.health().report()
+        except Exception as exc:  # noqa: BLE001 - a bug, or no collection could be made
+            app.log.error("diagnose failed", error=f"{type(exc).__name__}: {exc}")
+            return self._respond(500, f"diagnose failed: {exc}\n".encode(), head=head,
+                                 close=not keep)
+        finally:
+            app.end_scrape()
+        if "output=json" in req.target.partition("?")[2].split("&"):
+            import json
+            body, ctype = (json.dumps(doc, indent=2) + "\n").encode(), "application/json"
+        else:
+            body, ctype = render_text(doc).encode(), TEXT
+        return self._respond(200, body, ctype, head=head, close=not keep,
+                             extra={"X-Nodenet-Diagnose-Status": doc["status"]})
 
     def _head(self, code: int, ctype: str, close: bool, extra, length: int | None) -> bytes:
         lines = [f"HTTP/1.1 {code} {_REASONS.get(code, 'Unknown')}",
@@ -541,7 +581,8 @@ def landing_page(app: App) -> str:
         "<!doctype html><html><head><title>nodenet-exporter</title></head><body>"
         f"<h1>nodenet-exporter {__version__}</h1>"
         "<p>Why packets die on this node: conntrack, IPVS, CPU steal, interfaces, softnet.</p>"
-        f'<p><a href="{path}">Metrics</a> &middot; <a href="/healthz">Health</a></p>'
+        f'<p><a href="{path}">Metrics</a> &middot; <a href="/diagnose">Diagnose</a> &middot; '
+        '<a href="/healthz">Health</a></p>'
         "<table border=1 cellpadding=4><tr><th>collector</th><th>state</th>"
         "<th>last success</th><th>last duration</th><th>last error</th></tr>"
         + "".join(rows) + "</table></body></html>\n")

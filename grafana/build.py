@@ -29,12 +29,19 @@ DEFAULT_JOB = "nodenet-exporter"  # the job name of the README's scrape config a
 TAGS = ["nodenet", "network", "conntrack", "ipvs"]
 SCHEMA_VERSION = 39
 
-# The alert rules' thresholds (alerts/nodenet.rules.yaml); the tests compare the two.
+# The alert rules' thresholds, from the checks of exporter/health.py (the one place they are
+# set, shared by the rules and `diagnose`); the tests compare them with the rule file.
+sys.path.insert(0, str(ROOT))
+from exporter.health import by_name as _checks  # noqa: E402
+
+_T = {name: check.threshold for name, check in _checks().items()}
 THRESHOLDS = {
-    "conntrack_utilisation": {"warning": 0.75, "critical": 0.90},  # NodenetConntrackTable(Near)Full
-    "cpu_steal": {"warning": 0.10, "critical": 0.25},              # NodenetCPUSteal{High,Critical}
-    "interface_drop_ratio": {"warning": 0.01},                     # NodenetInterfaceDrops
-    "overlay_mtu_headroom": {"critical_below": 0},                 # NodenetOverlayMTUMismatch
+    "conntrack_utilisation": {"warning": _T["NodenetConntrackTableNearFull"],
+                              "critical": _T["NodenetConntrackTableFull"]},
+    "cpu_steal": {"warning": _T["NodenetCPUStealHigh"],
+                  "critical": _T["NodenetCPUStealCritical"]},
+    "interface_drop_ratio": {"warning": _T["NodenetInterfaceDrops"]},
+    "overlay_mtu_headroom": {"critical_below": _T["NodenetOverlayMTUMismatch"]},
 }
 
 DS = {"type": "prometheus", "uid": "${datasource}"}

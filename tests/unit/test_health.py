@@ -1,0 +1,326 @@
+"""exporter/health.py: one table for alerts and diagnose; the judges on synthetic readings."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import pathlib
+import re
+
+import pytest
+
+from exporter import health
+from exporter.collectors import load_all
+from exporter.collectors.base import REGISTRY
+from exporter.health import Pair, Reading
+from exporter.metrics import COUNTER, GAUGE, Metric, Table
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+META = {"nodenet_scrape_collector_success", "nodenet_scrape_collector_duration_seconds"}
+# The alerts two readings cannot decide, and nothing else.
+NOT_JUDGED = {"NodenetConntrackTablePredictedFull", "NodenetExporterDown"}
+
+
+def load_build():
+    spec = importlib.util.spec_from_file_location("nodenet_alerts_build_h",
+                                                  ROOT / "alerts" / "build.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def alerts(groups) -> dict[str, dict]:
+    return {r["alert"]: r for g in groups for r in g["rules"]}
+
+
+# ------------------------------------------------------------------ one source of truth
+
+def test_every_alert_is_a_check_and_every_check_an_alert():
+    rendered = alerts(load_build().rules())
+    checks = health.by_name()
+    plain = sorted(set(rendered) - set(checks))
+    assert not plain, (
+        f"alerts written as plain alert(...) in alerts/build.py, not checks in "
+        f"exporter/health.py: {plain}. Convert each into a Check (see health.py's docstring); "
+        f"one two readings cannot judge gets judge=None and a not_judged reason")
+    assert set(checks) - set(rendered) == set(), "a check that renders no alert"
+    for name, check in checks.items():
+        assert rendered[name] == check.rule('job="nodenet-exporter"')
+
+
+def test_only_the_documented_alerts_are_not_judged_and_each_says_why():
+    not_judged = {c.name: c.not_judged for c in health.CHECKS if c.judge is None}
+    assert set(not_judged) == NOT_JUDGED
+    for name, reason in not_judged.items():
+        assert len(reason) > 30, (name, reason)
+
+
+def test_every_check_group_is_rendered_by_build():
+    names = [g["name"] for g in load_build().rules()]
+    for group in health.groups():
+        assert f"nodenet-{group}" in names, f"health group {group} missing from alerts/build.py"
+
+
+def test_inputs_are_exactly_the_metrics_the_expression_reads_and_the_collector_has():
+    load_all()
+    for check in health.CHECKS:
+        expr = check.expr('job="x"', check.threshold_text)
+        used = set(re.findall(r"\b(nodenet_[a-z0-9_]+|up)\{", expr))
+        extra = set(check.inputs) - used
+        # a judge may read more (e.g. MTUs for its message): those must be real metrics too
+        assert used <= set(check.inputs), (check.name, used - set(check.inputs))
+        declared = ({m.name for m in REGISTRY[check.collector].metrics} if check.collector
+                    else META | health.SYNTHETIC_INPUTS)
+        assert set(check.inputs) <= declared, (check.name, set(check.inputs) - declared)
+        if check.collector:
+            assert extra <= declared
+
+
+def test_a_threshold_changed_once_changes_the_alert_and_the_judge(monkeypatch):
+    old = health.by_name()["NodenetConntrackTableNearFull"]
+    new = dataclasses.replace(old, threshold=0.6, for_="7m")
+    monkeypatch.setattr(health, "CHECKS",
+                        tuple(new if c is old else c for c in health.CHECKS))
+    rule = alerts(load_build().rules())["NodenetConntrackTableNearFull"]
+    assert ") > 0.60\n" in rule["expr"] and rule["for"] == "7m"
+    assert rule["annotations"]["summary"] == "Conntrack table is more than 60% full."
+    pair = ct_pair(entries=170, limit=262)   # 65%: above 0.6, below the shipped 0.75
+    got = health.evaluate(pair, ["conntrack"], health.CHECKS)
+    assert [f.check for f in got] == ["NodenetConntrackTableNearFull"]
+    assert got[0].alert_for == "7m" and "threshold 60%" in got[0].message
+    assert health.evaluate(pair, ["conntrack"]) != []  # module default now the new table
+    assert old.judge is not None
+    assert list(old.judge(old, pair)) == []
+
+
+def test_placeholders_are_replaced_and_go_templates_kept():
+    c = health.by_name()["NodenetIPVSServiceNoBackends"]
+    text = c.fill(c.description, 'job="j"')
+    assert "for 10 minutes" in text and "{{ $labels.port }}" in text and "{node}" not in text
+    assert health.duration_words("1h") == "1 hour" and health.duration_words("90s") == "90 seconds"
+
+
+# ------------------------------------------------------------------ readings
+
+def reading(t: float, **series) -> Reading:
+    """reading(0, nodenet_x=[({"a": "1"}, 5)], nodenet_y=3)"""
+    out = {}
+    for name, value in series.items():
+        out[name] = value if isinstance(value, list) else [({}, float(value))]
+    return Reading(t, 1_700_000_000 + t, out)
+
+
+def ct_pair(entries, limit, drops=(0, 0), early=(0, 0), failed=(0, 0), dt=2.0) -> Pair:
+    prev = reading(0, nodenet_conntrack_entries=entries, nodenet_conntrack_entries_limit=limit,
+                   nodenet_conntrack_drops_total=drops[0],
+                   nodenet_conntrack_early_drops_total=early[0],
+                   nodenet_conntrack_insert_failed_total=failed[0])
+    cur = reading(dt, nodenet_conntrack_entries=entries, nodenet_conntrack_entries_limit=limit,
+                  nodenet_conntrack_drops_total=drops[1],
+                  nodenet_conntrack_early_drops_total=early[1],
+                  nodenet_conntrack_insert_failed_total=failed[1])
+    return Pair(prev, cur)
+
+
+def judge(name: str, pair: Pair):
+    check = health.by_name()[name]
+    return list(check.judge(check, pair))
+
+
+def test_reading_from_families_and_tables_keeps_wanted_series_and_counts_the_rest():
+    a = Metric("nodenet_a", GAUGE, "a", ("x",))
+    b = Metric("nodenet_b_total", COUNTER, "b", ("x", "y"))
+    c = Metric("nodenet_c", GAUGE, "c", ("x", "y", "extra"))
+    fam = a.family()
+    fam.add(("1",), 5)
+    fam.add(("2",), 7)
+    table = Table((b, c), ("x", "y"))
+    table.add(('q"uo\\te', "line\nbreak"), 3, (1, "e1"))
+    r = Reading.from_families([fam, table], t=1.0, wanted={"nodenet_a", "nodenet_c",
+                                                           "nodenet_b_total"})
+    assert r.series("nodenet_a") == [({"x": "1"}, 5.0), ({"x": "2"}, 7.0)]
+    assert r.series("nodenet_b_total") == [({"x": 'q"uo\\te', "y": "line\nbreak"}, 3.0)]
+    assert r.series("nodenet_c") == [({"x": 'q"uo\\te', "y": "line\nbreak", "extra": "e1"}, 1.0)]
+    assert r.value("nodenet_a") == 12 and r.value("nodenet_a", x="2") == 7
+    few = Reading.from_families([fam, table], t=1.0, wanted={"nodenet_a"})
+    assert few.series("nodenet_b_total") == [] and few.counts == {
+        "nodenet_a": 2, "nodenet_b_total": 1, "nodenet_c": 1}
+
+
+def test_rate_sums_without_labels_and_treats_a_counter_going_back_as_a_reset():
+    prev = reading(10, nodenet_x_total=[({"cpu": "0", "k": "a"}, 100), ({"cpu": "1", "k": "a"}, 50),
+                                        ({"cpu": "0", "k": "b"}, 7)])
+    cur = reading(12, nodenet_x_total=[({"cpu": "0", "k": "a"}, 110), ({"cpu": "1", "k": "a"}, 4),
+                                       ({"cpu": "0", "k": "b"}, 7), ({"cpu": "9", "k": "b"}, 99)])
+    pair = Pair(prev, cur)
+    assert pair.rate("nodenet_x_total", without=("cpu",)) == {
+        (("k", "a"),): (10 + 4) / 2, (("k", "b"),): 0.0}   # the new series (cpu 9) counts not
+    assert pair.total_rate("nodenet_x_total") == 7.0
+    assert pair.total_rate("nodenet_missing_total") is None
+    assert Pair(cur, cur).rate("nodenet_x_total") == {}    # dt 0: no rate
+
+
+# ------------------------------------------------------------------ the judges
+
+def test_conntrack_fill_judges_at_and_above_their_thresholds():
+    assert judge("NodenetConntrackTableNearFull", ct_pair(750, 1000)) == []   # > 0.75, not ==
+    near = judge("NodenetConntrackTableNearFull", ct_pair(751, 1000, drops=(10, 2418)))
+    assert len(near) == 1 and near[0].value == pytest.approx(0.751)
+    assert near[0].message == ("conntrack table 75% full (751 of 1,000), threshold 75%; "
+                               "1,204 drops/s")
+    assert judge("NodenetConntrackTableFull", ct_pair(751, 1000)) == []
+    full = judge("NodenetConntrackTableFull", ct_pair(241_172, 262_144))
+    assert full[0].message.startswith("conntrack table 92% full (241,172 of 262,144), "
+                                      "threshold 90%")
+    assert judge("NodenetConntrackTableFull", ct_pair(900, 0)) == []   # limit unknown / 0
+
+
+def test_conntrack_drops_and_insert_failures_are_rates_over_the_interval():
+    assert judge("NodenetConntrackDropping", ct_pair(1, 10)) == []
+    got = judge("NodenetConntrackDropping", ct_pair(10, 10, drops=(5, 9), early=(0, 2), dt=2))
+    assert got[0].value == 3.0
+    assert got[0].message.startswith("conntrack dropping 3 packets/s (drops 2/s + early drops "
+                                     "1/s), threshold 0/s; table 100% full")
+    failed = judge("NodenetConntrackInsertFailures", ct_pair(1, 10, failed=(0, 1), dt=4))
+    assert failed[0].value == 0.25
+    assert judge("NodenetConntrackInsertFailures", ct_pair(1, 10, failed=(3, 3))) == []
+
+
+def test_ipvs_service_without_usable_backend():
+    svc = {"protocol": "tcp", "address": "10.0.0.1", "port": "80", "fwmark": "", "family": "ipv4"}
+    v6 = {"protocol": "udp", "address": "fd00::1", "port": "53", "fwmark": "", "family": "ipv6"}
+    fw = {"protocol": "fwmark", "address": "", "port": "", "fwmark": "7", "family": "ipv4"}
+    cur = reading(2, nodenet_ipvs_service_backends_available=[(svc, 0), (v6, 0), (fw, 2)],
+                  nodenet_ipvs_service_backends=[(svc, 3), (v6, 0), (fw, 2)])
+    got = judge("NodenetIPVSServiceNoBackends", Pair(reading(0), cur))
+    assert [v.message for v in got] == [
+        "IPVS service tcp/10.0.0.1:80 has 0 of 3 backends with weight > 0",
+        "IPVS service udp/[fd00::1]:53 has 0 of 0 backends with weight > 0"]
+    assert got[0].labels == svc
+
+
+def test_cpu_steal_fraction_of_the_node():
+    def pair(steal0, steal1, cpus=2, dt=10):
+        def steal(s0):
+            return [({"cpu": "0"}, s0), ({"cpu": "1"}, 0)]
+        return Pair(reading(0, nodenet_cpu_steal_seconds_total=steal(steal0), nodenet_cpus=cpus),
+                    reading(dt, nodenet_cpu_steal_seconds_total=steal(steal1), nodenet_cpus=cpus))
+    assert judge("NodenetCPUStealHigh", pair(0, 2)) == []         # 2 s of 20 CPU-s: 0.10
+    high = judge("NodenetCPUStealHigh", pair(0, 3))
+    assert high[0].message == "CPU steal 15% of 2 CPUs, threshold 10%"
+    assert judge("NodenetCPUStealCritical", pair(0, 3)) == []
+    assert judge("NodenetCPUStealCritical", pair(0, 6))[0].value == pytest.approx(0.3)
+
+
+def test_softnet_drops_any_cpu():
+    prev = reading(0, nodenet_softnet_dropped_total=[({"cpu": "0"}, 0), ({"cpu": "1"}, 4)])
+    quiet = reading(2, nodenet_softnet_dropped_total=[({"cpu": "0"}, 0), ({"cpu": "1"}, 4)])
+    busy = reading(2, nodenet_softnet_dropped_total=[({"cpu": "0"}, 60), ({"cpu": "1"}, 14)])
+    assert judge("NodenetSoftnetDrops", Pair(prev, quiet)) == []
+    got = judge("NodenetSoftnetDrops", Pair(prev, busy))
+    assert got[0].message == ("softnet backlog dropping 35 packets/s (cpu0 30/s, cpu1 5/s), "
+                              "threshold 0/s")
+
+
+def test_interface_drops_ratio_per_direction_veths_left_out_and_0_over_0_ignored():
+    def iface(name, kind):
+        return ({"interface": name, "kind": kind, "operstate": "up", "master": "",
+                 "underlay": ""}, 1)
+
+    info = [iface("eth0", "physical"), iface("veth1", "veth"), iface("eth1", "physical")]
+
+    def series(**per_if):
+        return [({"interface": k}, v) for k, v in per_if.items()]
+
+    prev = reading(0, nodenet_interface_info=info,
+                   nodenet_interface_receive_packets_total=series(eth0=0, veth1=0, eth1=0),
+                   nodenet_interface_receive_drops_total=series(eth0=0, veth1=0, eth1=0),
+                   nodenet_interface_transmit_packets_total=series(eth0=0, veth1=0, eth1=0),
+                   nodenet_interface_transmit_drops_total=series(eth0=0, veth1=0, eth1=0))
+    cur = reading(2, nodenet_interface_info=info,
+                  nodenet_interface_receive_packets_total=series(eth0=2000, veth1=1000, eth1=0),
+                  nodenet_interface_receive_drops_total=series(eth0=42, veth1=500, eth1=0),
+                  nodenet_interface_transmit_packets_total=series(eth0=1000, veth1=0, eth1=0),
+                  nodenet_interface_transmit_drops_total=series(eth0=10, veth1=0, eth1=5))
+    got = judge("NodenetInterfaceDrops", Pair(prev, cur))
+    assert [(v.labels, v.message) for v in got] == [
+        ({"interface": "eth0", "direction": "receive"},
+         "interface eth0 drops 2.1% of its received packets (21/s of 1,000/s), threshold 1%")]
+    # eth0 transmit: exactly 1% (not above); eth1 transmit: drops without packets (0/0 rate)
+
+
+def test_overlay_negative_headroom_names_both_mtus():
+    labels = {"interface": "vx0", "kind": "vxlan", "underlay": "dum0"}
+    ok = {"interface": "vx1", "kind": "vxlan", "underlay": "dum0"}
+    cur = reading(2, nodenet_overlay_mtu_headroom_bytes=[(labels, -100), (ok, 0)],
+                  nodenet_interface_mtu_bytes=[({"interface": "vx0"}, 1450),
+                                               ({"interface": "dum0"}, 1400)])
+    got = judge("NodenetOverlayMTUMismatch", Pair(reading(0), cur))
+    assert [v.message for v in got] == [
+        "vxlan vx0 has -100 bytes of MTU headroom over underlay dum0 (tunnel MTU 1,450, "
+        "underlay MTU 1,400), threshold 0"]
+
+
+def test_collector_failing_names_the_error():
+    cur = reading(2, nodenet_scrape_collector_success=[({"collector": "ipvs"}, 0),
+                                                       ({"collector": "cpu"}, 1)])
+    cur.errors["ipvs"] = "timed out after 4s"
+    got = judge("NodenetCollectorFailing", Pair(reading(0), cur))
+    assert [v.message for v in got] == ["collector ipvs failed its collection: timed out after 4s"]
+
+
+def test_evaluate_orders_worst_first_skips_disabled_collectors_and_sets_the_exit_code():
+    pair = ct_pair(950, 1000, drops=(0, 10))
+    cur = pair.cur
+    cur._series["nodenet_overlay_mtu_headroom_bytes"] = [
+        ({"interface": "vx0", "kind": "vxlan", "underlay": "e"}, -1)]
+    got = health.evaluate(pair, ["conntrack", "netdev"])
+    assert [(f.check, f.severity) for f in got] == [
+        ("NodenetConntrackTableFull", "critical"), ("NodenetConntrackDropping", "critical"),
+        ("NodenetConntrackTableNearFull", "warning"), ("NodenetOverlayMTUMismatch", "warning")]
+    assert got[0].runbook_url == health.RUNBOOK_URL + "#nodenetconntracktablefull"
+    assert health.exit_code(got) == 2
+    assert health.exit_code(got[2:]) == 1 and health.exit_code([]) == 0
+    only_netdev = health.evaluate(pair, ["netdev"])
+    assert [f.check for f in only_netdev] == ["NodenetOverlayMTUMismatch"]
+
+
+def test_plain_words():
+    assert health.num(241172) == "241,172" and health.num(0) == "0" and health.num(2.5) == "2.5"
+    assert health.num(0.25) == "0.25" and health.num(-100) == "-100"
+    assert health.pct(0.92) == "92%" and health.pct(0.0123) == "1.2%" and health.pct(0) == "0%"
+
+
+def test_a_reading_keeps_no_family_alive_only_the_wanted_sample_lists():
+    import gc
+    import weakref
+
+    a = Metric("nodenet_a", GAUGE, "a", ("x",))
+    big = Metric("nodenet_big", GAUGE, "big", ("x",))
+    wanted, unwanted = a.family(), big.family()
+    wanted.add(("1",), 5)
+    for i in range(1000):
+        unwanted.add((str(i),), i)
+    refs = [weakref.ref(wanted), weakref.ref(unwanted)]
+    r = Reading.from_families([wanted, unwanted], t=0.0, wanted={"nodenet_a"})
+    del wanted, unwanted
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+    assert r.counts == {"nodenet_a": 1, "nodenet_big": 1000}
+    assert r.series("nodenet_a") == [({"x": "1"}, 5.0)] and r.series("nodenet_big") == []
+
+
+def test_judge_makers_rate_above_and_gauge():
+    check = dataclasses.replace(health.by_name()["NodenetSoftnetDrops"], threshold=1)
+    prev = reading(0, nodenet_q_total=[({"cpu": "0", "port": "80"}, 0),
+                                       ({"cpu": "1", "port": "80"}, 0),
+                                       ({"cpu": "0", "port": "443"}, 0)])
+    cur = reading(2, nodenet_q_total=[({"cpu": "0", "port": "80"}, 4),
+                                      ({"cpu": "1", "port": "80"}, 2),
+                                      ({"cpu": "0", "port": "443"}, 2)])
+    judge_rate = health.rate_above("nodenet_q_total", "{value} overflows/s")
+    got = list(judge_rate(check, Pair(prev, cur)))
+    assert [(v.value, v.labels, v.message) for v in got] == [
+        (3.0, {"port": "80"}, "3 overflows/s (port 80), threshold 1/s")]   # 443: 1/s, not > 1
+    judge_gauge = health.gauge("nodenet_free", "<", "{value} free")
+    g = Pair(reading(0), reading(2, nodenet_free=[({"pool": "a"}, 0.5), ({"pool": "b"}, 1)]))
+    assert [v.message for v in judge_gauge(check, g)] == ["0.5 free (pool a), threshold < 1"]
