@@ -69,6 +69,7 @@ def rules(sel: str = JOB_SELECTOR) -> list[dict]:
     cpu = health.rules("cpu", sel)
     network = health.rules("network", sel)
     exporter = health.rules("exporter", sel)
+    limits = health.rules("limits", sel)   # issue 14: kernel limits (sockets, netstat, neighbour)
 
     # Plain alerts (not yet checks in exporter/health.py) are written here as before:
     #     mygroup = [alert("NodenetSomething", expr, "5m", "warning", summary, description)]
@@ -80,100 +81,7 @@ def rules(sel: str = JOB_SELECTOR) -> list[dict]:
         {"name": "nodenet-cpu", "rules": cpu},
         {"name": "nodenet-network", "rules": network},
         {"name": "nodenet-exporter", "rules": exporter},
-        {"name": "nodenet-limits", "rules": limits_rules(sel, alert)},
-    ]
-
-
-# --------------------------------------------------------------- issue 14: kernel limits
-def limits_rules(sel: str, alert) -> list[dict]:
-    """Kernel limits on the packet path beside their usage (sockets, netstat, neighbour
-    collectors). Thresholds and `for:` are explained in docs/runbook.md."""
-
-    def ratio(usage, limit, threshold, limit_extra=""):
-        lsel = f"{sel}, {limit_extra}" if limit_extra else sel
-        on = " ignoring(level)" if limit_extra else ""
-        return (f"(\n  {usage}{{{sel}}}\n/{on}\n  {limit}{{{lsel}}}\n) > {threshold}\n"
-                f"and{on} {limit}{{{lsel}}} > 0")
-
-    def files(threshold, for_, severity):
-        return alert("NodenetFileHandlesNearLimit",
-                     ratio("nodenet_file_handles", "nodenet_file_handles_limit", threshold),
-                     for_, severity,
-                     f"File handles are more than {threshold:.0%} of fs.file-max.",
-                     f"Node {NODE} uses {{{{ $value | humanizePercentage }}}} of fs.file-max"
-                     f" (/proc/sys/fs/file-nr). At the limit every open(), socket() and"
-                     f" accept() on the node fails with ENFILE.")
-
-    return [
-        alert("NodenetNeighbourTableNearFull",
-              ratio("nodenet_neighbour_entries", "nodenet_neighbour_entries_limit", 0.8),
-              "10m", "warning",
-              "A neighbour (ARP/ND) table is more than 80% of gc_thresh3.",
-              f"Neighbour table {{{{ $labels.table }}}} on node {NODE} holds"
-              f" {{{{ $value | humanizePercentage }}}} of gc_thresh3 (permanent entries"
-              f" included). At the limit the kernel refuses new neighbours (\"neighbor table"
-              f" overflow!\") and traffic to new pods or nodes fails."),
-        alert("NodenetNeighbourTableOverflow",
-              f"increase(nodenet_neighbour_table_fulls_total{{{sel}}}[5m]) > 0",
-              "1m", "critical",
-              "The kernel refused new neighbour entries: the table is full.",
-              f"Neighbour table {{{{ $labels.table }}}} on node {NODE} overflowed"
-              f" {{{{ printf \"%.0f\" $value }}}} times in 5 minutes (\"neighbor table"
-              f" overflow!\"): packets to hosts without an entry are dropped."),
-        alert("NodenetTCPMemoryPressure",
-              f"(\n  nodenet_tcp_memory_bytes{{{sel}}}\n/ ignoring(level)\n"
-              f"  nodenet_tcp_memory_limit_bytes{{{sel}, level=\"pressure\"}}\n) >= 1\n"
-              f"or\nincrease(nodenet_tcp_memory_pressures_total{{{sel}}}[10m]) > 0",
-              "5m", "warning",
-              "TCP memory is at the tcp_mem pressure level.",
-              f"TCP on node {NODE} is under memory pressure (tcp_mem): the kernel shrinks"
-              f" socket buffers, throughput drops, and at the high level connections are"
-              f" reset (TCPAbortOnMemory)."),
-        alert("NodenetTimeWaitOverflow",
-              f"rate(nodenet_tcp_timewait_overflows_total{{{sel}}}[5m]) > 0",
-              "10m", "warning",
-              "TIME_WAIT sockets are being destroyed early (tcp_max_tw_buckets reached).",
-              f"Node {NODE} destroys {{{{ printf \"%.3g\" $value }}}} TIME_WAIT sockets per"
-              f" second because net.ipv4.tcp_max_tw_buckets is reached: delayed segments of"
-              f" old connections can corrupt new ones that reuse the 4-tuple."),
-        alert("NodenetOrphanSocketsNearLimit",
-              ratio("nodenet_tcp_orphan_sockets", "nodenet_tcp_orphan_sockets_limit", 0.8),
-              "5m", "warning",
-              "Orphaned TCP sockets are more than 80% of tcp_max_orphans.",
-              f"Node {NODE} holds {{{{ $value | humanizePercentage }}}} of tcp_max_orphans"
-              f" orphaned sockets; above the limit (lower under memory pressure) the kernel"
-              f" resets connections (\"too many orphaned sockets\")."),
-        files(0.8, "5m", "warning"),
-        files(0.9, "5m", "critical"),
-        alert("NodenetTCPListenOverflows",
-              f"rate(nodenet_tcp_listen_overflows_total{{{sel}}}[5m]) > 0",
-              "2m", "warning",
-              "A TCP listener's accept queue is overflowing.",
-              f"Node {NODE} drops {{{{ printf \"%.3g\" $value }}}} connections per second"
-              f" because a listener's accept queue is full (ListenOverflows): clients see"
-              f" timeouts and retransmitted SYNs."),
-        alert("NodenetUDPReceiveBufferErrors",
-              f"rate(nodenet_udp_receive_buffer_errors_total{{{sel}}}[5m]) > 0",
-              "2m", "warning",
-              "UDP datagrams are dropped because a socket's receive buffer is full.",
-              f"Node {NODE} drops {{{{ printf \"%.3g\" $value }}}} {{{{ $labels.family }}}}"
-              f" UDP datagrams per second because a receiving socket's buffer is full"
-              f" (RcvbufErrors): DNS queries, VXLAN or QUIC packets are lost."),
-        alert("NodenetIPReassemblyFailures",
-              f"rate(nodenet_ip_reassembly_failures_total{{{sel}}}[5m]) > 0",
-              "15m", "warning",
-              "IP fragments are failing to reassemble.",
-              f"Node {NODE} fails {{{{ printf \"%.3g\" $value }}}} {{{{ $labels.family }}}}"
-              f" reassemblies per second (ReasmFails: lost fragments, timeouts, or"
-              f" ipfrag_high_thresh reached): fragmented packets, often an MTU problem, are"
-              f" dropped."),
-        alert("NodenetEphemeralPortsOverlapNodePorts",
-              f"nodenet_ephemeral_ports_nodeport_overlap{{{sel}}} > 0",
-              "15m", "warning",
-              "The ephemeral port range overlaps the Kubernetes NodePort range.",
-              f"On node {NODE}, {{{{ printf \"%.0f\" $value }}}} NodePort numbers lie inside"
-              f" net.ipv4.ip_local_port_range and are not reserved: an outgoing connection can"
-              f" take a NodePort's number and that Service stops answering on this node."),
+        {"name": "nodenet-limits", "rules": limits},
     ]
 
 

@@ -43,6 +43,20 @@ Most alerts need no judge of their own: ``judge=rate_above("nodenet_x_drops_tota
 label set, ``judge=gauge("nodenet_x_free", "<", "{value} free")`` a gauge against the
 threshold (see "judge makers" below).
 
+``increase_above(metric, words)`` judges ``increase(...) > threshold`` (the increase between
+the readings) and ``ratio_above(usage, limit, words, ignoring=("level",), level="pressure")``
+a usage gauge over its limit gauge, paired on their labels (``and limit > 0``).  In ``words``
+a ``{label}`` placeholder names a label of the series (``"{value} {family} drops/s"``); the
+labels it does not name follow in parentheses.
+
+One alert name may come in two severities (a warning at 80%, a critical at 90%: two rules of
+the same name, which Alertmanager tells apart by ``severity``): two entries that differ in
+severity, threshold and texts but not in group, collectors or inputs (:func:`validate` checks
+this at import).  :func:`by_key` gives every entry by (name, severity), :func:`levels` the
+entries of one name; :func:`by_name` leaves such a name out.  A check whose expression reads
+the metrics of two collectors (``a >= 1 or increase(b[10m]) > 0``) names the second in
+``also_collectors``; diagnose runs its judge when either is enabled.
+
 An alert that two readings cannot decide (a prediction over 30 minutes, ``absent()`` of the
 exporter itself) is still an entry - its threshold and window live here too - with
 ``judge=None`` and ``not_judged`` saying why; diagnose lists those as not judged.
@@ -195,13 +209,10 @@ class Pair:
     def gauge(self, name: str) -> list[tuple[Labels, float]]:
         return self.cur.series(name)
 
-    def rate(self, name: str, without: Iterable[str] = ()) -> dict[tuple, float]:
-        """Per-second increase of counter `name` between the readings, summed over the labels
-        in `without`: {sorted (label, value) tuple: rate}.  Only series present in both
+    def increase(self, name: str, without: Iterable[str] = ()) -> dict[tuple, float]:
+        """Increase of counter `name` between the readings, summed over the labels in
+        `without`: {sorted (label, value) tuple: increase}.  Only series present in both
         readings count; a counter that went back is taken as reset to 0 (PromQL's rate)."""
-        dt = self.dt
-        if dt <= 0:
-            return {}
         before = {_key(labels, ()): v for labels, v in self.prev.series(name)}
         out: dict[tuple, float] = {}
         for labels, v in self.cur.series(name):
@@ -210,8 +221,15 @@ class Pair:
                 continue
             delta = v - old if v >= old else v
             key = _key(labels, without)
-            out[key] = out.get(key, 0.0) + delta / dt
+            out[key] = out.get(key, 0.0) + delta
         return out
+
+    def rate(self, name: str, without: Iterable[str] = ()) -> dict[tuple, float]:
+        """Per-second increase of counter `name` between the readings (see increase())."""
+        dt = self.dt
+        if dt <= 0:
+            return {}
+        return {key: delta / dt for key, delta in self.increase(name, without).items()}
 
     def total_rate(self, name: str) -> float | None:
         """The rate of `name` summed over all its series; None when it was not read twice."""
@@ -246,6 +264,9 @@ class Check:
     judge: Callable[[Check, Pair], Iterable[Verdict]] | None = None
     not_judged: str = ""
     threshold_format: str = "g"
+    # Other collectors whose metrics the expression reads too (an `or` of two sources): the
+    # judge runs when any of them is enabled; `collector` is the one findings name.
+    also_collectors: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.severity not in SEVERITY_RANK:
@@ -254,6 +275,15 @@ class Check:
             raise ValueError(f"{self.name}: either a judge or a not_judged reason, not both")
         if not re.fullmatch(r"Nodenet[A-Z][A-Za-z0-9]*", self.name):
             raise ValueError(f"{self.name}: alert names are CamelCase with the Nodenet prefix")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(name, severity): unique in CHECKS (one alert name may come in two severities)."""
+        return self.name, self.severity
+
+    @property
+    def collectors(self) -> tuple[str, ...]:
+        return (self.collector, *self.also_collectors) if self.collector else ()
 
     @property
     def anchor(self) -> str:
@@ -458,33 +488,82 @@ _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le
         "==": operator.eq, "!=": operator.ne}
 
 
-def _where(labels: Labels) -> str:
-    return f" ({', '.join(f'{k} {v}' for k, v in sorted(labels.items()))})" if labels else ""
+def _where(labels: Labels, words: str = "") -> str:
+    """' (k v, ...)' of the labels that `words` does not name as a {k} placeholder."""
+    rest = {k: v for k, v in labels.items() if "{" + k + "}" not in words}
+    return f" ({', '.join(f'{k} {v}' for k, v in sorted(rest.items()))})" if rest else ""
+
+
+def _say(words: str, labels: Labels, **values: str) -> str:
+    """`words` with {value} (and the like) and any {label} placeholders filled."""
+    return words.format(**{**labels, **values}) + _where(labels, words)
 
 
 def rate_above(metric: str, words: str, without: tuple[str, ...] = ("cpu",)) -> Judge:
-    """The judge of ``sum without(<without>) (rate(<metric>[5m])) > threshold``: a verdict per
-    label set left after summing; ``words`` says the value (``{value}``), e.g.
-    "{value} listen queue overflows/s"; the series' labels and the threshold follow."""
+    """The judge of ``sum without(<without>) (rate(<metric>[5m])) > threshold`` (with
+    ``without=()``: ``rate(<metric>[5m]) > threshold``): a verdict per label set left after
+    summing; ``words`` says the value (``{value}``; a ``{label}`` placeholder names a label),
+    e.g. "{value} listen queue overflows/s"; the other labels and the threshold follow."""
     def judge(check: Check, pair: Pair) -> Iterator[Verdict]:
         for key, rate in sorted(pair.rate(metric, without).items()):
             if rate > check.threshold:
                 labels = dict(key)
-                yield Verdict(rate, words.format(value=num(rate)) + _where(labels)
+                yield Verdict(rate, _say(words, labels, value=num(rate))
                               + f", threshold {num(check.threshold)}/s", labels)
+    return judge
+
+
+def increase_above(metric: str, words: str, without: tuple[str, ...] = ()) -> Judge:
+    """The judge of ``increase(<metric>[5m]) > threshold``: the increase between the two
+    readings (not extrapolated to the alert's window), a verdict per label set; ``words``
+    says it (``{value}``, ``{label}`` placeholders), "in <interval> s" and the threshold
+    follow."""
+    def judge(check: Check, pair: Pair) -> Iterator[Verdict]:
+        for key, delta in sorted(pair.increase(metric, without).items()):
+            if delta > check.threshold:
+                labels = dict(key)
+                yield Verdict(delta, _say(words, labels, value=num(delta))
+                              + f" in {num(pair.dt)} s, threshold {num(check.threshold)}",
+                              labels)
     return judge
 
 
 def gauge(metric: str, op: str, words: str) -> Judge:
     """The judge of ``<metric> <op> threshold`` (op one of > >= < <= == !=): a verdict per
-    series; ``words`` says the value (``{value}``), e.g. "{value} free bytes"."""
+    series; ``words`` says the value (``{value}``, ``{label}`` placeholders), e.g.
+    "{value} free bytes"."""
     compare = _OPS[op]
 
     def judge(check: Check, pair: Pair) -> Iterator[Verdict]:
         for labels, value in pair.gauge(metric):
             if compare(value, check.threshold):
-                yield Verdict(value, words.format(value=num(value)) + _where(labels)
+                yield Verdict(value, _say(words, labels, value=num(value))
                               + f", threshold {op} {num(check.threshold)}", labels)
+    return judge
+
+
+def ratio_above(usage: str, limit: str, words: str, op: str = ">",
+                ignoring: tuple[str, ...] = (), **limit_match: str) -> Judge:
+    """The judge of ``(<usage> / ignoring(<ignoring>) <limit>{<limit_match>}) <op> threshold
+    and <limit> > 0``: usage and limit series are paired on their labels but those in
+    `ignoring`, a verdict per pair; ``words`` says it with ``{value}`` (the ratio in %),
+    ``{used}``, ``{limit}`` and ``{label}`` placeholders, e.g.
+    "neighbour table {table} holds {value} of gc_thresh3 ({used} of {limit})"."""
+    compare = _OPS[op]
+
+    def judge(check: Check, pair: Pair) -> Iterator[Verdict]:
+        limits = {_key(labels, ignoring): v for labels, v in pair.gauge(limit)
+                  if all(labels.get(k) == want for k, want in limit_match.items())}
+        for labels, used in pair.gauge(usage):
+            most = limits.get(_key(labels, ignoring))
+            if most is None or most <= 0:
+                continue
+            ratio = used / most
+            if compare(ratio, check.threshold):
+                yield Verdict(ratio, _say(words, labels, value=pct(ratio), used=num(used),
+                                          limit=num(most))
+                              + f", threshold {'' if op == '>' else op + ' '}"
+                                f"{check.threshold_percent}", labels)
     return judge
 
 
@@ -520,6 +599,173 @@ def _if_ratio(sel: str, direction: str, t: str) -> str:
             f"    rate(nodenet_interface_{direction}_packets_total{{{sel}}}[5m]),\n"
             f"    \"direction\", \"{direction}\", \"\", \"\"\n"
             f"  ) > {t}")
+
+
+# ------------------------------------------------------------------------------- limits (issue 14)
+# The sockets, netstat and neighbour collectors: kernel limits on the packet path beside their
+# usage.  Thresholds and for: are explained in docs/runbook.md.
+
+NB_ENTRIES = "nodenet_neighbour_entries"
+NB_LIMIT = "nodenet_neighbour_entries_limit"
+NB_FULLS = "nodenet_neighbour_table_fulls_total"
+TCP_MEM = "nodenet_tcp_memory_bytes"
+TCP_MEM_LIMIT = "nodenet_tcp_memory_limit_bytes"
+TCP_MEM_PRESSURES = "nodenet_tcp_memory_pressures_total"
+TW_OVERFLOWS = "nodenet_tcp_timewait_overflows_total"
+ORPHANS = "nodenet_tcp_orphan_sockets"
+ORPHANS_LIMIT = "nodenet_tcp_orphan_sockets_limit"
+FILES = "nodenet_file_handles"
+FILES_LIMIT = "nodenet_file_handles_limit"
+LISTEN_OVERFLOWS = "nodenet_tcp_listen_overflows_total"
+UDP_RCVBUF = "nodenet_udp_receive_buffer_errors_total"
+REASM_FAILS = "nodenet_ip_reassembly_failures_total"
+PORT_OVERLAP = "nodenet_ephemeral_ports_nodeport_overlap"
+
+
+def _limit_ratio(sel: str, usage: str, limit: str, t: str) -> str:
+    return (f"(\n  {usage}{{{sel}}}\n/\n  {limit}{{{sel}}}\n) > {t}\n"
+            f"and {limit}{{{sel}}} > 0")
+
+
+def _tcp_memory(sel: str, t: str) -> str:
+    return (f"(\n  {TCP_MEM}{{{sel}}}\n/ ignoring(level)\n"
+            f"  {TCP_MEM_LIMIT}{{{sel}, level=\"pressure\"}}\n) >= {t}\n"
+            f"or\nincrease({TCP_MEM_PRESSURES}{{{sel}}}[10m]) > 0")
+
+
+_tcp_memory_at_pressure = ratio_above(
+    TCP_MEM, TCP_MEM_LIMIT, "TCP memory at {value} of the tcp_mem pressure level ({used} of "
+    "{limit} bytes)", op=">=", ignoring=("level",), level="pressure")
+
+
+def tcp_memory_pressure(check: Check, pair: Pair) -> Iterator[Verdict]:
+    """``ratio >= threshold or increase(pressures[10m]) > 0``: the ratio when TCP memory is
+    at the pressure level (tcp_mem is only visible in the initial namespace), else the times
+    TCP entered pressure between the readings (TCPMemoryPressures, per namespace)."""
+    at = list(_tcp_memory_at_pressure(check, pair))
+    if at:
+        yield from at
+        return
+    entered = pair.increase(TCP_MEM_PRESSURES)
+    times = sum(entered.values())
+    if times > 0:
+        yield Verdict(times, f"TCP entered memory pressure {num(times)} times in "
+                             f"{num(pair.dt)} s (TCPMemoryPressures), threshold 0")
+
+
+_NB_FILL = ("Neighbour table {{ $labels.table }} on node {node} holds"
+            " {{ $value | humanizePercentage }} of gc_thresh3 (permanent entries included).")
+_FILES_TEXT = ("Node {node} uses {{ $value | humanizePercentage }} of fs.file-max"
+               " (/proc/sys/fs/file-nr). At the limit every open(), socket() and accept() on"
+               " the node fails with ENFILE.")
+
+
+def _files_check(severity: str, threshold: float) -> Check:
+    return Check(
+        name="NodenetFileHandlesNearLimit", group="limits", collector="sockets",
+        inputs=(FILES, FILES_LIMIT), severity=severity, threshold=threshold, for_="5m",
+        expr=lambda sel, t: _limit_ratio(sel, FILES, FILES_LIMIT, t),
+        summary="File handles are more than {threshold%} of fs.file-max.",
+        description=_FILES_TEXT,
+        judge=ratio_above(FILES, FILES_LIMIT, "file handles at {value} of fs.file-max ({used} "
+                                              "of {limit})"))
+
+
+LIMITS_CHECKS: tuple[Check, ...] = (
+    Check(
+        name="NodenetNeighbourTableNearFull", group="limits", collector="neighbour",
+        inputs=(NB_ENTRIES, NB_LIMIT), severity=WARNING, threshold=0.8, for_="10m",
+        expr=lambda sel, t: _limit_ratio(sel, NB_ENTRIES, NB_LIMIT, t),
+        summary="A neighbour (ARP/ND) table is more than {threshold%} of gc_thresh3.",
+        description=_NB_FILL + " At the limit the kernel refuses new neighbours (\"neighbor"
+                    " table overflow!\") and traffic to new pods or nodes fails.",
+        judge=ratio_above(NB_ENTRIES, NB_LIMIT, "neighbour table {table} holds {value} of "
+                                                "gc_thresh3 ({used} of {limit})")),
+    Check(
+        name="NodenetNeighbourTableOverflow", group="limits", collector="neighbour",
+        inputs=(NB_FULLS,), severity=CRITICAL, threshold=0, for_="1m",
+        expr=lambda sel, t: f"increase({NB_FULLS}{{{sel}}}[5m]) > {t}",
+        summary="The kernel refused new neighbour entries: the table is full.",
+        description="Neighbour table {{ $labels.table }} on node {node} overflowed"
+                    " {{ printf \"%.0f\" $value }} times in 5 minutes (\"neighbor table"
+                    " overflow!\"): packets to hosts without an entry are dropped.",
+        judge=increase_above(NB_FULLS, "neighbour table {table} full (a new entry refused) "
+                                       "{value} times")),
+    Check(
+        name="NodenetTCPMemoryPressure", group="limits", collector="sockets",
+        also_collectors=("netstat",), inputs=(TCP_MEM, TCP_MEM_LIMIT, TCP_MEM_PRESSURES),
+        severity=WARNING, threshold=1, for_="5m",
+        expr=_tcp_memory,
+        summary="TCP memory is at the tcp_mem pressure level.",
+        description="TCP on node {node} is under memory pressure (tcp_mem): the kernel shrinks"
+                    " socket buffers, throughput drops, and at the high level connections are"
+                    " reset (TCPAbortOnMemory).",
+        judge=tcp_memory_pressure),
+    Check(
+        name="NodenetTimeWaitOverflow", group="limits", collector="netstat",
+        inputs=(TW_OVERFLOWS,), severity=WARNING, threshold=0, for_="10m",
+        expr=lambda sel, t: f"rate({TW_OVERFLOWS}{{{sel}}}[5m]) > {t}",
+        summary="TIME_WAIT sockets are being destroyed early (tcp_max_tw_buckets reached).",
+        description="Node {node} destroys {{ printf \"%.3g\" $value }} TIME_WAIT sockets per"
+                    " second because net.ipv4.tcp_max_tw_buckets is reached: delayed segments"
+                    " of old connections can corrupt new ones that reuse the 4-tuple.",
+        judge=rate_above(TW_OVERFLOWS, "{value} TIME_WAIT sockets/s not kept "
+                                       "(tcp_max_tw_buckets reached)", without=())),
+    Check(
+        name="NodenetOrphanSocketsNearLimit", group="limits", collector="sockets",
+        inputs=(ORPHANS, ORPHANS_LIMIT), severity=WARNING, threshold=0.8, for_="5m",
+        expr=lambda sel, t: _limit_ratio(sel, ORPHANS, ORPHANS_LIMIT, t),
+        summary="Orphaned TCP sockets are more than {threshold%} of tcp_max_orphans.",
+        description="Node {node} holds {{ $value | humanizePercentage }} of tcp_max_orphans"
+                    " orphaned sockets; above the limit (lower under memory pressure) the"
+                    " kernel resets connections (\"too many orphaned sockets\").",
+        judge=ratio_above(ORPHANS, ORPHANS_LIMIT, "orphaned TCP sockets at {value} of "
+                                                  "tcp_max_orphans ({used} of {limit})")),
+    _files_check(WARNING, 0.8),
+    _files_check(CRITICAL, 0.9),
+    Check(
+        name="NodenetTCPListenOverflows", group="limits", collector="netstat",
+        inputs=(LISTEN_OVERFLOWS,), severity=WARNING, threshold=0, for_="2m",
+        expr=lambda sel, t: f"rate({LISTEN_OVERFLOWS}{{{sel}}}[5m]) > {t}",
+        summary="A TCP listener's accept queue is overflowing.",
+        description="Node {node} drops {{ printf \"%.3g\" $value }} connections per second"
+                    " because a listener's accept queue is full (ListenOverflows): clients see"
+                    " timeouts and retransmitted SYNs.",
+        judge=rate_above(LISTEN_OVERFLOWS, "{value} connections/s dropped at a full accept "
+                                           "queue (ListenOverflows)", without=())),
+    Check(
+        name="NodenetUDPReceiveBufferErrors", group="limits", collector="netstat",
+        inputs=(UDP_RCVBUF,), severity=WARNING, threshold=0, for_="2m",
+        expr=lambda sel, t: f"rate({UDP_RCVBUF}{{{sel}}}[5m]) > {t}",
+        summary="UDP datagrams are dropped because a socket's receive buffer is full.",
+        description="Node {node} drops {{ printf \"%.3g\" $value }} {{ $labels.family }}"
+                    " UDP datagrams per second because a receiving socket's buffer is full"
+                    " (RcvbufErrors): DNS queries, VXLAN or QUIC packets are lost.",
+        judge=rate_above(UDP_RCVBUF, "{value} {family} UDP datagrams/s dropped at a full "
+                                     "receive buffer (RcvbufErrors)", without=())),
+    Check(
+        name="NodenetIPReassemblyFailures", group="limits", collector="netstat",
+        inputs=(REASM_FAILS,), severity=WARNING, threshold=0, for_="15m",
+        expr=lambda sel, t: f"rate({REASM_FAILS}{{{sel}}}[5m]) > {t}",
+        summary="IP fragments are failing to reassemble.",
+        description="Node {node} fails {{ printf \"%.3g\" $value }} {{ $labels.family }}"
+                    " reassemblies per second (ReasmFails: lost fragments, timeouts, or"
+                    " ipfrag_high_thresh reached): fragmented packets, often an MTU problem, are"
+                    " dropped.",
+        judge=rate_above(REASM_FAILS, "{value} {family} reassemblies/s failing (ReasmFails)",
+                         without=())),
+    Check(
+        name="NodenetEphemeralPortsOverlapNodePorts", group="limits", collector="sockets",
+        inputs=(PORT_OVERLAP,), severity=WARNING, threshold=0, for_="15m",
+        expr=lambda sel, t: f"{PORT_OVERLAP}{{{sel}}} > {t}",
+        summary="The ephemeral port range overlaps the Kubernetes NodePort range.",
+        description="On node {node}, {{ printf \"%.0f\" $value }} NodePort numbers lie inside"
+                    " net.ipv4.ip_local_port_range and are not reserved: an outgoing connection"
+                    " can take a NodePort's number and that Service stops answering on this"
+                    " node.",
+        judge=gauge(PORT_OVERLAP, ">", "{value} NodePorts inside ip_local_port_range, not "
+                                       "reserved")),
+)
 
 
 # ------------------------------------------------------------------------------- the table
@@ -672,14 +918,48 @@ CHECKS: tuple[Check, ...] = (
                     " cannot fire for the nodes it covers.",
         not_judged="`up` and absent() are Prometheus's view of the scrape target: the "
                    "exporter (or diagnose) reading the node is up by definition"),
+    *LIMITS_CHECKS,
 )
 
 # Metric names Prometheus makes itself, not read from any collector.
 SYNTHETIC_INPUTS = frozenset({"up"})
 
 
+def validate(checks: Iterable[Check]) -> None:
+    """One entry per (name, severity); the entries of one name (an alert in two severities,
+    e.g. a warning at 80% and a critical at 90%: two rules of the same name, which
+    Alertmanager tells apart by their severity label) share group, collectors and inputs."""
+    seen: dict[str, Check] = {}
+    keys: set[tuple[str, str]] = set()
+    for c in checks:
+        if c.key in keys:
+            raise ValueError(f"{c.name}: two entries of severity {c.severity}")
+        keys.add(c.key)
+        first = seen.setdefault(c.name, c)
+        if (first.group, first.collectors, first.inputs) != (c.group, c.collectors, c.inputs):
+            raise ValueError(f"{c.name}: entries of one name differ in group, collectors or "
+                             f"inputs")
+
+
+validate(CHECKS)
+
+
+def by_key() -> dict[tuple[str, str], Check]:
+    """(name, severity) -> check: every entry."""
+    return {c.key: c for c in CHECKS}
+
+
 def by_name() -> dict[str, Check]:
-    return {c.name: c for c in CHECKS}
+    """name -> check, for the names that have one entry.  A name in several severities is
+    left out (there is no one threshold to give): use by_key() or levels()."""
+    names = [c.name for c in CHECKS]
+    return {c.name: c for c in CHECKS if names.count(c.name) == 1}
+
+
+def levels(name: str) -> tuple[Check, ...]:
+    """The entries of one alert name, least severe first."""
+    return tuple(sorted((c for c in CHECKS if c.name == name),
+                        key=lambda c: SEVERITY_RANK[c.severity]))
 
 
 def groups() -> list[str]:
@@ -716,23 +996,24 @@ class Finding:
 
 def evaluate(pair: Pair, collectors: Iterable[str] | None = None,
              checks: Iterable[Check] | None = None) -> list[Finding]:
-    """Runs the judge of every check whose collector is in `collectors` (all when None;
-    checks of the exporter itself, collector "", always run); worst first."""
+    """Runs the judge of every check one of whose collectors is in `collectors` (all when
+    None; checks of the exporter itself, collector "", always run); worst first."""
     enabled = None if collectors is None else set(collectors)
     findings: list[Finding] = []
     order = {}
     for i, check in enumerate(CHECKS if checks is None else checks):
         if check.judge is None:
             continue
-        if check.collector and enabled is not None and check.collector not in enabled:
+        ran = [c for c in check.collectors if enabled is None or c in enabled]
+        if check.collector and not ran:
             continue
-        order[check.name] = i
+        order[check.key] = i
         for v in check.judge(check, pair):
-            collector = check.collector or v.labels.get("collector", "")
+            collector = ran[0] if ran else v.labels.get("collector", "")
             findings.append(Finding(check.name, check.severity, collector, v.value,
                                     check.threshold, v.message, dict(v.labels),
                                     check.runbook_url, check.for_))
-    findings.sort(key=lambda f: (-SEVERITY_RANK[f.severity], order[f.check],
+    findings.sort(key=lambda f: (-SEVERITY_RANK[f.severity], order[f.check, f.severity],
                                  sorted(f.labels.items())))
     return findings
 

@@ -35,16 +35,30 @@ def alerts(groups) -> dict[str, dict]:
 # ------------------------------------------------------------------ one source of truth
 
 def test_every_alert_is_a_check_and_every_check_an_alert():
-    rendered = alerts(load_build().rules())
-    checks = health.by_name()
-    plain = sorted(set(rendered) - set(checks))
+    # keyed by (name, severity): one alert name may come in two severities (two rules)
+    groups = load_build().rules()
+    rendered = {(r["alert"], r["labels"]["severity"]): r for g in groups for r in g["rules"]}
+    assert len(rendered) == sum(len(g["rules"]) for g in groups), "a rule rendered twice"
+    checks = health.by_key()
+    plain = sorted({name for name, _ in set(rendered) - set(checks)})
     assert not plain, (
         f"alerts written as plain alert(...) in alerts/build.py, not checks in "
         f"exporter/health.py: {plain}. Convert each into a Check (see health.py's docstring); "
         f"one two readings cannot judge gets judge=None and a not_judged reason")
     assert set(checks) - set(rendered) == set(), "a check that renders no alert"
-    for name, check in checks.items():
-        assert rendered[name] == check.rule('job="nodenet-exporter"')
+    for key, check in checks.items():
+        assert rendered[key] == check.rule('job="nodenet-exporter"')
+
+
+def test_one_name_in_two_severities_is_two_entries_of_one_shape():
+    files = health.levels("NodenetFileHandlesNearLimit")
+    assert [(c.severity, c.threshold) for c in files] == [("warning", 0.8), ("critical", 0.9)]
+    assert "NodenetFileHandlesNearLimit" not in health.by_name()   # no one threshold to give
+    assert health.by_key()["NodenetFileHandlesNearLimit", "critical"] is files[1]
+    with pytest.raises(ValueError, match="two entries of severity warning"):
+        health.validate([files[0], dataclasses.replace(files[0], threshold=0.7)])
+    with pytest.raises(ValueError, match="differ in group"):
+        health.validate([files[0], dataclasses.replace(files[1], group="other")])
 
 
 def test_only_the_documented_alerts_are_not_judged_and_each_says_why():
@@ -68,8 +82,8 @@ def test_inputs_are_exactly_the_metrics_the_expression_reads_and_the_collector_h
         extra = set(check.inputs) - used
         # a judge may read more (e.g. MTUs for its message): those must be real metrics too
         assert used <= set(check.inputs), (check.name, used - set(check.inputs))
-        declared = ({m.name for m in REGISTRY[check.collector].metrics} if check.collector
-                    else META | health.SYNTHETIC_INPUTS)
+        declared = ({m.name for c in check.collectors for m in REGISTRY[c].metrics}
+                    if check.collector else META | health.SYNTHETIC_INPUTS)
         assert set(check.inputs) <= declared, (check.name, set(check.inputs) - declared)
         if check.collector:
             assert extra <= declared
@@ -121,8 +135,8 @@ def ct_pair(entries, limit, drops=(0, 0), early=(0, 0), failed=(0, 0), dt=2.0) -
     return Pair(prev, cur)
 
 
-def judge(name: str, pair: Pair):
-    check = health.by_name()[name]
+def judge(name: str, pair: Pair, severity: str | None = None):
+    check = health.by_name()[name] if severity is None else health.by_key()[name, severity]
     return list(check.judge(check, pair))
 
 
@@ -324,3 +338,147 @@ def test_judge_makers_rate_above_and_gauge():
     judge_gauge = health.gauge("nodenet_free", "<", "{value} free")
     g = Pair(reading(0), reading(2, nodenet_free=[({"pool": "a"}, 0.5), ({"pool": "b"}, 1)]))
     assert [v.message for v in judge_gauge(check, g)] == ["0.5 free (pool a), threshold < 1"]
+
+
+# ------------------------------------------------------------------ kernel limits (issue 14)
+
+def counters(name: str, before, after, dt: float = 2.0, labels=None) -> Pair:
+    """A pair of readings of one counter (a list of (labels, value) or one unlabelled value)."""
+    def series(v):
+        return v if isinstance(v, list) else [(labels or {}, v)]
+    return Pair(reading(0, **{name: series(before)}), reading(dt, **{name: series(after)}))
+
+
+def test_neighbour_table_fill_per_table_against_its_own_gc_thresh3():
+    def pair(arp, ndisc, limit_ndisc=1024):
+        cur = reading(2, nodenet_neighbour_entries=[({"table": "arp_cache"}, arp),
+                                                    ({"table": "ndisc_cache"}, ndisc)],
+                      nodenet_neighbour_entries_limit=[({"table": "arp_cache"}, 1024),
+                                                       ({"table": "ndisc_cache"}, limit_ndisc)])
+        return Pair(reading(0), cur)
+    got = judge("NodenetNeighbourTableNearFull", pair(900, 100))
+    assert [(v.labels, v.message) for v in got] == [
+        ({"table": "arp_cache"}, "neighbour table arp_cache holds 88% of gc_thresh3 (900 of "
+                                 "1,024), threshold 80%")]
+    assert got[0].value == pytest.approx(900 / 1024)
+    assert judge("NodenetNeighbourTableNearFull", pair(819, 100)) == []   # 79.98%
+    # a 0 limit (and limit > 0 in the rule) or a table without a limit: no ratio
+    assert judge("NodenetNeighbourTableNearFull", pair(100, 900, limit_ndisc=0)) == []
+    only = Pair(reading(0), reading(2, nodenet_neighbour_entries=[({"table": "x"}, 9)]))
+    assert judge("NodenetNeighbourTableNearFull", only) == []
+
+
+def test_neighbour_table_overflow_is_the_increase_between_the_readings():
+    before = [({"table": "arp_cache"}, 10), ({"table": "ndisc_cache"}, 5)]
+    after = [({"table": "arp_cache"}, 13), ({"table": "ndisc_cache"}, 5)]
+    got = judge("NodenetNeighbourTableOverflow",
+                counters("nodenet_neighbour_table_fulls_total", before, after))
+    assert [(v.value, v.labels, v.message) for v in got] == [
+        (3.0, {"table": "arp_cache"}, "neighbour table arp_cache full (a new entry refused) "
+                                      "3 times in 2 s, threshold 0")]
+    assert judge("NodenetNeighbourTableOverflow",
+                 counters("nodenet_neighbour_table_fulls_total", before, before)) == []
+
+
+def test_tcp_memory_at_the_pressure_level_or_entering_pressure():
+    limits = [({"level": "low"}, 100), ({"level": "pressure"}, 200), ({"level": "high"}, 300)]
+
+    def pair(mem, pressures=(7, 7), with_limits=True):
+        extra = {"nodenet_tcp_memory_limit_bytes": limits} if with_limits else {}
+        return Pair(reading(0, nodenet_tcp_memory_pressures_total=pressures[0]),
+                    reading(2, nodenet_tcp_memory_bytes=mem,
+                            nodenet_tcp_memory_pressures_total=pressures[1], **extra))
+    assert judge("NodenetTCPMemoryPressure", pair(199)) == []
+    at = judge("NodenetTCPMemoryPressure", pair(200, pressures=(7, 9)))   # >= 1: the ratio
+    assert [(v.value, v.message) for v in at] == [
+        (1.0, "TCP memory at 100% of the tcp_mem pressure level (200 of 200 bytes), "
+              "threshold >= 100%")]
+    # outside the initial namespace tcp_mem is not visible: the counter alone decides
+    entered = judge("NodenetTCPMemoryPressure", pair(50, pressures=(7, 9), with_limits=False))
+    assert [(v.value, v.message) for v in entered] == [
+        (2.0, "TCP entered memory pressure 2 times in 2 s (TCPMemoryPressures), threshold 0")]
+    assert judge("NodenetTCPMemoryPressure", pair(50, with_limits=False)) == []
+
+
+def test_tcp_memory_pressure_runs_with_either_of_its_collectors():
+    pair = Pair(reading(0, nodenet_tcp_memory_pressures_total=0),
+                reading(2, nodenet_tcp_memory_pressures_total=1))
+    for enabled in (["netstat"], ["sockets"], ["sockets", "netstat"]):
+        got = health.evaluate(pair, enabled)
+        assert [(f.check, f.collector) for f in got] == [
+            ("NodenetTCPMemoryPressure", enabled[0])], enabled
+    assert health.evaluate(pair, ["cpu"]) == []
+
+
+def test_orphans_and_file_handles_against_their_limits():
+    def pair(**gauges):
+        return Pair(reading(0), reading(2, **gauges))
+    orphans = judge("NodenetOrphanSocketsNearLimit",
+                    pair(nodenet_tcp_orphan_sockets=52_000,
+                         nodenet_tcp_orphan_sockets_limit=65_536))
+    assert orphans == []   # 79.3%: below
+    orphans = judge("NodenetOrphanSocketsNearLimit",
+                    pair(nodenet_tcp_orphan_sockets=60_000,
+                         nodenet_tcp_orphan_sockets_limit=65_536))
+    assert [v.message for v in orphans] == [
+        "orphaned TCP sockets at 92% of tcp_max_orphans (60,000 of 65,536), threshold 80%"]
+    # outside the initial namespace tcp_max_orphans is absent: nothing to compare with
+    assert judge("NodenetOrphanSocketsNearLimit", pair(nodenet_tcp_orphan_sockets=60_000)) == []
+
+    files = pair(nodenet_file_handles=850, nodenet_file_handles_limit=1000)
+    warn = judge("NodenetFileHandlesNearLimit", files, "warning")
+    assert [(v.value, v.message) for v in warn] == [
+        (0.85, "file handles at 85% of fs.file-max (850 of 1,000), threshold 80%")]
+    assert judge("NodenetFileHandlesNearLimit", files, "critical") == []
+    crit = judge("NodenetFileHandlesNearLimit",
+                 pair(nodenet_file_handles=901, nodenet_file_handles_limit=1000), "critical")
+    assert [v.message for v in crit] == [
+        "file handles at 90% of fs.file-max (901 of 1,000), threshold 90%"]
+    got = health.evaluate(pair(nodenet_file_handles=950, nodenet_file_handles_limit=1000),
+                          ["sockets"])
+    assert [(f.check, f.severity, f.threshold) for f in got] == [
+        ("NodenetFileHandlesNearLimit", "critical", 0.9),
+        ("NodenetFileHandlesNearLimit", "warning", 0.8)]
+
+
+def test_protocol_counters_are_rates_over_the_interval():
+    tw = judge("NodenetTimeWaitOverflow",
+               counters("nodenet_tcp_timewait_overflows_total", 100, 140, dt=4))
+    assert [(v.value, v.message) for v in tw] == [
+        (10.0, "10 TIME_WAIT sockets/s not kept (tcp_max_tw_buckets reached), threshold 0/s")]
+    listen = judge("NodenetTCPListenOverflows",
+                   counters("nodenet_tcp_listen_overflows_total", 3, 39))
+    assert [(v.value, v.message) for v in listen] == [
+        (18.0, "18 connections/s dropped at a full accept queue (ListenOverflows), "
+               "threshold 0/s")]
+    assert judge("NodenetTCPListenOverflows",
+                 counters("nodenet_tcp_listen_overflows_total", 3, 3)) == []
+    udp = judge("NodenetUDPReceiveBufferErrors", counters(
+        "nodenet_udp_receive_buffer_errors_total",
+        [({"family": "ipv4"}, 0), ({"family": "ipv6"}, 5)],
+        [({"family": "ipv4"}, 41), ({"family": "ipv6"}, 5)]))
+    assert [(v.labels, v.message) for v in udp] == [
+        ({"family": "ipv4"}, "20.5 ipv4 UDP datagrams/s dropped at a full receive buffer "
+                             "(RcvbufErrors), threshold 0/s")]
+    reasm = judge("NodenetIPReassemblyFailures", counters(
+        "nodenet_ip_reassembly_failures_total", [({"family": "ipv6"}, 0)],
+        [({"family": "ipv6"}, 1)], dt=2))
+    assert [v.message for v in reasm] == [
+        "0.5 ipv6 reassemblies/s failing (ReasmFails), threshold 0/s"]
+
+
+def test_ephemeral_ports_overlapping_nodeports():
+    def pair(overlap):
+        return Pair(reading(0), reading(2, nodenet_ephemeral_ports_nodeport_overlap=overlap))
+    assert judge("NodenetEphemeralPortsOverlapNodePorts", pair(0)) == []
+    got = judge("NodenetEphemeralPortsOverlapNodePorts", pair(2768))
+    assert [v.message for v in got] == [
+        "2,768 NodePorts inside ip_local_port_range, not reserved, threshold > 0"]
+
+
+def test_a_label_named_in_the_words_is_not_repeated_after_them():
+    check = health.by_name()["NodenetUDPReceiveBufferErrors"]
+    j = health.rate_above("nodenet_u_total", "{value} {family} drops/s", without=())
+    got = list(j(check, counters("nodenet_u_total", [({"family": "ipv4", "x": "1"}, 0)],
+                                 [({"family": "ipv4", "x": "1"}, 2)])))
+    assert [v.message for v in got] == ["1 ipv4 drops/s (x 1), threshold 0/s"]
