@@ -177,6 +177,96 @@ def _sysctl(pair: Pair) -> tuple[str, dict]:
     return shown + more if values else "no sysctl read", {"values": values}
 
 
+# -- kernel limits (issue 14): sockets, netstat, neighbour
+
+def _bytes(value: float) -> str:
+    """1536 -> '1.5 KiB'; 5_400_000 -> '5.1 MiB'."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(value) >= size:
+            return f"{num(value / size)} {unit}"
+    return f"{num(value)} B"
+
+
+def _of(used: float | None, limit: float | None, percent: bool = False) -> str:
+    """'250 of 262,144' (with the share when `percent`), '250' without a limit."""
+    if used is None:
+        return "?"
+    if not limit:
+        return num(used)
+    return f"{num(used)} of {num(limit)}" + (f" ({pct(used / limit)})" if percent else "")
+
+
+def _sockets(pair: Pair) -> tuple[str, dict]:
+    cur = pair.cur
+    v = {k: cur.value(m) for k, m in (
+        ("tcp_in_use", "nodenet_tcp_sockets_in_use"), ("udp_in_use", "nodenet_udp_sockets_in_use"),
+        ("timewait", "nodenet_tcp_timewait_sockets"),
+        ("timewait_limit", "nodenet_tcp_timewait_sockets_limit"),
+        ("orphans", health.ORPHANS), ("orphans_limit", health.ORPHANS_LIMIT),
+        ("file_handles", health.FILES), ("file_handles_limit", health.FILES_LIMIT),
+        ("tcp_memory_bytes", health.TCP_MEM),
+        ("ephemeral_ports", "nodenet_ephemeral_ports_range_size"),
+        ("nodeport_overlap", health.PORT_OVERLAP))}
+    v["tcp_memory_pressure_bytes"] = cur.value(health.TCP_MEM_LIMIT, level="pressure")
+    parts = []
+    if v["tcp_in_use"] is not None:
+        parts.append(f"{num(v['tcp_in_use'])} TCP in use, TIME_WAIT "
+                     f"{_of(v['timewait'], v['timewait_limit'])}")
+    if v["udp_in_use"] is not None:
+        parts.append(f"{num(v['udp_in_use'])} UDP")
+    if v["orphans"] is not None:
+        parts.append(f"orphans {_of(v['orphans'], v['orphans_limit'])}")
+    if v["file_handles"] is not None:
+        parts.append(f"file handles {_of(v['file_handles'], v['file_handles_limit'], True)}")
+    if v["tcp_memory_bytes"] is not None:
+        mem, pressure = v["tcp_memory_bytes"], v["tcp_memory_pressure_bytes"]
+        at = f" ({pct(mem / pressure)} of tcp_mem pressure)" if pressure else ""
+        parts.append(f"TCP memory {_bytes(mem)}{at}")
+    if v["ephemeral_ports"] is not None:
+        parts.append(f"{num(v['ephemeral_ports'])} ephemeral ports, "
+                     f"{num(v['nodeport_overlap'] or 0)} NodePorts among them")
+    return "; ".join(parts) or "nothing read", v
+
+
+NETSTAT_RATES = (("listen_overflows", health.LISTEN_OVERFLOWS, "listen overflows"),
+                 ("udp_receive_buffer_errors", health.UDP_RCVBUF, "UDP receive buffer errors"),
+                 ("reassembly_failures", health.REASM_FAILS, "reassembly failures"),
+                 ("timewait_overflows", health.TW_OVERFLOWS, "TIME_WAIT overflows"),
+                 ("tcp_memory_pressures", health.TCP_MEM_PRESSURES, "TCP memory pressures"))
+NETSTAT_RETRANS = ("nodenet_tcp_retransmitted_segments_total", "nodenet_tcp_sent_segments_total")
+
+
+def _netstat(pair: Pair) -> tuple[str, dict]:
+    values: dict = {f"{k}_per_second": pair.total_rate(m) for k, m, _ in NETSTAT_RATES}
+    words = [f"{w} {num(values[f'{k}_per_second'])}/s" for k, _, w in NETSTAT_RATES
+             if values[f"{k}_per_second"] is not None]
+    retrans, sent = (pair.total_rate(m) for m in NETSTAT_RETRANS)
+    values["retransmitted_fraction"] = retrans / sent if retrans is not None and sent else None
+    if values["retransmitted_fraction"] is not None:
+        words.append(f"{pct(values['retransmitted_fraction'])} of TCP segments retransmitted")
+    return ", ".join(words) or "no protocol counters read", values
+
+
+def _neighbour(pair: Pair) -> tuple[str, dict]:
+    cur = pair.cur
+    if cur.value("nodenet_neighbour_available") == 0:
+        return "not available on this node", {"available": False}
+    limits = {lb.get("table"): v for lb, v in cur.series(health.NB_LIMIT)}
+    fulls = {dict(k).get("table"): n for k, n in pair.increase(health.NB_FULLS).items()}
+    tables = {}
+    for labels, entries in sorted(cur.series(health.NB_ENTRIES), key=lambda s: str(s[0])):
+        name = labels.get("table", "")
+        tables[name] = {"entries": entries, "limit": limits.get(name), "fulls": fulls.get(name)}
+    shown = ", ".join(f"{name} {_of(t['entries'], t['limit'])}" for name, t in tables.items())
+    full = sum(n for n in fulls.values())
+    source = next((lb.get("source", "") for lb, v in cur.series("nodenet_neighbour_source_info")
+                   if v), "")
+    parts = [p for p in (shown, f"table fulls {num(full)} in {num(pair.dt)} s" if fulls else "",
+                         f"source {source}" if source else "") if p]
+    return "; ".join(parts) or "no neighbour table read", {
+        "available": True, "tables": tables, "source": source}
+
+
 SUMMARIES: dict[str, Summary] = {
     "conntrack": Summary(("nodenet_conntrack_available", "nodenet_conntrack_entries",
                           "nodenet_conntrack_entries_limit", "nodenet_conntrack_source_info",
@@ -190,6 +280,15 @@ SUMMARIES: dict[str, Summary] = {
     "ipvs": Summary(("nodenet_ipvs_available", "nodenet_ipvs_services", "nodenet_ipvs_backends",
                      "nodenet_ipvs_service_backends_available"), _ipvs),
     "sysctl": Summary(("nodenet_sysctl_value",), _sysctl),
+    "sockets": Summary((
+        "nodenet_tcp_sockets_in_use", "nodenet_udp_sockets_in_use",
+        "nodenet_tcp_timewait_sockets", "nodenet_tcp_timewait_sockets_limit", health.ORPHANS,
+        health.ORPHANS_LIMIT, health.FILES, health.FILES_LIMIT, health.TCP_MEM,
+        health.TCP_MEM_LIMIT, "nodenet_ephemeral_ports_range_size", health.PORT_OVERLAP),
+        _sockets),
+    "netstat": Summary(tuple(m for _, m, _ in NETSTAT_RATES) + NETSTAT_RETRANS, _netstat),
+    "neighbour": Summary(("nodenet_neighbour_available", "nodenet_neighbour_source_info",
+                          health.NB_ENTRIES, health.NB_LIMIT, health.NB_FULLS), _neighbour),
 }
 META = ("nodenet_scrape_collector_success", "nodenet_scrape_collector_duration_seconds",
         "nodenet_ipvs_service_backends")

@@ -174,3 +174,79 @@ def test_a_failing_collection_observer_never_fails_the_scrape():
         assert b"nodenet_cpus 4" in gatherer.scrape()
     finally:
         gatherer.close()
+
+
+# ------------------------------------------------------------ kernel limits summary lines
+
+def limits_pair() -> Pair:
+    def r(t, overflows, fulls, retrans, sent):
+        return Reading(t, 1_764_633_600 + t, {
+            "nodenet_tcp_sockets_in_use": [({"family": "ipv4"}, 1200.0),
+                                           ({"family": "ipv6"}, 34.0)],
+            "nodenet_udp_sockets_in_use": [({"family": "ipv4"}, 12.0)],
+            "nodenet_tcp_timewait_sockets": [({}, 250.0)],
+            "nodenet_tcp_timewait_sockets_limit": [({}, 262_144.0)],
+            "nodenet_tcp_orphan_sockets": [({}, 3.0)],
+            "nodenet_tcp_orphan_sockets_limit": [({}, 65_536.0)],
+            "nodenet_file_handles": [({}, 74_000.0)],
+            "nodenet_file_handles_limit": [({}, 2_466_116.0)],
+            "nodenet_tcp_memory_bytes": [({}, 5.5 * 2**20)],
+            "nodenet_tcp_memory_limit_bytes": [({"level": "low"}, 100 * 2**20),
+                                               ({"level": "pressure"}, 110 * 2**20),
+                                               ({"level": "high"}, 120 * 2**20)],
+            "nodenet_ephemeral_ports_range_size": [({}, 28_232.0)],
+            "nodenet_ephemeral_ports_nodeport_overlap": [({}, 2768.0)],
+            "nodenet_tcp_listen_overflows_total": [({}, overflows)],
+            "nodenet_udp_receive_buffer_errors_total": [({"family": "ipv4"}, 0.0),
+                                                        ({"family": "ipv6"}, 0.0)],
+            "nodenet_tcp_retransmitted_segments_total": [({}, retrans)],
+            "nodenet_tcp_sent_segments_total": [({}, sent)],
+            "nodenet_neighbour_available": [({}, 1.0)],
+            "nodenet_neighbour_source_info": [({"source": "netlink"}, 1.0)],
+            "nodenet_neighbour_entries": [({"table": "arp_cache"}, 120.0),
+                                          ({"table": "ndisc_cache"}, 4.0)],
+            "nodenet_neighbour_entries_limit": [({"table": "arp_cache"}, 1024.0),
+                                                ({"table": "ndisc_cache"}, 1024.0)],
+            "nodenet_neighbour_table_fulls_total": [({"table": "arp_cache"}, fulls),
+                                                    ({"table": "ndisc_cache"}, 0.0)],
+        })
+    return Pair(r(0, 10.0, 7.0, 100.0, 10_000.0), r(2, 46.0, 7.0, 120.0, 12_000.0))
+
+
+def test_sockets_netstat_and_neighbour_have_their_own_summary_lines():
+    doc = diagnose.report(limits_pair(), ["neighbour", "netstat", "sockets"], node="n1")
+    valid(doc)
+    summary = {s["collector"]: s for s in doc["summary"]}
+    assert summary["sockets"]["text"] == (
+        "1,234 TCP in use, TIME_WAIT 250 of 262,144; 12 UDP; orphans 3 of 65,536; "
+        "file handles 74,000 of 2,466,116 (3%); TCP memory 5.5 MiB (5% of tcp_mem pressure); "
+        "28,232 ephemeral ports, 2,768 NodePorts among them")
+    assert summary["sockets"]["values"]["tcp_memory_pressure_bytes"] == 110 * 2**20
+    assert summary["netstat"]["text"] == (
+        "listen overflows 18/s, UDP receive buffer errors 0/s, "
+        "1% of TCP segments retransmitted")
+    assert summary["netstat"]["values"]["listen_overflows_per_second"] == 18
+    assert summary["netstat"]["values"]["reassembly_failures_per_second"] is None  # not read
+    assert summary["neighbour"]["text"] == (
+        "arp_cache 120 of 1,024, ndisc_cache 4 of 1,024; table fulls 0 in 2 s; source netlink")
+    assert summary["neighbour"]["values"]["tables"]["arp_cache"] == {
+        "entries": 120, "limit": 1024, "fulls": 0}
+    # and the findings the same readings make: listen overflows, NodePorts in the range
+    assert [(f["check"], f["collector"]) for f in doc["findings"]] == [
+        ("NodenetTCPListenOverflows", "netstat"),
+        ("NodenetEphemeralPortsOverlapNodePorts", "sockets")]
+    text = diagnose.render_text(doc)
+    assert "  sockets    1,234 TCP in use, TIME_WAIT 250 of 262,144; " in text
+
+
+def test_limits_summaries_say_what_is_missing():
+    empty = Pair(Reading(0), Reading(2, series={"nodenet_neighbour_available": [({}, 0.0)]}))
+    doc = diagnose.report(empty, ["neighbour", "netstat", "sockets"], node="n1")
+    summary = {s["collector"]: s["text"] for s in doc["summary"]}
+    assert summary == {"neighbour": "not available on this node",
+                       "netstat": "no protocol counters read", "sockets": "nothing read"}
+    # outside the initial namespace: no tcp_mem, no tcp_max_orphans
+    inside = Pair(Reading(0), Reading(2, series={
+        "nodenet_tcp_orphan_sockets": [({}, 2.0)], "nodenet_tcp_memory_bytes": [({}, 1536.0)]}))
+    text, _ = diagnose.SUMMARIES["sockets"].line(inside)
+    assert text == "orphans 2; TCP memory 1.5 KiB"
