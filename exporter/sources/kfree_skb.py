@@ -416,3 +416,54 @@ class DropCounter:
             if fd >= 0:
                 os.close(fd)
                 setattr(self, attr, -1)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def tracefs_format_path(tracefs_dirs: list[str]) -> str | None:
+    """The kfree_skb format file under the first tracefs directory that has it."""
+    for d in tracefs_dirs:
+        path = os.path.join(d, "events", "skb", TRACEPOINT, "format")
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def plans(btf_path: str, tracefs_dirs: list[str]) -> tuple[list[Plan], list[str]]:
+    """What can be loaded here, best first (raw tracepoint from BTF, then the formatted
+    tracepoint from tracefs), and why each missing way is missing."""
+    found: list[Plan] = []
+    why: list[str] = []
+    btf = None
+    try:
+        from .btf import read as read_btf
+        btf = read_btf(btf_path)
+    except FileNotFoundError:
+        why.append(f"no BTF at {btf_path} (CONFIG_DEBUG_INFO_BTF off)")
+    except (OSError, ParseError) as exc:
+        why.append(f"BTF at {btf_path} unreadable: {exc}")
+    table = None
+    if btf is not None:
+        try:
+            table = reason_table_from_btf(btf)
+            found.append(Plan(raw_layout_from_btf(btf), table, f"BTF {btf_path}"))
+        except (Absent, ParseError) as exc:
+            why.append(str(exc))
+    path = tracefs_format_path(tracefs_dirs)
+    if path is None:
+        why.append(f"no skb/{TRACEPOINT} format file under {' or '.join(tracefs_dirs)} "
+                   "(tracefs not mounted or not readable)")
+    else:
+        try:
+            with open(path) as fh:
+                fmt = parse_format(fh.read())
+            layout = tracepoint_layout_from_format(fmt)
+            if table is None:
+                table = ReasonTable.from_format_symbols(fmt.symbols)
+            found.append(Plan(layout, table, path))
+        except (Absent, ParseError) as exc:
+            why.append(f"{path}: {exc}")
+        except OSError as exc:
+            why.append(f"{path}: {exc.strerror or exc}")
+    return found, why
