@@ -112,14 +112,15 @@ class DropreasonCollector(Collector):
             except B.BpfError as exc:
                 failures.append(f"{plan.mode} ({plan.source}): {explain(exc, *self._own_status())}")
                 if exc.errno in (errno.EPERM, errno.EACCES, errno.ENOSYS):
-                    break              # the other way needs the same permission
+                    why = []           # the other way needs the same permission: not tried
+                    break
                 continue
             self.log.info("counting drop reasons", mode=plan.mode, source=plan.source,
                           prog_id=self.counter.info()["id"], insns=self.counter.n_insns,
                           reasons=len(plan.table.core))
             self.reason = ""
             return
-        self.reason = "; ".join(failures + [w for w in why if len(found) < 2])
+        self.reason = "; ".join(failures + why)
 
     @staticmethod
     def _own_status() -> tuple[int, int]:
@@ -146,7 +147,7 @@ class DropreasonCollector(Collector):
 def explain(exc: B.BpfError, caps: int, seccomp: int) -> str:
     """The precise reason for a failed set-up step, given the process's effective
     capabilities (CapEff) and seccomp mode (0 none, 2 filter)."""
-    text = str(exc)
+    text = exc.strerror or str(exc)
     if exc.errno == errno.ENOSYS:
         return f"{text}: the kernel has no bpf(2) (CONFIG_BPF_SYSCALL off) or a filter hides it"
     if exc.errno in (errno.EPERM, errno.EACCES):

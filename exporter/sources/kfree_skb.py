@@ -172,7 +172,9 @@ class ReasonTable:
         excluded: set[int] = set()
         limit = None
         for full, value in reasons.items():
-            short = full.removeprefix("SKB_DROP_REASON_").removeprefix("SKB_")
+            # One prefix only: SKB_DROP_REASON_SKB_CSUM is "SKB_CSUM"; SKB_CONSUMED is "CONSUMED".
+            short = (full.removeprefix("SKB_DROP_REASON_") if full.startswith("SKB_DROP_REASON_")
+                     else full.removeprefix("SKB_"))
             value &= 0xFFFFFFFF
             if short == "MAX":
                 limit = value

@@ -122,7 +122,8 @@ def reasons_517() -> list[tuple[str, int]]:
 def reasons_618() -> list[tuple[str, int]]:
     """The head and tail of 6.18's enum: two non-reasons first, renumbered reasons, MAX, mask."""
     names = ["NOT_SPECIFIED", "NO_SOCKET", "SOCKET_CLOSE", "SOCKET_FILTER", "SOCKET_RCVBUFF",
-             "NETFILTER_DROP", "NEIGH_FAILED", "QDISC_DROP", "CPU_BACKLOG", "FULL_RING"]
+             "NETFILTER_DROP", "NEIGH_FAILED", "QDISC_DROP", "CPU_BACKLOG", "FULL_RING",
+             "SKB_CSUM"]
     out = [("SKB_NOT_DROPPED_YET", 0), ("SKB_CONSUMED", 1)]
     out += [(f"SKB_DROP_REASON_{n}", i + 2) for i, n in enumerate(names)]
     out += [("SKB_DROP_REASON_MAX", len(names) + 2), ("SKB_DROP_REASON_SUBSYS_MASK", 0xFFFF0000)]

@@ -124,7 +124,8 @@ def test_btf_6_18_layout():
     table = K.reason_table_from_btf(b)
     assert table.core[3] == "NO_SOCKET" and table.core[2] == "NOT_SPECIFIED"
     assert table.excluded == {0, 1}
-    assert table.core_slots == 12 and table.subsys_slots == 3
+    assert table.core[12] == "SKB_CSUM"            # only the SKB_DROP_REASON_ prefix goes
+    assert table.core_slots == 13 and table.subsys_slots == 3
     assert table.subsys == {1: "SUBSYS_MAC80211_UNUSABLE", 2: "SUBSYS_OPENVSWITCH"}
     assert K.raw_layout_from_btf(b) == K.RawLayout(reason_arg=2, skb_arg=0,
                                                    protocol_offset=176, protocol_size=2)
@@ -205,11 +206,11 @@ def test_slots_core_subsystem_unknown():
     t = K.reason_table_from_btf(btfmod.Btf(layout(reasons_618(), subsys=SUBSYS_618)))
     assert t.slot(3) == 3 and t.slot_name(3) == "NO_SOCKET"
     assert t.slot_name(0) is None and t.slot_name(1) is None      # NOT_DROPPED_YET, CONSUMED
-    assert t.slot((2 << 16) | 7) == 12 + 1 and t.slot_name(13) == "SUBSYS_OPENVSWITCH"
-    assert t.slot((1 << 16) | 1) == 12
-    assert t.slot((3 << 16) | 1) == t.unknown_slot and t.slot(12) == t.unknown_slot
+    assert t.slot((2 << 16) | 7) == 13 + 1 and t.slot_name(14) == "SUBSYS_OPENVSWITCH"
+    assert t.slot((1 << 16) | 1) == 13
+    assert t.slot((3 << 16) | 1) == t.unknown_slot and t.slot(13) == t.unknown_slot
     assert t.slot_name(t.unknown_slot) == K.UNKNOWN
-    assert t.n_slots == 15
+    assert t.n_slots == 16
 
 
 def test_unnamed_number_is_exported_as_the_number():
