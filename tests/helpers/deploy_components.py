@@ -29,6 +29,10 @@ class Allowance:
     seccomp: dict = field(default_factory=lambda: dict(RUNTIME_DEFAULT))
     extra_args: tuple[str, ...] = ()                        # args appended to the base's
     files: tuple[str, ...] = ()                             # files the component ships
+    # (metric, value) that shows the component's privileges at work when the exporter runs with
+    # exactly its capabilities (tests/integration/test_least_privilege.py), and falls to 0 when
+    # any one of the added capabilities is missing
+    proof: tuple[str, float] | None = None
 
 
 BASE = Allowance()
@@ -38,11 +42,13 @@ COMPONENTS: dict[str, Allowance] = {
         caps=("NET_ADMIN", "BPF", "PERFMON"),
         seccomp={"type": "Localhost", "localhostProfile": "nodenet-exporter/seccomp-dropreason.json"},
         extra_args=("--collector.dropreason",),
-        files=("seccomp-dropreason.json",)),
+        files=("seccomp-dropreason.json",),
+        proof=("nodenet_dropreason_available", 1)),
     # the same without the profile, for runtimes whose RuntimeDefault already gates the two
     # calls on CAP_BPF/CAP_PERFMON (containerd >= 1.6.9, Docker >= 23.0)
     "dropreason/caps": Allowance(caps=("NET_ADMIN", "BPF", "PERFMON"),
-                                 extra_args=("--collector.dropreason",)),
+                                 extra_args=("--collector.dropreason",),
+                                 proof=("nodenet_dropreason_available", 1)),
 }
 
 
