@@ -6,7 +6,9 @@ Prints, in one run on this machine, nodenet-exporter side by side with node_expo
 - exposition: the writer vs prometheus_client's renderer at 300k samples (per-sample cost);
 - netdev, conntrack, ipvs: the scenario scripts beside this file (namespaces / the UML VM);
 - soak: RSS, page faults and CPU over 1,000 scrapes at node scale (2,000 interfaces; the
-  5,000 x 10 IPVS table replayed natively).
+  5,000 x 10 IPVS table replayed natively);
+- dropreason: a 1,000,000-datagram drop flood with the drop-reason program off / on / perf
+  stat counting the same tracepoint, and the scrape cost of the counters.
 Each part is bounded in time and removes what it creates.
 """
 from __future__ import annotations
@@ -29,6 +31,9 @@ SCENARIOS = {  # name -> (script beside this file, its arguments for --quick)
     "ipvs": ("ipvs_uml.py", ["--quick"]),
     # after ipvs: its native IPVS scenario replays the dump the ipvs run just captured
     "soak": ("soak.py", ["--quick"]),
+    # issue 16: ns per drop added by the drop-reason program (beside the flood's own cost and
+    # perf stat on the same tracepoint) and the scrape cost of its counters
+    "dropreason": ("dropreason_bench.py", ["--quick"]),
 }
 
 
