@@ -274,3 +274,56 @@ def test_without_cap_bpf_unavailable_success_and_one_log_line():
     reason = lines[0]["reason"]
     assert reason.startswith("raw_tracepoint (BTF /sys/kernel/btf/vmlinux): BPF_MAP_CREATE: EPERM")
     assert "missing CAP_BPF, CAP_PERFMON" in reason, reason
+
+
+# --------------------------------------------------------------------------- seccomp
+
+
+def _seccomp_profiles(tmp_path):
+    """(ours, the runtime default for the same caps): the shipped Localhost profile, and the same
+    without its added rule but with containers-common's refusal of bpf/perf_event_open to a
+    container lacking CAP_SYS_ADMIN."""
+    from pathlib import Path
+    comp = Path(__file__).resolve().parents[2] / "deploy" / "components" / "dropreason"
+    ours = json.loads((comp / "seccomp-dropreason.json").read_text())
+    default = dict(ours, syscalls=[r for r in ours["syscalls"] if "bpf" not in r["names"]] + [
+        {"names": ["bpf", "perf_event_open"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}])
+    paths = []
+    for name, prof in (("ours", ours), ("default", default)):
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps(prof))
+        paths.append(p)
+    return paths
+
+
+@pytest.mark.parametrize("which", ["ours", "default"])
+def test_seccomp_profile_with_exactly_the_component_caps(tmp_path, which):
+    """The exporter under the shipped Localhost profile (applied with libseccomp, as a runtime
+    does) with CAP_NET_ADMIN+CAP_BPF+CAP_PERFMON counts; under the runtime default for the same
+    capabilities it reports available 0 and names seccomp as the cause."""
+    import sys
+    from pathlib import Path
+    ours, default = _seccomp_profiles(tmp_path)
+    helper = Path(__file__).resolve().parents[1] / "helpers" / "seccomp_exec.py"
+    prefix = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all",
+              "--bounding-set=-all,+net_admin,+bpf,+perfmon", "--no-new-privs", "--",
+              sys.executable, str(helper), str(ours if which == "ours" else default), "--"]
+    with ExporterProcess(["--collector.disable-defaults", "--collector.dropreason"],
+                         prefix=prefix) as ex:
+        samples = parse_samples(ex.scrape())
+        status = open(f"/proc/{ex.proc.pid}/status").read()
+        assert "Seccomp:\t2" in status, "the exporter does not run under a seccomp filter"
+        assert sample(samples, "nodenet_scrape_collector_success", collector="dropreason") == 1
+        avail = sample(samples, "nodenet_dropreason_available")
+        records = [rec for rec in map(json.loads, ex.log().splitlines())
+                   if rec.get("collector") == "dropreason"]
+        prog_id = None
+        if which == "ours":
+            assert avail == 1, ex.log()
+            prog_id = next(r["prog_id"] for r in records if r.get("prog_id"))
+        else:
+            assert avail == 0, ex.log()
+            (rec,) = [r for r in records if "reason" in r]
+            assert "EPERM" in rec["reason"] and "seccomp filter (Seccomp: 2)" in rec["reason"], rec
+    if prog_id is not None:
+        assert gone_within(prog_id)
