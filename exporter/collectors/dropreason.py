@@ -111,7 +111,7 @@ class DropreasonCollector(Collector):
                 self.counter = K.DropCounter(arch, plan, n_cpus)
             except B.BpfError as exc:
                 failures.append(f"{plan.mode} ({plan.source}): {explain(exc, *self._own_status())}")
-                if exc.errno in (errno.EPERM, errno.EACCES, errno.ENOSYS):
+                if exc.errno in (errno.EPERM, errno.EACCES, errno.ENOSYS) and not exc.log:
                     why = []           # the other way needs the same permission: not tried
                     break
                 continue
@@ -150,6 +150,9 @@ def explain(exc: B.BpfError, caps: int, seccomp: int) -> str:
     text = exc.strerror or str(exc)
     if exc.errno == errno.ENOSYS:
         return f"{text}: the kernel has no bpf(2) (CONFIG_BPF_SYSCALL off) or a filter hides it"
+    if exc.log:                        # the verifier refused the program (EACCES/EINVAL...)
+        tail = [ln for ln in exc.log.strip().splitlines() if ln.strip()][-LOG_TAIL_LINES:]
+        return f"{text}; verifier log: " + " | ".join(tail)
     if exc.errno in (errno.EPERM, errno.EACCES):
         has = (caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1) or caps >> CAP_SYS_ADMIN & 1
         if has and seccomp:
@@ -161,7 +164,4 @@ def explain(exc: B.BpfError, caps: int, seccomp: int) -> str:
                    if not caps >> bit & 1]
         return (f"{text}: needs CAP_BPF and CAP_PERFMON (Linux >= 5.8; CAP_SYS_ADMIN before); "
                 f"missing {', '.join(missing) or 'none'} (CapEff={caps:#x})")
-    if exc.log:
-        tail = [ln for ln in exc.log.strip().splitlines() if ln.strip()][-LOG_TAIL_LINES:]
-        return f"{text}; verifier log: " + " | ".join(tail)
     return text

@@ -327,3 +327,19 @@ def test_seccomp_profile_with_exactly_the_component_caps(tmp_path, which):
             assert "EPERM" in rec["reason"] and "seccomp filter (Seccomp: 2)" in rec["reason"], rec
     if prog_id is not None:
         assert gone_within(prog_id)
+
+
+def test_verifier_refusal_carries_its_log():
+    """A program the verifier must refuse (it reads a register never written): the BpfError
+    holds the kernel's log and the collector's explanation ends with its last lines."""
+    from exporter.collectors.dropreason import explain
+    asm = B.Asm()
+    asm.movr(0, 5)                          # r5 is not initialised: "R5 !read_ok"
+    asm.exit()
+    with pytest.raises(B.BpfError) as info:
+        fd = B.prog_load(B.arch(), B.BPF_PROG_TYPE_RAW_TRACEPOINT, asm.assemble(), "nodenet_vtest")
+        os.close(fd)                        # (never reached; closes it if the kernel accepted)
+    exc = info.value
+    assert exc.errno == 13 and "R5 !read_ok" in exc.log, exc.log
+    text = explain(exc, 0, 0)
+    assert "verifier log:" in text and "R5 !read_ok" in text, text
