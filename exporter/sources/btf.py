@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import ParseError
 
@@ -45,8 +46,7 @@ _TAIL = {
 _MODIFIERS = (KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG)
 
 
-@dataclass(frozen=True)
-class Type:
+class Type(NamedTuple):
     kind: int
     name_off: int
     vlen: int
