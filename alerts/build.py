@@ -81,6 +81,7 @@ def rules(sel: str = JOB_SELECTOR) -> list[dict]:
         {"name": "nodenet-network", "rules": network},
         {"name": "nodenet-exporter", "rules": exporter},
         {"name": "nodenet-limits", "rules": limits_rules(sel, alert)},
+        *dropreason_groups(sel, alert),
     ]
 
 
@@ -175,6 +176,50 @@ def limits_rules(sel: str, alert) -> list[dict]:
               f" net.ipv4.ip_local_port_range and are not reserved: an outgoing connection can"
               f" take a NodePort's number and that Service stops answering on this node."),
     ]
+
+
+# ----------------------------------------------------------------- dropreason (issue 16)
+# Kernel drop reasons (nodenet_packet_drops_total{reason}) that mean trouble on a node, in ONE
+# place: the alert's regex is built from this list, docs/runbook.md and docs/dropreason.md
+# explain each family, alerts/tests/dropreason.test.yaml tests it. Everything not listed is
+# background or policy (NO_SOCKET scans, NETFILTER_DROP/TC_* from NetworkPolicy, TCP_* state
+# noise, NOT_SPECIFIED): visible on the dashboards, never paged on.
+DROP_REASONS_TROUBLE = (
+    # neighbour (ARP/NDP) resolution failed: a next hop or pod IP does not answer
+    "NEIGH_CREATEFAIL", "NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD",
+    # queueing disciplines full or shaping: egress congestion
+    "QDISC_DROP", "QDISC_OVERLIMIT", "QDISC_CONGESTED", "CAKE_FLOOD",
+    "FQ_BAND_LIMIT", "FQ_HORIZON_LIMIT", "FQ_FLOW_LIMIT",
+    # the CPU's input backlog (netdev_max_backlog) overflowed
+    "CPU_BACKLOG",
+    # a socket could not take the packet: receive buffer, backlog, protocol memory, accept queue
+    "SOCKET_RCVBUFF", "SOCKET_BACKLOG", "PROTO_MEM", "TCP_LISTEN_OVERFLOW",
+    "TCP_OFO_QUEUE_PRUNE",
+    # device ring full, no memory, device not ready
+    "FULL_RING", "NOMEM", "DEV_READY",
+    # too big for the path (MTU) and no route
+    "PKT_TOO_BIG", "IP_OUTNOROUTES",
+    # corrupted packets (checksums)
+    "IP_CSUM", "TCP_CSUM", "UDP_CSUM", "SKB_CSUM", "ICMP_CSUM",
+)
+# Drops per second (summed over protocols) that, sustained for DROP_REASONS_FOR, alert.
+DROP_REASONS_RATE = 1
+DROP_REASONS_FOR = "10m"
+
+
+def dropreason_groups(sel: str, alert) -> list[dict]:
+    reasons = "|".join(DROP_REASONS_TROUBLE)
+    return [{"name": "nodenet-dropreason", "rules": [
+        alert("NodenetPacketDropsByReason",
+              f"sum without(protocol) (\n"
+              f"  rate(nodenet_packet_drops_total{{{sel}, reason=~\"{reasons}\"}}[5m])\n"
+              f") > {DROP_REASONS_RATE}",
+              DROP_REASONS_FOR, "warning",
+              "The kernel is dropping packets for a reason that means trouble.",
+              f"Node {NODE} drops {{{{ printf \"%.3g\" $value }}}} packets per second with"
+              f" kernel drop reason {{{{ $labels.reason }}}} (skb:kfree_skb); see the runbook"
+              f" for what this reason means and how to confirm it."),
+    ]}]
 
 
 class _Dumper(yaml.SafeDumper):

@@ -579,6 +579,8 @@ def overview() -> dict:
                              f"({q.m('nodenet_scrape_collector_duration_seconds')})",
                              "{{collector}}")], "s", min_=0), 12, 7)
 
+    dropreason_overview(b, q)
+
     return dashboard(UID_OVERVIEW, "nodenet / Overview",
                      "Node network health across the cluster: conntrack saturation, IPVS "
                      "services, CPU steal, softnet and interface drops, overlay MTU.",
@@ -842,6 +844,8 @@ def node() -> dict:
     b.add(timeseries("Target up", "1 while Prometheus can scrape this node's exporter.",
                      [target(q.m("up"), "up")], "none", min_=0, max_=1), 12, 7)
 
+    dropreason_node(b, q)
+
     return dashboard(UID_NODE, "nodenet / Node",
                      "One node's network health in depth: conntrack, CPU steal and softnet per "
                      "CPU, interfaces and MTU, IPVS services and backends, tunables.",
@@ -937,6 +941,58 @@ def limits_panels(b: Board, q: Q, *, overview: bool) -> None:
     b.add(timeseries("Traffic refused by kernel limits",
                      "Per second: listen overflows, UDP receive buffer errors, reassembly "
                      "failures, neighbour table overflows.", refused, "short", min_=0), 16, 6)
+# ------------------------------------------------------------------------------- dropreason
+# Issue 16: nodenet_packet_drops_total{reason,protocol} from the opt-in dropreason collector
+# (empty panels on nodes without it; see nodenet_dropreason_available).
+DROPS_NOTE = ("Kernel drop reasons counted on skb:kfree_skb by the dropreason collector "
+              "(opt-in: deploy/components/dropreason); all network namespaces of the node. "
+              "Reasons that mean trouble are listed in alerts/build.py (NodenetPacketDropsByReason); "
+              "NO_SOCKET, NETFILTER_DROP and TCP_* are usually background or policy.")
+
+
+def dropreason_overview(b, q):
+    rate = f"sum without(protocol) ({q.rate('nodenet_packet_drops_total')})"
+    b.row("Drops by reason")
+    b.add(table("Top drop reasons per node",
+                "The 20 highest (node, reason) drop rates of the selected nodes. " + DROPS_NOTE,
+                [("Drops/s", target(f"topk(20, {rate} > 0)"))],
+                labels=("instance", "reason"), sort="Drops/s",
+                overrides=[col("instance", link=True), col("Drops/s", "pps")]), 12, 8)
+    b.add(timeseries("Drops by reason",
+                     "Drops per second by reason, summed over the selected nodes (top 10). "
+                     + DROPS_NOTE,
+                     [target(f"topk(10, sum by (reason) ({rate}))", "{{reason}}")],
+                     "pps", min_=0), 12, 8)
+    b.add(stat("Nodes counting drop reasons",
+               "Selected nodes whose exporter has the dropreason program loaded "
+               "(nodenet_dropreason_available 1).",
+               [target(f"count({q.m('nodenet_dropreason_available')} == 1) or vector(0)",
+                       instant=True)], "short"), 4, 4)
+
+
+def dropreason_node(b, q):
+    rate = q.rate("nodenet_packet_drops_total")
+    b.row("Drops by reason")
+    b.add(timeseries("Drops by reason",
+                     "This node's drops per second by kernel drop reason (protocols summed). "
+                     + DROPS_NOTE,
+                     [target(f"sum without(protocol) ({rate})", "{{reason}}")],
+                     "pps", min_=0), 16, 8)
+    b.add(table("Drops by reason and protocol",
+                "Current drop rate per reason and L3 protocol (ipv4, ipv6, arp, other = "
+                "non-IP: AF_UNIX, netlink...).",
+                [("Drops/s", target(f"{rate} > 0"))], labels=("reason", "protocol"),
+                hidden=("instance",), sort="Drops/s",
+                overrides=[col("Drops/s", "pps")]), 8, 8)
+    b.add(stat("Drop reasons counted",
+               "1 when the dropreason program is loaded on this node; 0 with the reason in the "
+               "exporter's log (kernel < 5.17, no CAP_BPF/CAP_PERFMON, seccomp...).",
+               [target(q.m("nodenet_dropreason_available"), instant=True)], "none",
+               thresholds=zero_bad()), 4, 4)
+    b.add(stat("Drop-reason runs missed",
+               "Runs the kernel skipped (another BPF program on the CPU): drops not counted.",
+               [target(q.rate("nodenet_dropreason_missed_total"), instant=True)], "cps",
+               thresholds=nonzero_bad()), 4, 4)
 
 
 # ------------------------------------------------------------------------------- output

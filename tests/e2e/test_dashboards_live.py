@@ -230,7 +230,9 @@ class Prometheus:
 def live():
     with netns("nn-dash") as ns:
         build_node(ns)
-        with ExporterProcess(netns=ns) as exporter, \
+        # + dropreason (off by default, the test runs as root): its "Drops by reason" panels are
+        # fed by the DropSender's frames (UNHANDLED_PROTO) and the host's own drops
+        with ExporterProcess(["--collector.dropreason"], netns=ns) as exporter, \
                 Prometheus(ns, exporter.address) as prom, DropSender(ns) as drops:
             deadline = time.monotonic() + 60
             count = 0
