@@ -182,7 +182,12 @@ def _getsockopt(sock: socket.socket, level: int, opt: int, buf) -> int:
 
 
 class Unavailable(Exception):
-    """No legacy table can be read here (the reason says why: no CAP_NET_ADMIN, ...)."""
+    """No legacy table can be read here: x_tables absent, or (``denied``) the kernel refused
+    the calls for want of CAP_NET_ADMIN."""
+
+    def __init__(self, reason: str, denied: bool = False):
+        super().__init__(reason)
+        self.denied = denied
 
 
 def read_raw(sock: socket.socket, fam: Family, name: str, attempts: int = 5,
@@ -237,7 +242,7 @@ def scan(procfs: str) -> tuple[list[Table], list[str]]:
                 except OSError as exc:
                     if exc.errno in (errno.EPERM, errno.EACCES):
                         raise Unavailable(f"{fam.name} table {name}: {exc.strerror} "
-                                          "(needs CAP_NET_ADMIN)") from None
+                                          "(needs CAP_NET_ADMIN)", denied=True) from None
                     if exc.errno == errno.ENOENT:
                         continue
                     problems.append(f"{fam.name} table {name}: {exc}")

@@ -124,3 +124,63 @@ def save_counts(text: str) -> dict:
             cur["rules"] += 1
             cur["chains"][m.group(1)] += 1
     return out
+
+
+def nft_script(rules: int = 500, chains: int = 20, table: str = "nn-test",
+               family: str = "inet") -> str:
+    """An nft -f script: `chains` chains (the first two base chains, the others jumped to)
+    holding `rules` rules in all, a named set of 50 elements (with ranges) and a map."""
+    per = rules // chains
+    names = ["input", "forward"] + [f"chain-{i:02d}" for i in range(chains - 2)]
+    out = [f"table {family} {table} {{",
+           "  set allowed { type ipv4_addr; flags interval; elements = { "
+           + ", ".join([f"10.1.{i}.0/24" for i in range(40)]
+                       + [f"192.0.2.{i}" for i in range(10)]) + " } }",
+           "  map ports { type inet_service : ipv4_addr; elements = { "
+           + ", ".join(f"{1000 + i} : 10.2.0.{i + 1}" for i in range(30)) + " } }"]
+    for ci, chain in enumerate(names):
+        out.append(f"  chain {chain} {{")
+        if ci == 0:
+            out.append("    type filter hook input priority 0; policy accept;")
+        elif ci == 1:
+            out.append("    type filter hook forward priority 0; policy accept;")
+        n = per + (1 if ci < rules % chains else 0)
+        for r in range(n):
+            if ci < 2 and r == 0 and len(names) > 2:
+                out.append(f"    jump {names[2 + ci]}")
+            elif r % 5 == 0:
+                out.append(f"    ip saddr @allowed tcp dport {{ {r + 1}, {r + 2} }} accept")
+            else:
+                out.append(f"    ip daddr 10.3.{ci}.{r % 250} tcp dport {r + 1} counter drop")
+        out.append("  }")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _elements(obj: dict) -> int:
+    return len(obj.get("elem", []))
+
+
+def nft_json_counts(doc: dict) -> dict:
+    """nft -j list ruleset -> {(family, table): {"chains": {chain: rules}, "sets": n,
+    "elements": n}}, and the metainfo under key None."""
+    out: dict = {}
+    for item in doc["nftables"]:
+        ((kind, obj),) = item.items()
+        if kind == "metainfo":
+            out[None] = obj
+            continue
+        if kind == "table":
+            out.setdefault((obj["family"], obj["name"]),
+                           {"chains": Counter(), "sets": 0, "elements": 0})
+            continue
+        t = out.setdefault((obj["family"], obj["table"]),
+                           {"chains": Counter(), "sets": 0, "elements": 0})
+        if kind == "chain":
+            t["chains"].setdefault(obj["name"], 0)
+        elif kind == "rule":
+            t["chains"][obj["chain"]] += 1
+        elif kind in ("set", "map"):
+            t["sets"] += 1
+            t["elements"] += _elements(obj)
+    return out
