@@ -54,7 +54,7 @@ def scrape():
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"exporter did not answer: {proc.stderr.read()}")
+                    raise RuntimeError(f"exporter did not answer: {proc.stderr.read()}") from None
                 time.sleep(0.2)
     finally:
         proc.terminate()
