@@ -133,7 +133,8 @@ def parse_entries(fam: Family, info: Info, blob: bytes, family_label: str | None
         seen += 1
         hook = hooks.get(off)
         tgt = off + target_offset
-        is_error = _cstr(blob, tgt + _TARGET_NAME, 29) == b"ERROR"
+        # the target's name, compared in place (most entries: "" = standard, or an extension)
+        is_error = blob[tgt + _TARGET_NAME:tgt + _TARGET_NAME + 6] == b"ERROR\0"
         if hook is not None or is_error:
             if chain is not None:  # close the chain: its last entry is a policy / tail
                 chains[chain] = max(0, in_chain - 1)

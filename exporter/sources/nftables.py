@@ -115,6 +115,64 @@ def decode_rule(m: nl.Message) -> tuple[int, str, str] | None:
     return af, _name(m, a, NFTA_RULE_TABLE, "rule"), _name(m, a, NFTA_RULE_CHAIN, "rule")
 
 
+_NEWRULE = NFNL_SUBSYS_NFTABLES << 8 | 6
+_HDR = nl.HDR.unpack_from
+_ATTR = nl.ATTR.unpack_from
+
+
+def fold_rule_datagram(reply: nl.Reply, data, counts: dict) -> None:
+    """Counts the rules of one GETRULE dump datagram into ``counts`` {key: n}, in one walk.
+
+    The fast path for the bulk of a ruleset (one message per rule): the kernel writes
+    NFTA_RULE_TABLE then NFTA_RULE_CHAIN first (nf_tables_fill_rule_info), so the key is the
+    raw bytes from the nfgenmsg to the end of the chain attribute, and no attribute after
+    them (handle, expressions) is read.  A message of another shape is decoded by
+    :func:`decode_rule` and keyed by its names.  :func:`rule_key_names` turns keys into
+    (family, table, chain); tests/unit/test_nftables_source.py keeps this equal to decoding
+    every message with :func:`decode_rule`."""
+    seq = reply.seq
+    off, n = 0, len(data)
+    while off + nl.HDR_LEN <= n:
+        ln, mtype, flags, mseq, _pid = _HDR(data, off)
+        if ln < nl.HDR_LEN or off + ln > n:
+            raise ParseError(f"nftables GETRULE: message at offset {off} has length {ln}, "
+                             f"{n - off} bytes left")
+        if mseq == seq:
+            if mtype < nl.NLMSG_MIN_TYPE:
+                reply.control(data, off)
+                if reply.done:
+                    return
+            elif mtype == _NEWRULE:
+                if flags & nl.NLM_F_DUMP_INTR:
+                    reply.interrupted = True
+                s, e = off + nl.HDR_LEN, off + ln
+                key = None
+                p1 = s + NFGEN_LEN
+                if p1 + 4 <= e:
+                    l1, t1 = _ATTR(data, p1)
+                    p2 = p1 + ((l1 + 3) & ~3)
+                    if (t1 & nl.NLA_TYPE_MASK) == NFTA_RULE_TABLE and l1 >= 4 and p2 + 4 <= e:
+                        l2, t2 = _ATTR(data, p2)
+                        if (t2 & nl.NLA_TYPE_MASK) == NFTA_RULE_CHAIN and l2 >= 4 and \
+                                p2 + l2 <= e:
+                            key = bytes(data[s:p2 + l2])
+                if key is None:
+                    key = decode_rule(nl.Message(mtype, flags, mseq, data, s, e))
+                counts[key] = counts.get(key, 0) + 1
+        off += (ln + 3) & ~3
+    if off < n:
+        raise ParseError(f"nftables GETRULE: {n - off} trailing bytes at offset {off}, shorter "
+                         f"than a netlink header")
+
+
+def rule_key_names(key) -> tuple[int, str, str]:
+    """(family, table, chain) of a :func:`fold_rule_datagram` key."""
+    if isinstance(key, tuple):
+        return key
+    a = nl.attrs(key, NFGEN_LEN, len(key), "nftables rule key")
+    return (key[0], nl.string(key, a[NFTA_RULE_TABLE]), nl.string(key, a[NFTA_RULE_CHAIN]))
+
+
 def decode_set(m: nl.Message) -> tuple[int, str, str, int] | None:
     """(family, table, set, flags)."""
     if m.type != msg_type(9):  # NFT_MSG_NEWSET
@@ -242,11 +300,15 @@ class NftReader:
 
     @staticmethod
     def _bounded_dump(sock: nl.NetlinkSocket, cmd: int, payload: bytes, fold, t_end: float,
-                      context: str) -> bool:
-        """Runs one dump through ``fold(Message)``; False if the deadline cut it."""
+                      context: str, per_datagram=None) -> bool:
+        """Runs one dump through ``fold(Message)`` (or ``per_datagram(reply, data)``);
+        False if the deadline cut it."""
         reply = sock.send(msg_type(cmd), nl.NLM_F_DUMP, payload, context)
         try:
             for data in sock.datagrams(reply, deadline=max(0.0, t_end - time.monotonic())):
+                if per_datagram is not None:
+                    per_datagram(reply, data)
+                    continue
                 for m in reply.messages(data):
                     fold(m)
         except TimeoutError:
@@ -263,14 +325,15 @@ class NftReader:
                                context="nftables GETCHAIN")
             sets = sock.dump(msg_type(NFT_MSG_GETSET), request_payload(), decode_set,
                              context="nftables GETSET")
-            counts: dict[tuple[int, str, str], int] = {}
-
-            def fold_rule(m: nl.Message) -> None:
-                key = decode_rule(m)
-                if key is not None:
-                    counts[key] = counts.get(key, 0) + 1
-            complete = self._bounded_dump(sock, NFT_MSG_GETRULE, request_payload(), fold_rule,
-                                          t_end, "nftables GETRULE")
+            raw: dict = {}
+            complete = self._bounded_dump(
+                sock, NFT_MSG_GETRULE, request_payload(), None, t_end, "nftables GETRULE",
+                per_datagram=lambda reply, data: fold_rule_datagram(reply, data, raw))
+        counts: dict[tuple[int, str, str], int] = {}
+        for key, n in raw.items():
+            if key is not None:
+                names = rule_key_names(key)
+                counts[names] = counts.get(names, 0) + n
         rs, named = build_ruleset(gen, tables, chains, sets, counts.items())
         rs.partial = not complete
         if not complete:
