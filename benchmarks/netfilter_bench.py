@@ -12,7 +12,9 @@ KUBE-SVC-* per Service -> one KUBE-SEP-* per endpoint; tests/helpers/netfilter_r
 
 In each, in one run: nodenet-exporter with only the netfilter collector (scraped over HTTP:
 wall p50/p95 client side, CPU per scrape of the process, the collector's own duration as it
-reports it, RSS), and the kernel tool a user would run instead, `iptables-legacy-save | wc -l`
+reports it, RSS) - for nft also with a commit before every scrape (the collector reuses its
+counts while the generation id is unchanged, so this row is the cost of a walk) - and the
+kernel tool a user would run instead, `iptables-legacy-save | wc -l`
 or `nft list ruleset | wc -l` (wall and CPU of the pipeline, `ip netns exec` included).  The
 exporter's counts are checked against the tools' (rules = -A lines; nft rules = the script's).
 Bounded: every load and loop has a count and a time limit; processes are stopped by PID.
@@ -67,16 +69,47 @@ def value(body: str, name: str, **labels) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def ours(ns: str, scrapes: int) -> tuple[dict, str, list[float]]:
+def measure_churned(ex: Server, ns: str, n: int, max_seconds: float = 300.0) -> dict:
+    """As Server.measure, but with one nftables commit (a table added and deleted in one
+    transaction, by `nft`, outside the timed part) before every scrape: the generation moves,
+    so the collector must walk the whole ruleset each time."""
+    ex.fetch()
+    walls, cpu = [], 0.0
+    deadline = time.monotonic() + max_seconds
+    body = b""
+    for _ in range(n):
+        if time.monotonic() > deadline:
+            break
+        run(["nft", "-f", "-"], netns=ns, input="add table ip nn-tick\ndelete table ip nn-tick\n")
+        c0 = ex.cpu_seconds()
+        t0 = time.perf_counter()
+        body = ex.fetch()
+        walls.append(time.perf_counter() - t0)
+        cpu += ex.cpu_seconds() - c0
+    walls.sort()
+    samples = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    return {"target": "nodenet-exporter (commit each scrape)", "samples": samples,
+            "scrapes": len(walls), "wall_p50_ms": 1000 * statistics.median(walls),
+            "wall_p95_ms": 1000 * walls[min(len(walls) - 1, int(0.95 * len(walls)))],
+            "cpu_ms": 1000 * cpu / max(1, len(walls)), "rss_mib": ex.rss_mib()}
+
+
+def durations_of(ex: Server, n: int) -> tuple[str, list[float]]:
+    body, out = "", []
+    for _ in range(n):
+        body = ex.fetch().decode()
+        out.append(value(body, "nodenet_scrape_collector_duration_seconds",
+                         collector="netfilter") or 0.0)
+    return body, out
+
+
+def ours(ns: str, scrapes: int, churn: bool) -> tuple[list[dict], str, list[float]]:
     with Server.nodenet(ARGS, netns=ns) as ex:
-        m = ex.measure(n=scrapes)
-        durations = []
-        body = ""
-        for _ in range(min(scrapes, 10)):
-            body = ex.fetch().decode()
-            durations.append(value(body, "nodenet_scrape_collector_duration_seconds",
-                                   collector="netfilter") or 0.0)
-    return m, body, durations
+        rows = [ex.measure(n=scrapes)]
+        body, durations = durations_of(ex, min(scrapes, 10))
+        if churn:
+            rows.append(measure_churned(ex, ns, scrapes))
+    return rows, body, durations
 
 
 def scenario(kind: str, services: int, endpoints: int, scrapes: int, runs: int) -> None:
@@ -93,7 +126,7 @@ def scenario(kind: str, services: int, endpoints: int, scrapes: int, runs: int) 
             labels = {"backend": "nftables", "family": "ip", "table": "kube-proxy-bench"}
             pipeline = "nft list ruleset | wc -l"
         load = time.monotonic() - t0
-        m, body, durations = ours(ns, scrapes)
+        ms, body, durations = ours(ns, scrapes, churn=kind == "nft")
         t = tool(ns, pipeline, runs)
         got = value(body, "nodenet_netfilter_rules", **labels)
         chains = value(body, "nodenet_netfilter_chains", **labels)
@@ -104,7 +137,8 @@ def scenario(kind: str, services: int, endpoints: int, scrapes: int, runs: int) 
         else:
             want = rules
         name = f"{kind}: {services} svc x {endpoints} ep"
-        print(row(name, m, t))
+        for m in ms:
+            print(row(name, m, t))
         print(row(name, t))
         ok = "equal" if got == want else f"DIFFERENT (tool {want})"
         print(f"  {kind}: {int(got or 0)} rules, {int(chains or 0)} chains in the table "

@@ -7,6 +7,8 @@ Prints, in one run on this machine, nodenet-exporter side by side with node_expo
 - netdev, conntrack, ipvs: the scenario scripts beside this file (namespaces / the UML VM);
 - soak: RSS, page faults and CPU over 1,000 scrapes at node scale (2,000 interfaces; the
   5,000 x 10 IPVS table replayed natively).
+- netfilter: 5,000 kube-proxy-like Services in iptables-legacy and in nftables, the netfilter
+  collector beside `iptables-legacy-save | wc -l` and `nft list ruleset | wc -l`.
 Each part is bounded in time and removes what it creates.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ SCENARIOS = {  # name -> (script beside this file, its arguments for --quick)
     "ipvs": ("ipvs_uml.py", ["--quick"]),
     # after ipvs: its native IPVS scenario replays the dump the ipvs run just captured
     "soak": ("soak.py", ["--quick"]),
+    "netfilter": ("netfilter_bench.py", ["--quick"]),  # issue 19: legacy and nft, 5,000 Services
 }
 
 

@@ -146,7 +146,7 @@ def fold_rule_datagram(reply: nl.Reply, data, counts: dict) -> None:
                 if flags & nl.NLM_F_DUMP_INTR:
                     reply.interrupted = True
                 s, e = off + nl.HDR_LEN, off + ln
-                key = None
+                key: bytes | tuple[int, str, str] | None = None
                 p1 = s + NFGEN_LEN
                 if p1 + 4 <= e:
                     l1, t1 = _ATTR(data, p1)
@@ -285,9 +285,17 @@ def build_ruleset(generation: int, tables: Iterable, chains: Iterable, sets: Ite
 class NftReader:
     """Reads the calling thread's namespace's nftables ruleset counts (one socket per read)."""
 
-    def __init__(self, socket_factory: Callable[[], nl.NetlinkSocket] | None = None):
+    def __init__(self, socket_factory: Callable[[], nl.NetlinkSocket] | None = None,
+                 reuse: bool = True):
         self.socket_factory = socket_factory or (
             lambda: nl.NetlinkSocket(nl.NETLINK_NETFILTER, timeout=1.0, deadline=5.0))
+        # tables, chains, sets and rule counts of the last complete read, keyed by the
+        # generation id read BEFORE its dumps: the ruleset cannot change without a commit,
+        # so an unchanged generation means they are still right (set elements are not kept:
+        # the packet path and timeouts change dynamic sets without a commit)
+        self.reuse = reuse
+        self._kept: tuple | None = None
+        self.reused = False  # whether the last read() took them from the previous one
 
     @staticmethod
     def generation(sock: nl.NetlinkSocket) -> int:
@@ -315,25 +323,41 @@ class NftReader:
             return False
         return True
 
-    def read(self, seconds: float = 2.0, elements: bool = True) -> Ruleset:
-        t_end = time.monotonic() + seconds
-        with self.socket_factory() as sock:
-            gen = self.generation(sock)
-            tables = sock.dump(msg_type(NFT_MSG_GETTABLE), request_payload(), decode_table,
-                               context="nftables GETTABLE")
-            chains = sock.dump(msg_type(NFT_MSG_GETCHAIN), request_payload(), decode_chain,
-                               context="nftables GETCHAIN")
-            sets = sock.dump(msg_type(NFT_MSG_GETSET), request_payload(), decode_set,
-                             context="nftables GETSET")
-            raw: dict = {}
-            complete = self._bounded_dump(
-                sock, NFT_MSG_GETRULE, request_payload(), None, t_end, "nftables GETRULE",
-                per_datagram=lambda reply, data: fold_rule_datagram(reply, data, raw))
+    def _dumps(self, sock: nl.NetlinkSocket, t_end: float) -> tuple:
+        tables = sock.dump(msg_type(NFT_MSG_GETTABLE), request_payload(), decode_table,
+                           context="nftables GETTABLE")
+        chains = sock.dump(msg_type(NFT_MSG_GETCHAIN), request_payload(), decode_chain,
+                           context="nftables GETCHAIN")
+        sets = sock.dump(msg_type(NFT_MSG_GETSET), request_payload(), decode_set,
+                         context="nftables GETSET")
+        raw: dict = {}
+        complete = self._bounded_dump(
+            sock, NFT_MSG_GETRULE, request_payload(), None, t_end, "nftables GETRULE",
+            per_datagram=lambda reply, data: fold_rule_datagram(reply, data, raw))
         counts: dict[tuple[int, str, str], int] = {}
         for key, n in raw.items():
             if key is not None:
                 names = rule_key_names(key)
                 counts[names] = counts.get(names, 0) + n
+        return list(tables), list(chains), list(sets), counts, complete
+
+    def read(self, seconds: float = 2.0, elements: bool = True) -> Ruleset:
+        """The ruleset's counts; an unchanged generation reuses the last complete read's
+        tables, chains, sets and rules (one GETGEN request), set elements are counted anew."""
+        t_end = time.monotonic() + seconds
+        with self.socket_factory() as sock:
+            gen = self.generation(sock)
+            kept = self._kept
+            self.reused = kept is not None and kept[0] == gen
+            if self.reused:
+                assert kept is not None
+                _gen, tables, chains, sets, counts = kept
+                complete = True
+            else:
+                self._kept = None
+                tables, chains, sets, counts, complete = self._dumps(sock, t_end)
+                if complete and self.reuse:
+                    self._kept = (gen, tables, chains, sets, counts)
         rs, named = build_ruleset(gen, tables, chains, sets, counts.items())
         rs.partial = not complete
         if not complete:

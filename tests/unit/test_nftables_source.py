@@ -290,3 +290,43 @@ def test_fast_rule_path_equals_the_generic_decoder_under_mutation(which, data):
     fast, fr = _fast_counts(m, seq)
     assert fast == generic
     assert (fr.done, fr.interrupted) == (gr.done, gr.interrupted)
+
+
+def test_an_unchanged_generation_reuses_the_ruleset_and_recounts_elements():
+    transports = []
+
+    def factory():
+        t = nl.ReplayTransport(lambda req: ANSWERS.get(zero_seq(req)))
+        transports.append(t)
+        return nl.NetlinkSocket(nl.NETLINK_NETFILTER, transport=t)
+    reader = nftables.NftReader(factory)
+    first = reader.read(5.0)
+    assert not reader.reused
+    sent_before = sum(len(t.sent) for t in transports)
+    second = reader.read(5.0)
+    assert reader.reused and second.tables == first.tables
+    kinds = [r[4] for t in transports for r in t.sent][sent_before:]
+    assert nftables.NFT_MSG_GETRULE not in kinds and nftables.NFT_MSG_GETCHAIN not in kinds
+    assert kinds[0] == nftables.NFT_MSG_GETGEN and nftables.NFT_MSG_GETSETELEM in kinds
+
+
+def test_a_new_generation_or_a_partial_read_is_never_reused():
+    gen = [CAPTURE["generation"]]
+
+    def edit(request, datagrams):
+        if request[4] != nftables.NFT_MSG_GETGEN:
+            return datagrams
+        # the captured NEWGEN with another generation id (NFTA_GEN_ID is its first attribute)
+        d = bytearray(datagrams[0])
+        struct.pack_into("!I", d, nl.HDR_LEN + nftables.NFGEN_LEN + 4, gen[0])
+        return [bytes(d)]
+    reader = nftables.NftReader(replay_factory(edit=edit))
+    assert reader.read(5.0).generation == CAPTURE["generation"] and not reader.reused
+    gen[0] += 1
+    assert reader.read(5.0).generation == CAPTURE["generation"] + 1 and not reader.reused
+    assert reader.read(5.0).generation == CAPTURE["generation"] + 1 and reader.reused
+
+    def cut(request, datagrams):
+        return datagrams[:0] if request[4] == nftables.NFT_MSG_GETRULE else datagrams
+    partial = nftables.NftReader(replay_factory(edit=cut))
+    assert partial.read(0.1).partial and partial.read(0.1).partial and not partial.reused
