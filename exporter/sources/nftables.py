@@ -29,6 +29,7 @@ not finished by then leaves the counts partial (``Ruleset.partial``), never bloc
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gzip
 import os
@@ -142,9 +143,14 @@ def fold_rule_datagram(reply: nl.Reply, data, counts: dict) -> None:
                 reply.control(data, off)
                 if reply.done:
                     return
-            elif mtype == _NEWRULE:
+            else:  # a data message: the same end-of-reply rules as Reply.messages
                 if flags & nl.NLM_F_DUMP_INTR:
                     reply.interrupted = True
+                if not flags & nl.NLM_F_MULTI and not reply.ack:
+                    reply.done = True
+                if mtype != _NEWRULE:
+                    off += (ln + 3) & ~3
+                    continue
                 s, e = off + nl.HDR_LEN, off + ln
                 key: bytes | tuple[int, str, str] | None = None
                 p1 = s + NFGEN_LEN
@@ -351,14 +357,19 @@ class NftReader:
             self.reused = kept is not None and kept[0] == gen
             if self.reused:
                 assert kept is not None
-                _gen, tables, chains, sets, counts = kept
+                _gen, built, named = kept
+                # fresh TableCounts (elements are counted below); the chains dicts are shared
+                # read-only with the kept read
+                rs = Ruleset(gen, {k: dataclasses.replace(t, elements=0)
+                                   for k, t in built.tables.items()})
                 complete = True
             else:
                 self._kept = None
                 tables, chains, sets, counts, complete = self._dumps(sock, t_end)
+                rs, named = build_ruleset(gen, tables, chains, sets, counts.items())
                 if complete and self.reuse:
-                    self._kept = (gen, tables, chains, sets, counts)
-        rs, named = build_ruleset(gen, tables, chains, sets, counts.items())
+                    self._kept = (gen, rs, named)
+                    rs = Ruleset(gen, {k: dataclasses.replace(t) for k, t in rs.tables.items()})
         rs.partial = not complete
         if not complete:
             rs.elements_counted = False
