@@ -103,9 +103,12 @@ class NetfilterCollector(Collector):
         self.budget = s.get("collector.timeout") or 4.0
         self.nft = nftables.NftReader()
         self._problems: str | None = None
+        self._selected: dict[int, tuple[dict, list]] = {}
+        self._selected_now: dict[int, tuple[dict, list]] = {}
 
     def collect(self):
         t0 = time.monotonic()
+        self._selected, self._selected_now = self._selected_now, {}
         fams = {m: m.family() for m in TABLE_METRICS}
         absent: list[str] = []
         problems: list[str] = []
@@ -156,10 +159,17 @@ class NetfilterCollector(Collector):
         want = self.chains_re
         if want is None:
             return
+        # an nftables read reused by generation hands the same chains dict again: its
+        # selection (a regex search per chain, 15,000 at kube-proxy scale) is kept with it
+        hit = self._selected.get(id(chains))
+        if hit is not None and hit[0] is chains:
+            picked = hit[1]
+        else:
+            picked = [(c, n) for c, n in chains.items() if want.search(c)]
+        self._selected_now[id(chains)] = (chains, picked)
         per_chain = fams[CHAIN_RULES]
-        for chain, n in chains.items():
-            if want.search(chain):
-                per_chain.add(lv + (chain,), n)
+        for chain, n in picked:
+            per_chain.add(lv + (chain,), n)
 
     def _legacy(self, fams: dict, tables: list[iptables.Table]) -> None:
         for t in sorted(tables, key=lambda t: (t.family, t.name)):

@@ -330,3 +330,16 @@ def test_a_new_generation_or_a_partial_read_is_never_reused():
         return datagrams[:0] if request[4] == nftables.NFT_MSG_GETRULE else datagrams
     partial = nftables.NftReader(replay_factory(edit=cut))
     assert partial.read(0.1).partial and partial.read(0.1).partial and not partial.reused
+
+
+def test_collector_second_scrape_reuses_and_exports_the_same(tmp_path):
+    g, _ = _collector(tmp_path, replay_factory(), sysfs_module=True)
+    first = scrape(g)
+    second = scrape(g)
+    assert g.collectors["netfilter"].nft.reused
+
+    def netfilter(s):
+        return {k: v for k, v in s.items() if k[0].startswith("nodenet_netfilter_")}
+    assert netfilter(first) == netfilter(second)
+    assert sample(second, "nodenet_netfilter_chain_rules", backend="nftables", family="ip",
+                  table="filter", chain="FORWARD") == 1
