@@ -87,8 +87,9 @@ class NetfilterCollector(Collector):
         Option("collector.netfilter.chains", parse_regex, DEFAULT_CHAINS,
                "Chains whose rule count is exported (nodenet_netfilter_chain_rules); matched "
                "(search) against the chain name", "REGEX"),
-        Option("collector.netfilter.timeout", parse_duration, 2.0,
-               "Budget of the nftables rule and set element count per scrape", "DURATION"),
+        Option("collector.netfilter.timeout", parse_duration, 3.0,
+               "Budget of the nftables rule and set element count per scrape (clipped to 3/4 "
+               "of --collector.timeout)", "DURATION"),
         Option("collector.netfilter.set-elements", parse_bool, True,
                "Count the elements of nftables named sets and maps (one dump per set)"),
     )
@@ -98,7 +99,7 @@ class NetfilterCollector(Collector):
         s = ctx.settings
         pattern = s.get("collector.netfilter.chains", DEFAULT_CHAINS)
         self.chains_re = re.compile(pattern) if pattern else None
-        self.timeout = s.get("collector.netfilter.timeout", 2.0)
+        self.timeout = s.get("collector.netfilter.timeout", 3.0)
         self.elements = s.get("collector.netfilter.set-elements", True)
         self.budget = s.get("collector.timeout") or 4.0
         self.nft = nftables.NftReader()
