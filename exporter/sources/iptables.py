@@ -161,12 +161,19 @@ def parse_entries(fam: Family, info: Info, blob, family_label: str | None = None
 
 
 def table_names(procfs: str, fam: Family) -> list[str] | None:
-    """Tables of this network namespace, or None when the family's x_tables is absent."""
+    """Tables of this network namespace, or None when the family's x_tables is absent.
+
+    The names files are root's only (mode 0440): a process that is not root cannot read them
+    (:class:`Unavailable`, ``denied``), as it could not read the tables either."""
+    path = os.path.join(procfs, "net", fam.names_file)
     try:
-        with open(os.path.join(procfs, "net", fam.names_file), encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             return [line.strip() for line in f if line.strip()]
     except FileNotFoundError:
         return None
+    except PermissionError as exc:
+        raise Unavailable(f"{path}: {exc.strerror} (readable by root only; the tables need "
+                          "CAP_NET_ADMIN as root)", denied=True) from None
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

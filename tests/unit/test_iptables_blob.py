@@ -127,3 +127,19 @@ def test_fuzzed_blobs_raise_only_blob_errors(which, data):
         return
     assert t.rules >= 0 and all(n >= 0 for n in t.chains.values())
     assert t.rules <= len(blob) // fam.entry_size
+
+
+def test_unreadable_names_file_is_denied_not_a_failure(tmp_path, monkeypatch):
+    """/proc/net/ip_tables_names is mode 0440 root: a non-root exporter gets EACCES."""
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "ip_tables_names").write_text("filter\n")
+    real_open = open
+
+    def refusing_open(path, *a, **kw):
+        if str(path).endswith("_tables_names"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **kw)
+    monkeypatch.setattr("builtins.open", refusing_open)
+    with pytest.raises(iptables.Unavailable, match="root only") as exc:
+        iptables.scan(str(tmp_path))
+    assert exc.value.denied
