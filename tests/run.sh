@@ -10,7 +10,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 # Debian packages the real-server and real-kernel tests use.
 PKGS="prometheus prometheus-alertmanager prometheus-node-exporter ipvsadm conntrack nftables
-      iproute2 libcap2-bin util-linux procps curl openssl kmod"
+      iproute2 libcap2-bin util-linux procps curl openssl kmod iptables"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
