@@ -286,3 +286,22 @@ def test_hex_round_trip(tmp_path):
     p = tmp_path / "x.hex"
     p.write_text(nl.format_hex(data, "captured\nby a test"))
     assert nl.load_hex(str(p)) == data
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(st.tuples(st.integers(1, 40), st.binary(max_size=12)), max_size=12))
+def test_attr_index_and_at_getters_agree_with_attrs_and_span_getters(items):
+    data = b"".join(nl.attr(t, p) for t, p in items)
+    spans = nl.attrs(data, 0, len(data))
+    index = nl.attr_index(data, 0, len(data))
+    assert {t: nl.span(data, off) for t, off in index.items()} == spans
+    for t, off in index.items():
+        for at, plain in ((nl.u8_at, nl.u8), (nl.u16_at, nl.u16), (nl.u32_at, nl.u32),
+                          (nl.s32_at, nl.s32), (nl.u64_at, nl.u64)):
+            try:
+                want = plain(data, spans[t])
+            except ParseError:
+                with pytest.raises(ParseError):
+                    at(data, off)
+            else:
+                assert at(data, off) == want
