@@ -40,6 +40,7 @@ import time
 
 from ..config import Option, parse_bool, parse_duration, parse_list, parse_positive_int
 from ..metrics import COUNTER, GAUGE, Metric
+from ..sources import ParseError
 from ..sources import conntrack as ct
 from ..sources import netns, procfs
 from .base import Collector, register
@@ -194,7 +195,7 @@ class ConntrackCollector(Collector):
         except (FileNotFoundError, NotADirectoryError):
             return None
         if len(values) != 1:
-            raise ct.ConntrackParseError(f"{path}: {len(values)} values, expected 1")
+            raise ParseError(f"{path}: {len(values)} values, expected 1")
         return values[0]
 
     def _buckets(self) -> int | None:
@@ -347,7 +348,7 @@ class ConntrackCollector(Collector):
                 counter, partial = nl.state_counts(self.states_max, seconds)
             finally:
                 nl.close()
-        except (OSError, ct.ConntrackParseError) as exc:
+        except (OSError, ParseError) as exc:
             self._warn_once("states", f"conntrack state dump failed: {exc}")
             yield fam
             yield BY_STATE_PARTIAL.single(1)
