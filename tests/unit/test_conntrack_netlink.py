@@ -156,7 +156,8 @@ def test_fast_paths_agree_with_the_full_attribute_walk():
 
 def _entry(proto, ipv6, state, before, after, tcp_extra, protoinfo_first):
     """One CT_NEW message as ctnetlink_fill_info writes it, with optional extra attributes."""
-    CTA_TUPLE_IP, CTA_IP_V4_SRC, CTA_IP_V6_SRC, CTA_TUPLE_REPLY, CTA_STATUS, CTA_MARK = 1, 1, 3, 2, 3, 8
+    CTA_TUPLE_IP, CTA_IP_V4_SRC, CTA_IP_V6_SRC = 1, 1, 3
+    CTA_TUPLE_REPLY, CTA_STATUS, CTA_MARK = 2, 3, 8
     ip = nl.nested(CTA_TUPLE_IP, nl.attr(CTA_IP_V6_SRC if ipv6 else CTA_IP_V4_SRC,
                                          b"\1" * (16 if ipv6 else 4)))
     l4 = nl.nested(ct.CTA_TUPLE_PROTO, nl.attr_u8(ct.CTA_PROTO_NUM, proto),
