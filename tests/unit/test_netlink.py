@@ -305,3 +305,20 @@ def test_attr_index_and_at_getters_agree_with_attrs_and_span_getters(items):
                     at(data, off)
             else:
                 assert at(data, off) == want
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.lists(st.binary(max_size=24), min_size=1, max_size=6), st.booleans(), st.booleans(),
+       st.integers(0, 2**32 - 1))
+def test_replay_sets_every_sequence_number(payloads, same_length, with_done, seq):
+    """Equal-length messages (rewritten in one slice, a trailing DONE too) and mixed ones
+    (walked) alike."""
+    if same_length:
+        payloads = [payloads[0]] * len(payloads)
+    data = b"".join(msg(20, seq=1, payload=p) for p in payloads)
+    if with_done:
+        data += done(1)
+    got = nl._with_seq(data, seq)
+    n = len(payloads) + with_done
+    assert [q for _t, _f, q, _s, _e in nl.iter_messages(got)] == [seq] * n
+    assert [got[s:e] for *_x, s, e in nl.iter_messages(got)][:len(payloads)] == payloads
