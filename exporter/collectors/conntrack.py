@@ -40,7 +40,7 @@ import time
 
 from ..config import Option, parse_bool, parse_duration, parse_list, parse_positive_int
 from ..metrics import COUNTER, GAUGE, Metric
-from ..sources import ParseError
+from ..sources import ParseError, Unavailable
 from ..sources import conntrack as ct
 from ..sources import netns, procfs
 from .base import Collector, register
@@ -124,6 +124,7 @@ class ConntrackCollector(Collector):
               "/run/netns, /proc/<pid>/ns/net")
     metrics = (ENTRIES, LIMIT, BUCKETS, EXPECT, AVAILABLE, SOURCE_INFO, BY_STATE,
                BY_STATE_PARTIAL, NETNS_ENTRIES, NETNS_FOUND, *PER_CPU.values())
+    availability_metric = AVAILABLE   # Unavailable -> available 0, success 1 (base.py)
     options = (
         Option("collector.conntrack.per-cpu", parse_bool, False,
                "Export the conntrack *_total counters per CPU (label cpu) instead of summed"),
@@ -258,10 +259,8 @@ class ConntrackCollector(Collector):
         reason = None
         if not self._module_present():
             self._note_source(None)
-            yield self.availability(AVAILABLE, False, "nf_conntrack is not loaded (no "
-                                    "/proc/sys/net/netfilter/nf_conntrack_max, no "
-                                    "/sys/module/nf_conntrack)")
-            return
+            raise Unavailable("nf_conntrack is not loaded (no /proc/sys/net/netfilter/"
+                              "nf_conntrack_max, no /sys/module/nf_conntrack)")
         try:
             glob, cpus, expect = self._netlink()
             entries, limit, source = glob.entries, glob.max_entries, "netlink"
@@ -278,8 +277,7 @@ class ConntrackCollector(Collector):
             fallback = self._procfs()
             if fallback is None:
                 self._note_source(None)
-                yield self.availability(AVAILABLE, False, f"{reason} and no /proc conntrack files")
-                return
+                raise Unavailable(f"{reason} and no /proc conntrack files") from None
             entries, limit, cpus, expect, missing = fallback
             source = "procfs"
             if self.states:

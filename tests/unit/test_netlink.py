@@ -322,3 +322,44 @@ def test_replay_sets_every_sequence_number(payloads, same_length, with_done, seq
     n = len(payloads) + with_done
     assert [q for _t, _f, q, _s, _e in nl.iter_messages(got)] == [seq] * n
     assert [got[s:e] for *_x, s, e in nl.iter_messages(got)][:len(payloads)] == payloads
+
+
+# --- the shape of the code: one netlink socket, one error vocabulary -------------------------
+
+EXPORTER = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "exporter")
+
+
+def _sources():
+    for dirpath, _dirs, files in os.walk(EXPORTER):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(dirpath, f)
+                with open(path) as fh:
+                    yield os.path.relpath(path, EXPORTER), fh.read()
+
+
+def test_no_netlink_socket_outside_sources_netlink():
+    import ast
+    offenders = []
+    for rel, text in _sources():
+        for node in ast.walk(ast.parse(text)):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "socket"
+                    and any("AF_NETLINK" in ast.dump(a) for a in node.args)):
+                offenders.append(f"{rel}:{node.lineno}")
+    assert offenders == ["sources/netlink.py:" + offenders[0].split(":")[1]], offenders
+
+
+def test_sources_define_no_error_types_of_their_own():
+    """ParseError, NetlinkError and Unavailable (exporter/sources/__init__.py) are the
+    readers' whole vocabulary: no per-family alias comes back."""
+    import ast
+    extra = []
+    for rel, text in _sources():
+        if not rel.startswith("sources/") or rel == "sources/__init__.py":
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and any(
+                    isinstance(b, ast.Name) and (b.id.endswith("Error") or b.id == "Exception")
+                    for b in node.bases):
+                extra.append(f"{rel}: {node.name}")
+    assert extra == []
