@@ -330,7 +330,7 @@ class StateCounter:
     the first attribute, CTA_TUPLE_IP its first member; CTA_PROTOINFO usually the last one),
     accepting a value only if every attribute header on the way has exactly the expected
     length and type; anything else (a helper, labels or seqadj after PROTOINFO, a future
-    layout) goes through a full walk of the attributes.  ~1-1.5 us per entry here.
+    layout) goes through a full walk of the attributes.  Cost per entry: docs/performance.md.
     """
 
     def __init__(self):

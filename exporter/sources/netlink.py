@@ -275,7 +275,7 @@ def attrs(data, start: int, end: int, context: str = "netlink") -> dict[int, tup
 
 def attr_index(data, start: int, end: int, context: str = "netlink") -> dict[int, int]:
     """The same walk as :func:`attrs`, giving each type's *payload offset* only (no tuple per
-    attribute: ~25% cheaper, for decoders on a hot path).  :func:`span` turns an offset into
+    attribute, for decoders on a hot path: docs/performance.md).  :func:`span` turns an offset into
     the span the getters take; the ``*_at`` getters read header and value in one unpack."""
     out = {}
     unpack = ATTR.unpack_from
