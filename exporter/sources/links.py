@@ -2,9 +2,9 @@
 
 Why not pyroute2's ``get_links()``: its generic attribute decoding is far slower per link
 (figures in docs/performance.md); this module walks the attributes with :mod:`.netlink`'s
-walker and keeps only what the netdev collector needs.  Framing, the socket and its bounds (deadline,
-byte budget, truncation, sequence numbers, the one retry of a dump the kernel flags as
-interrupted, NLM_F_DUMP_INTR) are :mod:`exporter.sources.netlink`'s.
+walker and keeps only what the netdev collector needs.  Framing, the socket and its bounds
+(deadline, byte budget, truncation, sequence numbers, the one retry of a dump the kernel
+flags as interrupted, NLM_F_DUMP_INTR) are :mod:`exporter.sources.netlink`'s.
 
 Pure decoders (no I/O, fuzzed by the tests):
 
