@@ -175,7 +175,7 @@ def in_netns(nsname: str | None, fn, *args, **kwargs):
     if nsname is None:
         return fn(*args, **kwargs)
     sys.path.insert(0, REPO)
-    from exporter.sources.conntrack import CLONE_NEWNET, _setns
+    from exporter.sources import netns as nsapi
 
     box: dict = {}
 
@@ -183,7 +183,7 @@ def in_netns(nsname: str | None, fn, *args, **kwargs):
         try:
             fd = os.open(f"/run/netns/{nsname}", os.O_RDONLY | os.O_CLOEXEC)
             try:
-                _setns(fd, CLONE_NEWNET)
+                nsapi.setns(fd)
             finally:
                 os.close(fd)
             box["value"] = fn(*args, **kwargs)

@@ -20,6 +20,7 @@ import time
 import pytest
 
 from exporter.sources import conntrack as ct
+from exporter.sources import netns
 from tests.helpers import ctns
 from tests.helpers.ctns import Exporter, Netns, sample
 
@@ -268,7 +269,7 @@ def test_namespace_gone_between_discovery_and_read_is_skipped():
         stay.fill(22)
         unnamed = _unnamed_namespace(3)
         try:
-            found = ct.discover_namespaces(["/run/netns"], "/proc")
+            found = netns.discover(["/run/netns"], "/proc")
             mine = [n for n in found if n.name in (gone.name, stay.name) or n.pid == unnamed.pid]
             assert len(mine) == 3
             gone.delete()      # its /run/netns file disappears

@@ -1,0 +1,239 @@
+"""Network namespaces of the node: discovery, entering one (setns), pod UID of its processes.
+
+Shared by every per-namespace view (conntrack entries per namespace today, a per-pod view
+next).  Namespaces are only ever *opened* (an existing nsfs file under /run/netns or
+/proc/<pid>/ns/net), never created; one that disappears before it could be opened is skipped.
+
+Public API
+    :class:`Namespace` (inode, name, candidate paths, a member pid, pod UID);
+    :func:`discover` ``(run_dirs, procfs, max_pids) -> [Namespace]`` - distinct by inode,
+    only stat() and readlink(); :func:`fill_pod_uids` and the pure
+    :func:`pod_uid_from_cgroup`; :func:`open_namespace` ``(ns) -> fd | None`` (checked to be
+    the same inode); :func:`setns` ``(fd)`` for the calling thread; :func:`entered`
+    ``(path)`` - a context manager running its block in that namespace and coming back;
+    :func:`run_in_namespaces` ``(namespaces, fn, deadline) -> ([(ns, value)], skipped)`` -
+    one short-lived thread enters each namespace in turn and calls ``fn(ns)`` there (sockets
+    it makes live in that namespace); the caller's threads never change namespace.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+CLONE_NEWNET = 0x40000000
+_libc: Any = None
+T = TypeVar("T")
+
+
+def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
+    """setns(2) for the calling thread; OSError with the kernel's errno on failure."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, nstype) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def entered(path: str) -> Iterator[None]:
+    """Runs the block, in the calling thread, inside the namespace at ``path`` (an nsfs file
+    such as /run/netns/<name> or /proc/<pid>/ns/net), then puts the thread back."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            setns(fd)
+        finally:
+            os.close(fd)
+        try:
+            yield
+        finally:
+            setns(own)
+    finally:
+        os.close(own)
+
+
+@dataclass
+class Namespace:
+    """A network namespace seen on the node, identified by its nsfs inode."""
+
+    inode: int
+    name: str = ""                                   # file name under /run/netns, if any
+    paths: list[str] = field(default_factory=list)   # candidates to open, best first
+    pid: int | None = None                           # a process living in it (hostPID)
+    pod_uid: str = ""                                # from that process' cgroup path
+
+    @property
+    def label(self) -> str:
+        return self.name or str(self.inode)
+
+
+_POD_RE = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}"
+                     r"[-_][0-9a-f]{12})")
+
+
+def pod_uid_from_cgroup(text: str) -> str:
+    """The Kubernetes pod UID in a /proc/<pid>/cgroup text (cgroupfs or systemd driver)."""
+    m = _POD_RE.search(text)
+    return m.group(1).replace("_", "-") if m else ""
+
+
+def _scan_run_dirs(run_dirs: list[str], by_inode: dict[int, Namespace],
+                   nsfs_dev: int | None) -> None:
+    for run_dir in run_dirs:
+        try:
+            names = sorted(os.listdir(run_dir))
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(run_dir, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if nsfs_dev is not None and st.st_dev != nsfs_dev:
+                continue  # a leftover plain file (unmounted namespace), not an nsfs mount
+            ns = by_inode.get(st.st_ino)
+            if ns is None:
+                by_inode[st.st_ino] = Namespace(st.st_ino, name=name, paths=[path])
+            elif not ns.name:
+                ns.name = name
+                ns.paths.insert(0, path)
+
+
+def _scan_procfs(procfs: str, by_inode: dict[int, Namespace], max_pids: int) -> None:
+    try:
+        entries = os.scandir(procfs)
+    except OSError:
+        return
+    with entries:
+        seen = 0
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            seen += 1
+            if seen > max_pids:
+                break
+            path = os.path.join(procfs, entry.name, "ns", "net")
+            try:
+                link = os.readlink(path)  # "net:[4026531840]"
+            except OSError:
+                continue  # exited, or a kernel thread we may not inspect
+            if not link.startswith("net:["):
+                continue
+            try:
+                inode = int(link[5:-1])
+            except ValueError:
+                continue
+            ns = by_inode.get(inode)
+            if ns is None:
+                ns = by_inode[inode] = Namespace(inode)
+            if len(ns.paths) < 3 + (1 if ns.name else 0):
+                ns.paths.append(path)
+            if ns.pid is None:
+                ns.pid = int(entry.name)
+
+
+def discover(run_dirs: list[str], procfs: str | None,
+             max_pids: int = 100_000) -> list[Namespace]:
+    """Every distinct network namespace visible in run_dirs and (if procfs) /proc/<pid>.
+
+    Only stat() and readlink(): nothing is opened or created here.  Named ones come first
+    (sorted by name), then the rest by inode.  Files that vanish while listing are skipped.
+    """
+    by_inode: dict[int, Namespace] = {}
+    try:
+        nsfs_dev: int | None = os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        nsfs_dev = None
+    _scan_run_dirs(run_dirs, by_inode, nsfs_dev)
+    if procfs:
+        _scan_procfs(procfs, by_inode, max_pids)
+    return sorted(by_inode.values(), key=lambda n: (n.name == "", n.name, n.inode))
+
+
+def fill_pod_uids(namespaces: list[Namespace], procfs: str) -> None:
+    """Sets pod_uid from one member process' cgroup file (cheap: one small read each)."""
+    for ns in namespaces:
+        if ns.pid is None:
+            continue
+        try:
+            with open(os.path.join(procfs, str(ns.pid), "cgroup"), "rb") as fh:
+                ns.pod_uid = pod_uid_from_cgroup(fh.read(8192).decode("utf-8", "replace"))
+        except OSError:
+            pass
+
+
+def open_namespace(ns: Namespace) -> int | None:
+    """An fd on the namespace (its first path that still names the same inode), or None."""
+    for path in ns.paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # deleted / process exited: try the next path
+        try:
+            if os.fstat(fd).st_ino == ns.inode:
+                return fd
+        except OSError:
+            pass
+        os.close(fd)  # the name now points at another namespace (or a plain file)
+    return None
+
+
+def run_in_namespaces(namespaces: list[Namespace], fn: Callable[[Namespace], T],
+                      deadline: float | None = None) -> tuple[list[tuple[Namespace, T]], list[str]]:
+    """``fn(ns)`` inside each namespace, from one dedicated thread that ``setns()``-es into
+    each in turn (only that thread changes namespace; it ends afterwards).
+
+    A namespace that can no longer be opened (deleted, process exited) is skipped; one that
+    is opened stays alive until its fd is closed.  An OSError from ``fn`` skips that
+    namespace; anything else is re-raised in the caller.  ``deadline`` (time.monotonic)
+    stops early, the rest reported as skipped.  Returns ([(ns, value)], skipped descriptions).
+    """
+    results: list[tuple[Namespace, T]] = []
+    skipped: list[str] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            failure.append(exc)
+            return
+        try:
+            for ns in namespaces:
+                if deadline is not None and time.monotonic() > deadline:
+                    skipped.append(f"{ns.label}: time budget")
+                    continue
+                fd = open_namespace(ns)
+                if fd is None:
+                    skipped.append(f"{ns.label}: gone")
+                    continue
+                try:
+                    setns(fd)
+                    results.append((ns, fn(ns)))
+                except OSError as exc:
+                    skipped.append(f"{ns.label}: {exc.strerror or exc}")
+                finally:
+                    os.close(fd)
+            with contextlib.suppress(OSError):
+                setns(home)  # this thread ends now anyway
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(exc)
+        finally:
+            os.close(home)
+
+    t = threading.Thread(target=work, name="netns-walk", daemon=True)
+    t.start()
+    t.join()
+    if failure:
+        raise failure[0]
+    return results, skipped
