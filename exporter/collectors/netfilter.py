@@ -29,7 +29,7 @@ import time
 
 from ..config import Option, parse_bool, parse_duration, parse_regex
 from ..metrics import COUNTER, GAUGE, Metric
-from ..sources import NetlinkError, ParseError, iptables, nftables
+from ..sources import NetlinkError, ParseError, Unavailable, iptables, nftables
 from .base import Collector, register
 
 DEFAULT_CHAINS = ("^(KUBE-SERVICES|KUBE-NODEPORTS|KUBE-POSTROUTING|KUBE-FORWARD|"
@@ -83,6 +83,7 @@ class NetfilterCollector(Collector):
               "/proc/net/ip_tables_names, ip6_tables_names); nfnetlink nf_tables (presence: "
               "/sys/module/nf_tables, built in)")
     metrics = (AVAILABLE,) + TABLE_METRICS + (COMMITS, PARTIAL)
+    availability_metric = AVAILABLE  # Unavailable raised by collect(): 0, success 1
     options = (
         Option("collector.netfilter.chains", parse_regex, DEFAULT_CHAINS,
                "Chains whose rule count is exported (nodenet_netfilter_chain_rules); matched "
@@ -115,10 +116,9 @@ class NetfilterCollector(Collector):
         problems: list[str] = []
         try:
             tables, problems = iptables.scan(self.ctx.procfs)
-        except iptables.Unavailable as exc:
-            if exc.denied:
-                yield self.availability(AVAILABLE, False, str(exc))
-                return
+        except PermissionError as exc:
+            raise Unavailable(str(exc)) from None
+        except Unavailable as exc:
             absent.append(str(exc))
         else:
             self._legacy(fams, tables)
@@ -132,9 +132,7 @@ class NetfilterCollector(Collector):
                 ruleset = self.nft.read(seconds, self.elements)
             except NetlinkError as exc:
                 if exc.errno in NO_CAP:
-                    yield self.availability(AVAILABLE, False,
-                                            f"nftables: {exc} (needs CAP_NET_ADMIN)")
-                    return
+                    raise Unavailable(f"nftables: {exc} (needs CAP_NET_ADMIN)") from None
                 if exc.errno not in NFT_ABSENT:
                     raise
                 absent.append(f"nftables: {exc}")
@@ -144,8 +142,7 @@ class NetfilterCollector(Collector):
                 extra = self._nftables(fams, ruleset)
         self._log_problems(problems)
         if len(absent) == 2:
-            yield self.availability(AVAILABLE, False, "; ".join(absent))
-            return
+            raise Unavailable("; ".join(absent))
         yield self.availability(AVAILABLE, True)
         yield from fams.values()
         yield from extra

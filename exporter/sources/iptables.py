@@ -42,7 +42,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from . import ParseError
+from . import ParseError, Unavailable
 
 IPT_SO_GET_INFO = 64  # IPT_BASE_CTL; IP6T_SO_GET_INFO has the same value on SOL_IPV6
 IPT_SO_GET_ENTRIES = 65
@@ -74,10 +74,6 @@ IPV6 = Family("ipv6", socket.AF_INET6, SOL_IPV6, "ip6_tables_names", 168, 140)
 FAMILIES = (IPV4, IPV6)
 
 
-class BlobError(ParseError):
-    """The entries blob is not shaped as the kernel writes it."""
-
-
 @dataclass(frozen=True)
 class Info:
     name: str
@@ -100,7 +96,7 @@ class Table:
 
 def parse_info(buf: bytes) -> Info:
     if len(buf) < _GETINFO.size:
-        raise BlobError(f"ipt_getinfo of {len(buf)} bytes (< {_GETINFO.size})")
+        raise ParseError(f"ipt_getinfo of {len(buf)} bytes (< {_GETINFO.size})")
     v = _GETINFO.unpack_from(buf)
     return Info(v[0].split(b"\0", 1)[0].decode("ascii", "replace"), v[1],
                 tuple(v[2:7]), tuple(v[7:12]), v[12], v[13])
@@ -124,11 +120,11 @@ def parse_entries(fam: Family, info: Info, blob, family_label: str | None = None
     min_entry = fam.entry_size + _TARGET_DATA
     while off < end:
         if end - off < min_entry:
-            raise BlobError(f"truncated entry at offset {off}")
+            raise ParseError(f"truncated entry at offset {off}")
         target_offset, next_offset = unpack(blob, off + fam.offsets_at)
         if next_offset < min_entry or target_offset < fam.entry_size or \
                 target_offset + _TARGET_DATA > next_offset or off + next_offset > end:
-            raise BlobError(f"entry at offset {off}: target_offset {target_offset}, "
+            raise ParseError(f"entry at offset {off}: target_offset {target_offset}, "
                             f"next_offset {next_offset}")
         seen += 1
         hook = hooks.get(off)
@@ -149,7 +145,7 @@ def parse_entries(fam: Family, info: Info, blob, family_label: str | None = None
             if hook is not None:
                 chain = hook
             if chain is None:
-                raise BlobError(f"entry at offset {off} belongs to no chain")
+                raise ParseError(f"entry at offset {off} belongs to no chain")
             in_chain += 1
         off += next_offset
     else:
@@ -164,7 +160,7 @@ def table_names(procfs: str, fam: Family) -> list[str] | None:
     """Tables of this network namespace, or None when the family's x_tables is absent.
 
     The names files are root's only (mode 0440): a process that is not root cannot read them
-    (:class:`Unavailable`, ``denied``), as it could not read the tables either."""
+    (PermissionError), as it could not read the tables either."""
     path = os.path.join(procfs, "net", fam.names_file)
     try:
         with open(path, encoding="ascii") as f:
@@ -172,8 +168,8 @@ def table_names(procfs: str, fam: Family) -> list[str] | None:
     except FileNotFoundError:
         return None
     except PermissionError as exc:
-        raise Unavailable(f"{path}: {exc.strerror} (readable by root only; the tables need "
-                          "CAP_NET_ADMIN as root)", denied=True) from None
+        raise PermissionError(exc.errno, f"{path}: {exc.strerror} (readable by root only; the "
+                              "tables need CAP_NET_ADMIN as root)") from None
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -187,15 +183,6 @@ def _getsockopt(sock: socket.socket, level: int, opt: int, buf) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return n.value
-
-
-class Unavailable(Exception):
-    """No legacy table can be read here: x_tables absent, or (``denied``) the kernel refused
-    the calls for want of CAP_NET_ADMIN."""
-
-    def __init__(self, reason: str, denied: bool = False):
-        super().__init__(reason)
-        self.denied = denied
 
 
 def read_raw(sock: socket.socket, fam: Family, name: str, attempts: int = 5,
@@ -233,8 +220,8 @@ def scan(procfs: str) -> tuple[list[Table], list[str]]:
 
     Returns (tables, problems): a table that vanished between the names file and the read is
     left out quietly; another failure of one table is a problem string, the rest still read.
-    Raises :class:`Unavailable` when no family has x_tables, or when the kernel refuses the
-    calls (EPERM: no CAP_NET_ADMIN)."""
+    Raises :class:`Unavailable` when no family has x_tables, PermissionError when the
+    kernel refuses the calls (EPERM: no CAP_NET_ADMIN) or the names file is root's."""
     tables: list[Table] = []
     problems: list[str] = []
     present = False
@@ -251,12 +238,12 @@ def scan(procfs: str) -> tuple[list[Table], list[str]]:
                     tables.append(read_table(sock, fam, name))
                 except OSError as exc:
                     if exc.errno in (errno.EPERM, errno.EACCES):
-                        raise Unavailable(f"{fam.name} table {name}: {exc.strerror} "
-                                          "(needs CAP_NET_ADMIN)", denied=True) from None
+                        raise PermissionError(exc.errno, f"{fam.name} table {name}: "
+                                              f"{exc.strerror} (needs CAP_NET_ADMIN)") from None
                     if exc.errno == errno.ENOENT:
                         continue
                     problems.append(f"{fam.name} table {name}: {exc}")
-                except BlobError as exc:
+                except ParseError as exc:
                     problems.append(f"{fam.name} table {name}: {exc}")
     if not present:
         raise Unavailable("ip_tables / ip6_tables not loaded (no /proc/net/ip_tables_names)")
