@@ -563,6 +563,7 @@ def overview() -> dict:
                        thresholds=steps(("green", None), ("red", 1)))]), 12, 7)
 
     limits_panels(b, q, overview=True)
+    netfilter_overview(b, q)
 
     b.row("Exporter")
     b.add(table(
@@ -827,6 +828,7 @@ def node() -> dict:
                      "short", min_=0), 12, 8)
 
     limits_panels(b, q, overview=False)
+    netfilter_node(b, q)
 
     b.row("Kernel tunables and exporter")
     b.add(table("Kernel tunables", "Values of the sysctls the sysctl collector reads.",
@@ -993,6 +995,64 @@ def dropreason_node(b, q):
                "Runs the kernel skipped (another BPF program on the CPU): drops not counted.",
                [target(q.rate("nodenet_dropreason_missed_total"), instant=True)], "cps",
                thresholds=nonzero_bad()), 4, 4)
+# ------------------------------------------------------------------------------- netfilter
+# The packet filter (issue 19): its own panels, added to both dashboards.
+NETFILTER_RULES_LARGE = 20000  # NodenetNetfilterRulesetLarge (alerts/build.py)
+NETFILTER_TABLE = "backend, family, table"
+NETFILTER_LEGEND = "{{backend}} {{family}} {{table}}"
+
+
+def netfilter_overview(b: Board, q: Q) -> None:
+    b.row("Packet filter (iptables / nftables)")
+    b.add(table(
+        "Largest packet filter tables",
+        "Rules per table (iptables-legacy as iptables-save counts -A lines; nftables tables incl. "
+        "iptables-nft's). Above 20,000 NodenetNetfilterRulesetLarge fires.",
+        [("Rules", target(f"topk(20, {q.m('nodenet_netfilter_rules')})")),
+         ("Chains", target(q.m("nodenet_netfilter_chains")))],
+        labels=("instance", "backend", "family", "table"), sort="Rules",
+        overrides=[col("instance", link=True),
+                   col("Rules", "short", thresholds=steps(("green", None),
+                                                          ("orange", NETFILTER_RULES_LARGE)))]),
+        12, 8)
+    b.add(timeseries("Ruleset commits per second",
+                     "nftables ruleset commits (the kernel's generation counter) per node; "
+                     "sustained > 0.5/s is NodenetNetfilterRulesetChurn.",
+                     [target(f"topk(10, {q.rate('nodenet_netfilter_ruleset_commits_total')})",
+                             "{{instance}}")], "ops", min_=0), 12, 8)
+
+
+def netfilter_node(b: Board, q: Q) -> None:
+    b.row("Packet filter (iptables / nftables)")
+    b.add(timeseries("Rules per table",
+                     "Rules per table; churn shows as steps (legacy tables also in bytes).",
+                     [target(q.m("nodenet_netfilter_rules"), NETFILTER_LEGEND)], "short",
+                     min_=0, thresholds=steps(("green", None), ("orange", NETFILTER_RULES_LARGE))),
+          12, 8)
+    b.add(timeseries("Ruleset commits per second",
+                     "nftables ruleset commits per second (the kernel's generation counter).",
+                     [target(q.rate("nodenet_netfilter_ruleset_commits_total"), "commits")],
+                     "ops", min_=0), 6, 8)
+    b.add(timeseries("Legacy table rewrites",
+                     "Size changes of each iptables-legacy table over 10 minutes (legacy "
+                     "tables have no generation counter).",
+                     [target(f"changes({q.m('nodenet_netfilter_table_bytes')}[10m])",
+                             NETFILTER_LEGEND)], "short", min_=0), 6, 8)
+    b.add(table("Selected chains",
+                "Rules in the chains matched by --collector.netfilter.chains (KUBE-SERVICES, "
+                "builtin hooks, ...).",
+                [("Rules", target(q.m("nodenet_netfilter_chain_rules")))],
+                labels=("backend", "family", "table", "chain"), hidden=("instance",),
+                sort="Rules"), 12, 8)
+    b.add(table("Tables",
+                "Per table: chains, nftables sets and their elements, legacy blob size; "
+                "'partial' means the last count was cut by --collector.netfilter.timeout.",
+                [("Chains", target(q.m("nodenet_netfilter_chains"))),
+                 ("Sets", target(q.m("nodenet_netfilter_sets"))),
+                 ("Set elements", target(q.m("nodenet_netfilter_set_elements"))),
+                 ("Bytes", target(q.m("nodenet_netfilter_table_bytes")))],
+                labels=("backend", "family", "table"), hidden=("instance",), sort="Chains",
+                overrides=[col("Bytes", "bytes")]), 12, 8)
 
 
 # ------------------------------------------------------------------------------- output

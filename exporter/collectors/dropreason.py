@@ -26,6 +26,7 @@ import time
 
 from ..config import Option, parse_list
 from ..metrics import COUNTER, GAUGE, Metric
+from ..sources import Unavailable
 from ..sources import bpf as B
 from ..sources import kfree_skb as K
 from .base import Collector, register
@@ -93,7 +94,7 @@ class DropreasonCollector(Collector):
         self._next_try = time.monotonic() + RETRY_SECONDS
         try:
             arch = B.arch()
-        except B.Unsupported as exc:
+        except Unavailable as exc:
             self.reason = str(exc)
             return
         found, why = K.plans(self.ctx.sys("kernel", "btf", "vmlinux"), self.tracefs)

@@ -7,7 +7,7 @@ kernel accepts a shorter attr than its own and zero-fills the rest).
 
 * :data:`ARCHES`: the syscall numbers and ioctl encoding per architecture (bpf(2) has no libc
   wrapper; its number differs: 321 on x86_64, 280 on arm64).  :func:`arch` refuses any other
-  machine with :class:`Unsupported` rather than guessing.
+  machine with :class:`Unavailable` rather than guessing.
 * :class:`Asm`: eBPF instructions with labels; ``assemble()`` gives the bytes the kernel loads.
 * :func:`map_create`, :func:`prog_load` (retried with the verifier log when refused),
   :func:`raw_tracepoint_open`, :func:`perf_tracepoint_attach`, :func:`lookup_batch` (one
@@ -27,20 +27,7 @@ import struct
 import sys
 from dataclasses import dataclass
 
-
-class Unsupported(Exception):
-    """This machine cannot run our programs (unknown architecture...); str() is the reason."""
-
-
-class BpfError(OSError):
-    """A bpf(2)/perf_event_open(2) step failed: ``step``, ``errno``, ``log`` (verifier)."""
-
-    def __init__(self, err: int, step: str, log: str = ""):
-        name = errno.errorcode.get(err, str(err))
-        super().__init__(err, f"{step}: {name} ({os.strerror(err)})")
-        self.step = step
-        self.log = log
-
+from . import BpfError, Unavailable
 
 # --------------------------------------------------------------------------- architectures
 
@@ -64,7 +51,7 @@ def arch(machine: str | None = None) -> Arch:
     machine = machine or os.uname().machine
     found = ARCHES.get(machine)
     if found is None or (machine == os.uname().machine and found.byteorder != sys.byteorder):
-        raise Unsupported(f"architecture {machine!r} is not supported (bpf(2) syscall number "
+        raise Unavailable(f"architecture {machine!r} is not supported (bpf(2) syscall number "
                           f"unknown here; supported: {', '.join(sorted(ARCHES))})")
     return found
 

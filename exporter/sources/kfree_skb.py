@@ -27,7 +27,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from . import ParseError
+from . import ParseError, Unavailable
 from . import bpf as B
 from .btf import Btf
 
@@ -43,10 +43,6 @@ SUBSYS_SHIFT = 16
 DEFAULT_SUBSYS_SLOTS = 16        # when no enum skb_drop_reason_subsys tells the number
 MAX_CORE_SLOTS = 4096            # sanity bound on a kernel's table (6.18 has ~130)
 UNKNOWN = "UNKNOWN"
-
-
-class Absent(Exception):
-    """The kernel cannot give us the drop reason this way; str() says why (precisely)."""
 
 
 # --------------------------------------------------------------------------- tracefs format
@@ -239,7 +235,7 @@ class TracepointLayout:
 def reason_table_from_btf(btf: Btf) -> ReasonTable:
     reasons = btf.enum("skb_drop_reason")
     if reasons is None:
-        raise Absent("the kernel's BTF has no enum skb_drop_reason: the kernel predates drop "
+        raise Unavailable("the kernel's BTF has no enum skb_drop_reason: the kernel predates drop "
                      "reasons (Linux < 5.17)")
     return ReasonTable.from_btf_enums(reasons, btf.enum("skb_drop_reason_subsys"))
 
@@ -247,17 +243,17 @@ def reason_table_from_btf(btf: Btf) -> ReasonTable:
 def raw_layout_from_btf(btf: Btf) -> RawLayout:
     params = btf.typedef_proto(f"btf_trace_{TRACEPOINT}")
     if params is None:
-        raise Absent(f"the kernel's BTF has no btf_trace_{TRACEPOINT} (raw tracepoint "
+        raise Unavailable(f"the kernel's BTF has no btf_trace_{TRACEPOINT} (raw tracepoint "
                      "prototype)")
     args = [btf.describe(p.type_id) for p in params[1:]]      # params[0] is void *__data
     if "enum skb_drop_reason" not in args:
-        raise Absent(f"raw tracepoint {TRACEPOINT}({', '.join(args)}) has no drop reason "
+        raise Unavailable(f"raw tracepoint {TRACEPOINT}({', '.join(args)}) has no drop reason "
                      "argument: Linux < 5.17")
     if "struct sk_buff *" not in args:
-        raise Absent(f"raw tracepoint {TRACEPOINT}({', '.join(args)}) has no sk_buff argument")
+        raise Unavailable(f"raw tracepoint {TRACEPOINT}({', '.join(args)}) has no sk_buff argument")
     member = btf.member("sk_buff", "protocol")
     if member is None:
-        raise Absent("the kernel's BTF has no sk_buff.protocol")
+        raise Unavailable("the kernel's BTF has no sk_buff.protocol")
     offset, size = member
     if size != 2:
         raise ParseError(f"sk_buff.protocol is {size} bytes, expected 2")
@@ -268,7 +264,7 @@ def raw_layout_from_btf(btf: Btf) -> RawLayout:
 def tracepoint_layout_from_format(fmt: Format) -> TracepointLayout:
     reason = fmt.fields.get("reason")
     if reason is None:
-        raise Absent(f"tracepoint skb:{TRACEPOINT} has no reason field: Linux < 5.17")
+        raise Unavailable(f"tracepoint skb:{TRACEPOINT} has no reason field: Linux < 5.17")
     proto = fmt.fields.get("protocol")
     if proto is None:
         raise ParseError(f"tracepoint skb:{TRACEPOINT} has no protocol field")
@@ -450,7 +446,7 @@ def plans(btf_path: str, tracefs_dirs: list[str]) -> tuple[list[Plan], list[str]
         try:
             table = reason_table_from_btf(btf)
             found.append(Plan(raw_layout_from_btf(btf), table, f"BTF {btf_path}"))
-        except (Absent, ParseError) as exc:
+        except (Unavailable, ParseError) as exc:
             why.append(str(exc))
     path = tracefs_format_path(tracefs_dirs)
     if path is None:
@@ -464,7 +460,7 @@ def plans(btf_path: str, tracefs_dirs: list[str]) -> tuple[list[Plan], list[str]
             if table is None:
                 table = ReasonTable.from_format_symbols(fmt.symbols)
             found.append(Plan(layout, table, path))
-        except (Absent, ParseError) as exc:
+        except (Unavailable, ParseError) as exc:
             why.append(f"{path}: {exc}")
         except OSError as exc:
             why.append(f"{path}: {exc.strerror or exc}")

@@ -114,6 +114,8 @@ def build_node(ns):
         "nft add table inet nndash",
         "nft add chain inet nndash out { type filter hook output priority 0 ; }",
         "nft add rule inet nndash out ct state new counter accept",
+        # netfilter panels (issue 19): an iptables-legacy table beside the nftables one
+        "iptables-legacy -A FORWARD -i dpod0 -j ACCEPT",
     ]
     for c in cmds:
         run(c.split(), netns=ns)
