@@ -12,6 +12,10 @@ Prints, in one run on this machine, nodenet-exporter side by side with node_expo
   grow 100 -> 10,000).
 - diagnose: `nodenet-exporter diagnose` on a 110-pod-like node against interval + 0.5 s,
   beside the kernel tools it replaces.
+- dropreason: a 1,000,000-datagram drop flood with the drop-reason program off / on / perf
+  stat counting the same tracepoint, and the scrape cost of the counters.
+- netfilter: 5,000 kube-proxy-like Services in iptables-legacy and in nftables, the netfilter
+  collector beside `iptables-legacy-save | wc -l` and `nft list ruleset | wc -l`.
 Each part is bounded in time and removes what it creates.
 """
 from __future__ import annotations
@@ -38,6 +42,10 @@ SCENARIOS = {  # name -> (script beside this file, its arguments for --quick)
     "limits": ("limits_bench.py", ["--quick"]),
     # diagnose at a 110-pod-like node: wall time against --interval + 0.5 s
     "diagnose": ("diagnose_bench.py", ["--runs", "3"]),
+    # issue 16: ns per drop added by the drop-reason program (beside the flood's own cost and
+    # perf stat on the same tracepoint) and the scrape cost of its counters
+    "dropreason": ("dropreason_bench.py", ["--quick"]),
+    "netfilter": ("netfilter_bench.py", ["--quick"]),  # issue 19: legacy and nft, 5,000 Services
 }
 
 

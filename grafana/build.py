@@ -563,6 +563,7 @@ def overview() -> dict:
                        thresholds=steps(("green", None), ("red", 1)))]), 12, 7)
 
     limits_panels(b, q, overview=True)
+    netfilter_overview(b, q)
 
     b.row("Exporter")
     b.add(table(
@@ -578,6 +579,8 @@ def overview() -> dict:
                      [target(f"max by (collector) "
                              f"({q.m('nodenet_scrape_collector_duration_seconds')})",
                              "{{collector}}")], "s", min_=0), 12, 7)
+
+    dropreason_overview(b, q)
 
     return dashboard(UID_OVERVIEW, "nodenet / Overview",
                      "Node network health across the cluster: conntrack saturation, IPVS "
@@ -825,6 +828,7 @@ def node() -> dict:
                      "short", min_=0), 12, 8)
 
     limits_panels(b, q, overview=False)
+    netfilter_node(b, q)
 
     b.row("Kernel tunables and exporter")
     b.add(table("Kernel tunables", "Values of the sysctls the sysctl collector reads.",
@@ -841,6 +845,8 @@ def node() -> dict:
                      "s", min_=0), 12, 7)
     b.add(timeseries("Target up", "1 while Prometheus can scrape this node's exporter.",
                      [target(q.m("up"), "up")], "none", min_=0, max_=1), 12, 7)
+
+    dropreason_node(b, q)
 
     return dashboard(UID_NODE, "nodenet / Node",
                      "One node's network health in depth: conntrack, CPU steal and softnet per "
@@ -937,6 +943,116 @@ def limits_panels(b: Board, q: Q, *, overview: bool) -> None:
     b.add(timeseries("Traffic refused by kernel limits",
                      "Per second: listen overflows, UDP receive buffer errors, reassembly "
                      "failures, neighbour table overflows.", refused, "short", min_=0), 16, 6)
+# ------------------------------------------------------------------------------- dropreason
+# Issue 16: nodenet_packet_drops_total{reason,protocol} from the opt-in dropreason collector
+# (empty panels on nodes without it; see nodenet_dropreason_available).
+DROPS_NOTE = ("Kernel drop reasons counted on skb:kfree_skb by the dropreason collector "
+              "(opt-in: deploy/components/dropreason); all network namespaces of the node. "
+              "Reasons that mean trouble are listed in alerts/build.py (NodenetPacketDropsByReason); "
+              "NO_SOCKET, NETFILTER_DROP and TCP_* are usually background or policy.")
+
+
+def dropreason_overview(b, q):
+    rate = f"sum without(protocol) ({q.rate('nodenet_packet_drops_total')})"
+    b.row("Drops by reason")
+    b.add(table("Top drop reasons per node",
+                "The 20 highest (node, reason) drop rates of the selected nodes. " + DROPS_NOTE,
+                [("Drops/s", target(f"topk(20, {rate} > 0)"))],
+                labels=("instance", "reason"), sort="Drops/s",
+                overrides=[col("instance", link=True), col("Drops/s", "pps")]), 12, 8)
+    b.add(timeseries("Drops by reason",
+                     "Drops per second by reason, summed over the selected nodes (top 10). "
+                     + DROPS_NOTE,
+                     [target(f"topk(10, sum by (reason) ({rate}))", "{{reason}}")],
+                     "pps", min_=0), 12, 8)
+    b.add(stat("Nodes counting drop reasons",
+               "Selected nodes whose exporter has the dropreason program loaded "
+               "(nodenet_dropreason_available 1).",
+               [target(f"count({q.m('nodenet_dropreason_available')} == 1) or vector(0)",
+                       instant=True)], "short"), 4, 4)
+
+
+def dropreason_node(b, q):
+    rate = q.rate("nodenet_packet_drops_total")
+    b.row("Drops by reason")
+    b.add(timeseries("Drops by reason",
+                     "This node's drops per second by kernel drop reason (protocols summed). "
+                     + DROPS_NOTE,
+                     [target(f"sum without(protocol) ({rate})", "{{reason}}")],
+                     "pps", min_=0), 16, 8)
+    b.add(table("Drops by reason and protocol",
+                "Current drop rate per reason and L3 protocol (ipv4, ipv6, arp, other = "
+                "non-IP: AF_UNIX, netlink...).",
+                [("Drops/s", target(f"{rate} > 0"))], labels=("reason", "protocol"),
+                hidden=("instance",), sort="Drops/s",
+                overrides=[col("Drops/s", "pps")]), 8, 8)
+    b.add(stat("Drop reasons counted",
+               "1 when the dropreason program is loaded on this node; 0 with the reason in the "
+               "exporter's log (kernel < 5.17, no CAP_BPF/CAP_PERFMON, seccomp...).",
+               [target(q.m("nodenet_dropreason_available"), instant=True)], "none",
+               thresholds=zero_bad()), 4, 4)
+    b.add(stat("Drop-reason runs missed",
+               "Runs the kernel skipped (another BPF program on the CPU): drops not counted.",
+               [target(q.rate("nodenet_dropreason_missed_total"), instant=True)], "cps",
+               thresholds=nonzero_bad()), 4, 4)
+# ------------------------------------------------------------------------------- netfilter
+# The packet filter (issue 19): its own panels, added to both dashboards.
+NETFILTER_RULES_LARGE = 20000  # NodenetNetfilterRulesetLarge (alerts/build.py)
+NETFILTER_TABLE = "backend, family, table"
+NETFILTER_LEGEND = "{{backend}} {{family}} {{table}}"
+
+
+def netfilter_overview(b: Board, q: Q) -> None:
+    b.row("Packet filter (iptables / nftables)")
+    b.add(table(
+        "Largest packet filter tables",
+        "Rules per table (iptables-legacy as iptables-save counts -A lines; nftables tables incl. "
+        "iptables-nft's). Above 20,000 NodenetNetfilterRulesetLarge fires.",
+        [("Rules", target(f"topk(20, {q.m('nodenet_netfilter_rules')})")),
+         ("Chains", target(q.m("nodenet_netfilter_chains")))],
+        labels=("instance", "backend", "family", "table"), sort="Rules",
+        overrides=[col("instance", link=True),
+                   col("Rules", "short", thresholds=steps(("green", None),
+                                                          ("orange", NETFILTER_RULES_LARGE)))]),
+        12, 8)
+    b.add(timeseries("Ruleset commits per second",
+                     "nftables ruleset commits (the kernel's generation counter) per node; "
+                     "sustained > 0.5/s is NodenetNetfilterRulesetChurn.",
+                     [target(f"topk(10, {q.rate('nodenet_netfilter_ruleset_commits_total')})",
+                             "{{instance}}")], "ops", min_=0), 12, 8)
+
+
+def netfilter_node(b: Board, q: Q) -> None:
+    b.row("Packet filter (iptables / nftables)")
+    b.add(timeseries("Rules per table",
+                     "Rules per table; churn shows as steps (legacy tables also in bytes).",
+                     [target(q.m("nodenet_netfilter_rules"), NETFILTER_LEGEND)], "short",
+                     min_=0, thresholds=steps(("green", None), ("orange", NETFILTER_RULES_LARGE))),
+          12, 8)
+    b.add(timeseries("Ruleset commits per second",
+                     "nftables ruleset commits per second (the kernel's generation counter).",
+                     [target(q.rate("nodenet_netfilter_ruleset_commits_total"), "commits")],
+                     "ops", min_=0), 6, 8)
+    b.add(timeseries("Legacy table rewrites",
+                     "Size changes of each iptables-legacy table over 10 minutes (legacy "
+                     "tables have no generation counter).",
+                     [target(f"changes({q.m('nodenet_netfilter_table_bytes')}[10m])",
+                             NETFILTER_LEGEND)], "short", min_=0), 6, 8)
+    b.add(table("Selected chains",
+                "Rules in the chains matched by --collector.netfilter.chains (KUBE-SERVICES, "
+                "builtin hooks, ...).",
+                [("Rules", target(q.m("nodenet_netfilter_chain_rules")))],
+                labels=("backend", "family", "table", "chain"), hidden=("instance",),
+                sort="Rules"), 12, 8)
+    b.add(table("Tables",
+                "Per table: chains, nftables sets and their elements, legacy blob size; "
+                "'partial' means the last count was cut by --collector.netfilter.timeout.",
+                [("Chains", target(q.m("nodenet_netfilter_chains"))),
+                 ("Sets", target(q.m("nodenet_netfilter_sets"))),
+                 ("Set elements", target(q.m("nodenet_netfilter_set_elements"))),
+                 ("Bytes", target(q.m("nodenet_netfilter_table_bytes")))],
+                labels=("backend", "family", "table"), hidden=("instance",), sort="Chains",
+                overrides=[col("Bytes", "bytes")]), 12, 8)
 
 
 # ------------------------------------------------------------------------------- output

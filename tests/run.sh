@@ -9,8 +9,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 # Debian packages the real-server and real-kernel tests use.
-PKGS="prometheus prometheus-alertmanager prometheus-node-exporter ipvsadm conntrack nftables
-      iproute2 libcap2-bin util-linux procps curl openssl kmod
+PKGS="prometheus prometheus-alertmanager prometheus-node-exporter ipvsadm conntrack nftables bpftool
+      iproute2 libcap2-bin util-linux procps curl openssl kmod libseccomp2 iptables
       podman buildah runc mmdebstrap uidmap tar"
 missing=""
 for p in $PKGS; do

@@ -114,6 +114,8 @@ def build_node(ns):
         "nft add table inet nndash",
         "nft add chain inet nndash out { type filter hook output priority 0 ; }",
         "nft add rule inet nndash out ct state new counter accept",
+        # netfilter panels (issue 19): an iptables-legacy table beside the nftables one
+        "iptables-legacy -A FORWARD -i dpod0 -j ACCEPT",
     ]
     for c in cmds:
         run(c.split(), netns=ns)
@@ -230,7 +232,9 @@ class Prometheus:
 def live():
     with netns("nn-dash") as ns:
         build_node(ns)
-        with ExporterProcess(netns=ns) as exporter, \
+        # + dropreason (off by default, the test runs as root): its "Drops by reason" panels are
+        # fed by the DropSender's frames (UNHANDLED_PROTO) and the host's own drops
+        with ExporterProcess(["--collector.dropreason"], netns=ns) as exporter, \
                 Prometheus(ns, exporter.address) as prom, DropSender(ns) as drops:
             deadline = time.monotonic() + 60
             count = 0

@@ -45,6 +45,11 @@ TOPOLOGY = [
     "ip link add gold-vx type vxlan id 42 dev gold-under dstport 4789 remote 192.0.2.1",
     "ip link set gold-vx mtu 1450",
     "ip link set gold-under up", "ip link set gold-vx up",  # bridge and pod stay down: silent
+    # netfilter (issue 19): an iptables-legacy filter table (listed in the fixture's
+    # proc/net/ip_tables_names) and an nftables table, in this namespace only
+    "iptables-legacy -A FORWARD -i gold-pod -j DROP",
+    "nft add table inet gold", "nft add chain inet gold input { type filter hook input priority 0 ; }",
+    "nft add rule inet gold input iifname gold-pod drop",
 ]
 
 

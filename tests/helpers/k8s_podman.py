@@ -155,9 +155,10 @@ def _seccomp(profile: dict | None, where: str) -> list[str]:
         return ["--security-opt=seccomp=unconfined"]
     if kind == "Localhost":
         # Relative to the kubelet's seccomp root on a node; here: shipped somewhere in deploy/
-        # (e.g. next to the component that uses it).
+        # (e.g. next to the component that uses it), found by its file name: the directory part
+        # is where the docs tell users to install it under the kubelet's seccomp root.
         rel = (profile or {})["localhostProfile"]
-        found = sorted(DEPLOY.rglob(rel))
+        found = sorted(DEPLOY.rglob(Path(rel).name))
         if len(found) != 1:
             raise Untranslatable(f"{where}: seccomp profile {rel}: {len(found)} in deploy/")
         return [f"--security-opt=seccomp={found[0]}"]

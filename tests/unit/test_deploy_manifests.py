@@ -30,6 +30,8 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.helpers.deploy_components import BASE, COMPONENTS, Allowance, rendered_daemonset
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 CRD_FIXTURES = REPO / "tests" / "fixtures" / "crd"
@@ -428,8 +430,9 @@ def _env(container: dict) -> dict:
     return {e["name"]: e for e in container.get("env", [])}
 
 
-def security_violations(ds: dict) -> list[str]:
-    """Every way the DaemonSet's pod could hold more than it needs; [] when it is least-privilege."""
+def security_violations(ds: dict, allowed: Allowance = BASE) -> list[str]:
+    """Every way the DaemonSet's pod could hold more than it needs; [] when it is least-privilege.
+    `allowed`: what the base (or an opt-in component, tests/helpers/deploy_components.py) may add."""
     v: list[str] = []
     pod = ds["spec"]["template"]["spec"]
     if pod.get("hostNetwork") is not True:
@@ -457,11 +460,11 @@ def security_violations(ds: dict) -> list[str]:
         caps = sc.get("capabilities", {})
         if caps.get("drop") != ["ALL"]:
             v.append(f"{name}: capabilities.drop must be [ALL]")
-        if sorted(caps.get("add", [])) != CAP_NET_ADMIN_ONLY:
-            v.append(f"{name}: capabilities.add must be exactly [NET_ADMIN], got {caps.get('add')}")
-        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
-        if seccomp != "RuntimeDefault":
-            v.append(f"{name}: seccompProfile must be RuntimeDefault, got {seccomp}")
+        if sorted(caps.get("add", [])) != sorted(allowed.caps):
+            v.append(f"{name}: capabilities.add must be exactly {sorted(allowed.caps)}, got {caps.get('add')}")
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {}))
+        if seccomp != allowed.seccomp:
+            v.append(f"{name}: seccompProfile must be {allowed.seccomp}, got {seccomp}")
         if sc.get("procMount", "Default") != "Default":
             v.append(f"{name}: procMount must be Default")
         for m in c.get("volumeMounts", []):
@@ -735,3 +738,79 @@ def test_component_output_validates_strictly_against_kubernetes_openapi(componen
         except kv.ValidationError as e:
             pytest.fail(f"{component}: DaemonSet invalid for Kubernetes {version}: "
                         f"{'.'.join(str(p) for p in e.path)}: {e.message}")
+# Each component under deploy/components/ (table: tests/helpers/deploy_components.py) renders with
+# `kubectl kustomize`, validates strictly, and differs from the base DaemonSet in exactly what its
+# row allows: capabilities.add, seccompProfile and appended args; nothing else.
+
+
+def _without_allowed_fields(ds: dict) -> dict:
+    ds = copy.deepcopy(ds)
+    c = ds["spec"]["template"]["spec"]["containers"][0]
+    c["securityContext"]["capabilities"].pop("add", None)
+    c["securityContext"].pop("seccompProfile", None)
+    c.pop("args", None)
+    return ds
+
+
+@pytest.mark.parametrize("component", sorted(COMPONENTS))
+def test_component_is_the_base_plus_exactly_its_allowance(component):
+    allowed = COMPONENTS[component]
+    ds = rendered_daemonset(component)
+    base = the(daemonset_file_docs(), "DaemonSet")
+    assert security_violations(ds, allowed) == []
+    assert exporter_container(ds)["args"] == exporter_container(base)["args"] + list(allowed.extra_args)
+    assert _without_allowed_fields(ds) == _without_allowed_fields(base)
+    for f in allowed.files:
+        assert (DEPLOY / "components" / component / f).is_file(), f
+
+
+@pytest.mark.parametrize("component", sorted(COMPONENTS))
+def test_component_objects_validate_strictly(component):
+    from tests.helpers.deploy_components import render  # noqa: PLC0415
+    kv = kubernetes_validate()
+    for d in render(component):
+        if d["kind"] in CORE_KINDS:
+            kv.validate(d, _k8s_versions()[-1], strict=True)
+        else:
+            assert crd_errors(d) == [], d["kind"]
+
+
+COMPONENT_BREAKAGES = {
+    **BREAKAGES,
+    "another cap": lambda pod, c: c["securityContext"]["capabilities"]["add"].append("SYS_PTRACE"),
+    "other Localhost profile": lambda pod, c: c["securityContext"].update(
+        seccompProfile={"type": "Localhost", "localhostProfile": "unconfined.json"}),
+    "cap missing": lambda pod, c: c["securityContext"]["capabilities"]["add"].pop(),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(COMPONENT_BREAKAGES))
+@pytest.mark.parametrize("component", sorted(COMPONENTS))
+def test_component_guard_catches(component, breakage):
+    ds = copy.deepcopy(rendered_daemonset(component))
+    pod = ds["spec"]["template"]["spec"]
+    COMPONENT_BREAKAGES[breakage](pod, pod["containers"][0])
+    assert security_violations(ds, COMPONENTS[component]), f"{component} with {breakage!r} passed"
+
+
+def test_base_guard_refuses_the_dropreason_capabilities():
+    assert security_violations(rendered_daemonset("dropreason")), "the base allowance took BPF/PERFMON"
+
+
+def test_dropreason_seccomp_profile_is_runtime_default_plus_two_calls():
+    comp = DEPLOY / "components" / "dropreason"
+    r = subprocess.run(["python3", str(comp / "make_seccomp_profile.py"), "--check"], timeout=60)
+    assert r.returncode == 0, "seccomp-dropreason.json is stale: run make_seccomp_profile.py"
+    profile = json.loads((comp / "seccomp-dropreason.json").read_text())
+    source = json.loads((comp / "containers-common-0.50.1-seccomp.json").read_text())
+    assert profile["defaultAction"] == source["defaultAction"] == "SCMP_ACT_ERRNO"
+    allowed = {n for r in profile["syscalls"] if r["action"] == "SCMP_ACT_ALLOW" for n in r["names"]}
+    source_allowed = {n for r in source["syscalls"] if r["action"] == "SCMP_ACT_ALLOW" for n in r["names"]}
+    assert {"bpf", "perf_event_open"} <= allowed
+    assert allowed - source_allowed == set()              # nothing the default never allows
+    gated = {n for r in source["syscalls"] if r["action"] == "SCMP_ACT_ALLOW"
+             and (r.get("includes") or {}).get("caps") for n in r["names"]}
+    plain = {n for r in source["syscalls"] if r["action"] == "SCMP_ACT_ALLOW"
+             and not (r.get("includes") or {}) for n in r["names"]}
+    assert allowed & (gated - plain) == {"bpf", "perf_event_open"}  # no other cap-gated call
+    assert not any("includes" in r or "excludes" in r for r in profile["syscalls"])
