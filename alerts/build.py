@@ -82,8 +82,9 @@ def rules(sel: str = JOB_SELECTOR) -> list[dict]:
         {"name": "nodenet-network", "rules": network},
         {"name": "nodenet-exporter", "rules": exporter},
         {"name": "nodenet-limits", "rules": limits},
-        *dropreason_groups(sel, alert),
-        *netfilter_groups(alert, sel),
+        {"name": "nodenet-dropreason", "rules": health.rules("dropreason", sel)},
+        {"name": "nodenet-netfilter", "rules": health.rules("netfilter", sel)},
+        *other_jobs_groups(alert),
     ]
 
 
@@ -91,39 +92,20 @@ def rules(sel: str = JOB_SELECTOR) -> list[dict]:
 # kube-proxy's own metrics endpoint (:10249), for users who scrape it: its job selector, in one
 # place. The group is separate from ours; nodenet-exporter's selector is never spliced into it.
 KUBE_PROXY_SELECTOR = 'job="kube-proxy"'
-# Rules per table above which NodenetNetfilterRulesetLarge fires (docs/runbook.md explains why).
-NETFILTER_RULES_LARGE = 20000
+# Rules per table above which NodenetNetfilterRulesetLarge fires (docs/runbook.md explains why):
+# the check's threshold in exporter/health.py.
+NETFILTER_RULES_LARGE = health.by_name()["NodenetNetfilterRulesetLarge"].threshold
 
 
-def netfilter_groups(alert, sel: str, kp: str = KUBE_PROXY_SELECTOR) -> list[dict]:
-    """The packet filter's size and churn (nodenet-exporter), and the kube-proxy pack."""
-    legacy_bytes = f"nodenet_netfilter_table_bytes{{{sel}}}"
-    netfilter = [
-        alert("NodenetNetfilterRulesetLarge",
-              f"nodenet_netfilter_rules{{{sel}}} > {NETFILTER_RULES_LARGE}",
-              "1h", "warning",
-              "A packet filter table holds more rules than kube-proxy's iptables mode handles "
-              "well.",
-              f"Table {{{{ $labels.table }}}} ({{{{ $labels.backend }}}}, {{{{ $labels.family }}}})"
-              f" on node {NODE} holds {{{{ printf \"%.0f\" $value }}}} rules. Every new"
-              f" connection walks linear chains of this size and every rewrite of the table"
-              f" takes longer; consider kube-proxy's nftables or IPVS mode."),
-        alert("NodenetNetfilterRulesetChurn",
-              f"rate(nodenet_netfilter_ruleset_commits_total{{{sel}}}[10m]) > 0.5\n"
-              f"or\n"
-              f"max without(backend, family, table) (\n"
-              f"  changes({legacy_bytes}[10m])\n"
-              f"  /\n"
-              f"  count_over_time({legacy_bytes}[10m])\n"
-              f") > 0.8",
-              "30m", "warning",
-              "The packet filter ruleset is rewritten continuously.",
-              f"The packet filter on node {NODE} has been rewritten continuously for 30"
-              f" minutes (nftables: more than one commit every 2 seconds; iptables-legacy: a"
-              f" table changed size in most scrapes; value {{{{ printf \"%.2g\" $value }}}})."
-              f" A controller is looping, or two agents are fighting over the same rules."),
-    ]
+# Rule groups on OTHER jobs' metrics (not nodenet-exporter's): nodenet never reads those
+# series, so they are no checks of exporter/health.py and diagnose cannot judge them; the test
+# that every alert is a check skips exactly these groups (and checks that they read no nodenet
+# series).
+OTHER_JOBS_GROUPS = ("nodenet-kube-proxy",)
 
+
+def other_jobs_groups(alert, kp: str = KUBE_PROXY_SELECTOR) -> list[dict]:
+    """The kube-proxy pack, on kube-proxy's own metrics (issue 19)."""
     def p99(metric):
         return f"histogram_quantile(0.99, rate({metric}_bucket{{{kp}}}[5m]))"
 
@@ -161,54 +143,16 @@ def netfilter_groups(alert, sel: str, kp: str = KUBE_PROXY_SELECTOR) -> list[dic
               f" sync {{{{ printf \"%.2g\" $value }}}} times per second for 15 minutes: its"
               f" rules on this node are not updated."),
     ]
-    return [
-        {"name": "nodenet-netfilter", "rules": netfilter},
-        {"name": "nodenet-kube-proxy", "rules": kube_proxy},
-    ]
+    return [{"name": "nodenet-kube-proxy", "rules": kube_proxy}]
 
 
 # ----------------------------------------------------------------- dropreason (issue 16)
-# Kernel drop reasons (nodenet_packet_drops_total{reason}) that mean trouble on a node, in ONE
-# place: the alert's regex is built from this list, docs/runbook.md and docs/dropreason.md
-# explain each family, alerts/tests/dropreason.test.yaml tests it. Everything not listed is
-# background or policy (NO_SOCKET scans, NETFILTER_DROP/TC_* from NetworkPolicy, TCP_* state
-# noise, NOT_SPECIFIED): visible on the dashboards, never paged on.
-DROP_REASONS_TROUBLE = (
-    # neighbour (ARP/NDP) resolution failed: a next hop or pod IP does not answer
-    "NEIGH_CREATEFAIL", "NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD",
-    # queueing disciplines full or shaping: egress congestion
-    "QDISC_DROP", "QDISC_OVERLIMIT", "QDISC_CONGESTED", "CAKE_FLOOD",
-    "FQ_BAND_LIMIT", "FQ_HORIZON_LIMIT", "FQ_FLOW_LIMIT",
-    # the CPU's input backlog (netdev_max_backlog) overflowed
-    "CPU_BACKLOG",
-    # a socket could not take the packet: receive buffer, backlog, protocol memory, accept queue
-    "SOCKET_RCVBUFF", "SOCKET_BACKLOG", "PROTO_MEM", "TCP_LISTEN_OVERFLOW",
-    "TCP_OFO_QUEUE_PRUNE",
-    # device ring full, no memory, device not ready
-    "FULL_RING", "NOMEM", "DEV_READY",
-    # too big for the path (MTU) and no route
-    "PKT_TOO_BIG", "IP_OUTNOROUTES",
-    # corrupted packets (checksums)
-    "IP_CSUM", "TCP_CSUM", "UDP_CSUM", "SKB_CSUM", "ICMP_CSUM",
-)
-# Drops per second (summed over protocols) that, sustained for DROP_REASONS_FOR, alert.
-DROP_REASONS_RATE = 1
-DROP_REASONS_FOR = "10m"
-
-
-def dropreason_groups(sel: str, alert) -> list[dict]:
-    reasons = "|".join(DROP_REASONS_TROUBLE)
-    return [{"name": "nodenet-dropreason", "rules": [
-        alert("NodenetPacketDropsByReason",
-              f"sum without(protocol) (\n"
-              f"  rate(nodenet_packet_drops_total{{{sel}, reason=~\"{reasons}\"}}[5m])\n"
-              f") > {DROP_REASONS_RATE}",
-              DROP_REASONS_FOR, "warning",
-              "The kernel is dropping packets for a reason that means trouble.",
-              f"Node {NODE} drops {{{{ printf \"%.3g\" $value }}}} packets per second with"
-              f" kernel drop reason {{{{ $labels.reason }}}} (skb:kfree_skb); see the runbook"
-              f" for what this reason means and how to confirm it."),
-    ]}]
+# The trouble list, the rate and the for: are exporter/health.py's (DROP_REASONS_TROUBLE and the
+# NodenetPacketDropsByReason check), shared with diagnose; these names stay for readers of this
+# file.
+DROP_REASONS_TROUBLE = health.DROP_REASONS_TROUBLE
+DROP_REASONS_RATE = health.by_name()["NodenetPacketDropsByReason"].threshold
+DROP_REASONS_FOR = health.by_name()["NodenetPacketDropsByReason"].for_
 
 
 class _Dumper(yaml.SafeDumper):

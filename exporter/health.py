@@ -61,6 +61,11 @@ An alert that two readings cannot decide (a prediction over 30 minutes, ``absent
 exporter itself) is still an entry - its threshold and window live here too - with
 ``judge=None`` and ``not_judged`` saying why; diagnose lists those as not judged.
 
+Alert groups on another job's own metrics (the kube-proxy pack) are no checks: nodenet never
+reads those series.  They stay plain ``alert(...)`` calls in the groups alerts/build.py lists
+in ``OTHER_JOBS_GROUPS``, which the unit test skips (after checking they read no nodenet
+series).
+
 Alerts that are still written as plain ``alert(...)`` calls in alerts/build.py (during a
 transition) are rendered as before; a unit test (tests/unit/test_health.py) names every alert
 that has no entry here, so converting one means: move its numbers and texts into an entry,
@@ -71,7 +76,7 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
 # Where docs/runbook.md is published; each check links to its section (#<name, lower case>).
@@ -499,13 +504,23 @@ def _say(words: str, labels: Labels, **values: str) -> str:
     return words.format(**{**labels, **values}) + _where(labels, words)
 
 
-def rate_above(metric: str, words: str, without: tuple[str, ...] = ("cpu",)) -> Judge:
+def rate_above(metric: str, words: str, without: tuple[str, ...] = ("cpu",),
+               where: dict[str, Collection[str]] | None = None) -> Judge:
     """The judge of ``sum without(<without>) (rate(<metric>[5m])) > threshold`` (with
     ``without=()``: ``rate(<metric>[5m]) > threshold``): a verdict per label set left after
     summing; ``words`` says the value (``{value}``; a ``{label}`` placeholder names a label),
-    e.g. "{value} listen queue overflows/s"; the other labels and the threshold follow."""
+    e.g. "{value} listen queue overflows/s"; the other labels and the threshold follow.
+    ``where={"reason": {"A", "B"}}`` keeps only series whose label is one of those values
+    (the selector's ``reason=~"A|B"``; a label that is summed away cannot be one)."""
+    if where and set(where) & set(without):
+        raise ValueError(f"{metric}: where= on a label summed away: {set(where) & set(without)}")
+
     def judge(check: Check, pair: Pair) -> Iterator[Verdict]:
-        for key, rate in sorted(pair.rate(metric, without).items()):
+        rates = pair.rate(metric, without)
+        if where:
+            rates = {k: r for k, r in rates.items()
+                     if all(dict(k).get(label) in values for label, values in where.items())}
+        for key, rate in sorted(rates.items()):
             if rate > check.threshold:
                 labels = dict(key)
                 yield Verdict(rate, _say(words, labels, value=num(rate))
@@ -601,7 +616,7 @@ def _if_ratio(sel: str, direction: str, t: str) -> str:
             f"  ) > {t}")
 
 
-# ------------------------------------------------------------------------------- limits (issue 14)
+# ------------------------------------------------------------------------------ limits (issue 14)
 # The sockets, netstat and neighbour collectors: kernel limits on the packet path beside their
 # usage.  Thresholds and for: are explained in docs/runbook.md.
 
@@ -768,6 +783,103 @@ LIMITS_CHECKS: tuple[Check, ...] = (
 )
 
 
+# ------------------------------------------------------------------------ drop reasons (issue 16)
+# Kernel drop reasons (nodenet_packet_drops_total{reason}) that mean trouble on a node, in ONE
+# place: the alert's regex and diagnose's judge are built from this list; docs/runbook.md and
+# docs/dropreason.md explain each family, alerts/tests/dropreason.test.yaml tests it.
+# Everything not listed is background or policy (NO_SOCKET scans, NETFILTER_DROP/TC_* from
+# NetworkPolicy, TCP_* state noise, NOT_SPECIFIED): visible on the dashboards, never paged on.
+DROP_REASONS_TROUBLE = (
+    # neighbour (ARP/NDP) resolution failed: a next hop or pod IP does not answer
+    "NEIGH_CREATEFAIL", "NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD",
+    # queueing disciplines full or shaping: egress congestion
+    "QDISC_DROP", "QDISC_OVERLIMIT", "QDISC_CONGESTED", "CAKE_FLOOD",
+    "FQ_BAND_LIMIT", "FQ_HORIZON_LIMIT", "FQ_FLOW_LIMIT",
+    # the CPU's input backlog (netdev_max_backlog) overflowed
+    "CPU_BACKLOG",
+    # a socket could not take the packet: receive buffer, backlog, protocol memory, accept queue
+    "SOCKET_RCVBUFF", "SOCKET_BACKLOG", "PROTO_MEM", "TCP_LISTEN_OVERFLOW",
+    "TCP_OFO_QUEUE_PRUNE",
+    # device ring full, no memory, device not ready
+    "FULL_RING", "NOMEM", "DEV_READY",
+    # too big for the path (MTU) and no route
+    "PKT_TOO_BIG", "IP_OUTNOROUTES",
+    # corrupted packets (checksums)
+    "IP_CSUM", "TCP_CSUM", "UDP_CSUM", "SKB_CSUM", "ICMP_CSUM",
+)
+DROPS = "nodenet_packet_drops_total"
+
+DROPREASON_CHECKS: tuple[Check, ...] = (
+    Check(
+        # drops per second (summed over protocols) that, sustained for 10m, alert
+        name="NodenetPacketDropsByReason", group="dropreason", collector="dropreason",
+        inputs=(DROPS,), severity=WARNING, threshold=1, for_="10m",
+        expr=lambda sel, t: (f"sum without(protocol) (\n"
+                             f"  rate({DROPS}{{{sel}, reason=~\"{'|'.join(DROP_REASONS_TROUBLE)}"
+                             f"\"}}[5m])\n) > {t}"),
+        summary="The kernel is dropping packets for a reason that means trouble.",
+        description="Node {node} drops {{ printf \"%.3g\" $value }} packets per second with"
+                    " kernel drop reason {{ $labels.reason }} (skb:kfree_skb); see the runbook"
+                    " for what this reason means and how to confirm it.",
+        judge=rate_above(DROPS, "{value} packets/s dropped with reason {reason}",
+                         without=("protocol",), where={"reason": frozenset(DROP_REASONS_TROUBLE)})),
+)
+
+
+# --------------------------------------------------------------------------- netfilter (issue 19)
+NF_RULES = "nodenet_netfilter_rules"
+NF_COMMITS = "nodenet_netfilter_ruleset_commits_total"
+NF_TABLE_BYTES = "nodenet_netfilter_table_bytes"
+
+
+def _nf_churn(sel: str, t: str) -> str:
+    legacy_bytes = f"{NF_TABLE_BYTES}{{{sel}}}"
+    return (f"rate({NF_COMMITS}{{{sel}}}[10m]) > {t}\n"
+            f"or\n"
+            f"max without(backend, family, table) (\n"
+            f"  changes({legacy_bytes}[10m])\n"
+            f"  /\n"
+            f"  count_over_time({legacy_bytes}[10m])\n"
+            f") > 0.8")
+
+
+_nf_commit_rate = rate_above(NF_COMMITS, "{value} nftables ruleset commits/s", without=())
+
+
+def netfilter_churn(check: Check, pair: Pair) -> Iterator[Verdict]:
+    """The nftables half of ``rate(commits[10m]) > threshold or <legacy tables changed in
+    most of 10 minutes of scrapes>``: the commit rate between the readings.  The
+    iptables-legacy half (the share of scrapes in which a table's size changed) needs the
+    alert's 10 minutes of samples; two readings cannot give it, so it is not judged here."""
+    yield from _nf_commit_rate(check, pair)
+
+
+NETFILTER_CHECKS: tuple[Check, ...] = (
+    Check(
+        # rules per table above which kube-proxy's iptables mode slows (docs/runbook.md)
+        name="NodenetNetfilterRulesetLarge", group="netfilter", collector="netfilter",
+        inputs=(NF_RULES,), severity=WARNING, threshold=20000, for_="1h",
+        expr=lambda sel, t: f"{NF_RULES}{{{sel}}} > {t}",
+        summary="A packet filter table holds more rules than kube-proxy's iptables mode handles "
+                "well.",
+        description="Table {{ $labels.table }} ({{ $labels.backend }}, {{ $labels.family }})"
+                    " on node {node} holds {{ printf \"%.0f\" $value }} rules. Every new"
+                    " connection walks linear chains of this size and every rewrite of the table"
+                    " takes longer; consider kube-proxy's nftables or IPVS mode.",
+        judge=gauge(NF_RULES, ">", "table {table} ({backend}, {family}) holds {value} rules")),
+    Check(
+        name="NodenetNetfilterRulesetChurn", group="netfilter", collector="netfilter",
+        inputs=(NF_COMMITS, NF_TABLE_BYTES), severity=WARNING, threshold=0.5, for_="30m",
+        expr=_nf_churn,
+        summary="The packet filter ruleset is rewritten continuously.",
+        description="The packet filter on node {node} has been rewritten continuously for 30"
+                    " minutes (nftables: more than one commit every 2 seconds; iptables-legacy: a"
+                    " table changed size in most scrapes; value {{ printf \"%.2g\" $value }})."
+                    " A controller is looping, or two agents are fighting over the same rules.",
+        judge=netfilter_churn),
+)
+
+
 # ------------------------------------------------------------------------------- the table
 
 _CT_FILL = ("The conntrack table on node {node} is {{ $value | humanizePercentage }} full"
@@ -919,6 +1031,8 @@ CHECKS: tuple[Check, ...] = (
         not_judged="`up` and absent() are Prometheus's view of the scrape target: the "
                    "exporter (or diagnose) reading the node is up by definition"),
     *LIMITS_CHECKS,
+    *DROPREASON_CHECKS,
+    *NETFILTER_CHECKS,
 )
 
 # Metric names Prometheus makes itself, not read from any collector.

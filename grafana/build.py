@@ -948,8 +948,9 @@ def limits_panels(b: Board, q: Q, *, overview: bool) -> None:
 # (empty panels on nodes without it; see nodenet_dropreason_available).
 DROPS_NOTE = ("Kernel drop reasons counted on skb:kfree_skb by the dropreason collector "
               "(opt-in: deploy/components/dropreason); all network namespaces of the node. "
-              "Reasons that mean trouble are listed in alerts/build.py (NodenetPacketDropsByReason); "
-              "NO_SOCKET, NETFILTER_DROP and TCP_* are usually background or policy.")
+              "Reasons that mean trouble are listed in exporter/health.py "
+              "(NodenetPacketDropsByReason); NO_SOCKET, NETFILTER_DROP and TCP_* are usually "
+              "background or policy.")
 
 
 def dropreason_overview(b, q):
@@ -997,7 +998,7 @@ def dropreason_node(b, q):
                thresholds=nonzero_bad()), 4, 4)
 # ------------------------------------------------------------------------------- netfilter
 # The packet filter (issue 19): its own panels, added to both dashboards.
-NETFILTER_RULES_LARGE = 20000  # NodenetNetfilterRulesetLarge (alerts/build.py)
+NETFILTER_RULES_LARGE = _T["NodenetNetfilterRulesetLarge"]  # exporter/health.py
 NETFILTER_TABLE = "backend, family, table"
 NETFILTER_LEGEND = "{{backend}} {{family}} {{table}}"
 

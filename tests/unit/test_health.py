@@ -36,9 +36,12 @@ def alerts(groups) -> dict[str, dict]:
 
 def test_every_alert_is_a_check_and_every_check_an_alert():
     # keyed by (name, severity): one alert name may come in two severities (two rules)
-    groups = load_build().rules()
-    rendered = {(r["alert"], r["labels"]["severity"]): r for g in groups for r in g["rules"]}
-    assert len(rendered) == sum(len(g["rules"]) for g in groups), "a rule rendered twice"
+    build = load_build()
+    groups = [g for g in build.rules() if g["name"] not in build.OTHER_JOBS_GROUPS]
+    rendered = {(r["alert"], r["labels"]["severity"]): r for g in groups for r in g["rules"]
+                if "alert" in r}
+    assert len(rendered) == sum(1 for g in groups for r in g["rules"] if "alert" in r), (
+        "a rule rendered twice")
     checks = health.by_key()
     plain = sorted({name for name, _ in set(rendered) - set(checks)})
     assert not plain, (
@@ -48,6 +51,19 @@ def test_every_alert_is_a_check_and_every_check_an_alert():
     assert set(checks) - set(rendered) == set(), "a check that renders no alert"
     for key, check in checks.items():
         assert rendered[key] == check.rule('job="nodenet-exporter"')
+
+
+def test_the_groups_on_other_jobs_metrics_read_no_nodenet_series():
+    """The one documented exception: groups on another job's own metrics (the kube-proxy
+    pack) are plain alerts, as nodenet never reads those series."""
+    build = load_build()
+    other = [g for g in build.rules() if g["name"] in build.OTHER_JOBS_GROUPS]
+    assert [g["name"] for g in other] == list(build.OTHER_JOBS_GROUPS)
+    for group in other:
+        for rule in group["rules"]:
+            assert rule["alert"] not in {c.name for c in health.CHECKS}
+            assert "nodenet_" not in rule["expr"] and build.JOB_SELECTOR not in rule["expr"]
+            assert re.search(r'\{job="[^"]+"', rule["expr"]), rule["expr"]
 
 
 def test_one_name_in_two_severities_is_two_entries_of_one_shape():
@@ -482,3 +498,51 @@ def test_a_label_named_in_the_words_is_not_repeated_after_them():
     got = list(j(check, counters("nodenet_u_total", [({"family": "ipv4", "x": "1"}, 0)],
                                  [({"family": "ipv4", "x": "1"}, 2)])))
     assert [v.message for v in got] == ["1 ipv4 drops/s (x 1), threshold 0/s"]
+
+
+# ------------------------------------------------------------------ drop reasons, netfilter
+
+def test_packet_drops_by_a_trouble_reason_summed_over_protocols():
+    before = [({"reason": "QDISC_DROP", "protocol": "ipv4"}, 0),
+              ({"reason": "QDISC_DROP", "protocol": "ipv6"}, 0),
+              ({"reason": "NO_SOCKET", "protocol": "ipv4"}, 0),          # background
+              ({"reason": "CPU_BACKLOG", "protocol": "ipv4"}, 0)]
+    after = [({"reason": "QDISC_DROP", "protocol": "ipv4"}, 3),
+             ({"reason": "QDISC_DROP", "protocol": "ipv6"}, 2),
+             ({"reason": "NO_SOCKET", "protocol": "ipv4"}, 5000),
+             ({"reason": "CPU_BACKLOG", "protocol": "ipv4"}, 2)]
+    got = judge("NodenetPacketDropsByReason",
+                counters("nodenet_packet_drops_total", before, after, dt=2))
+    # QDISC_DROP 2.5/s over both protocols; CPU_BACKLOG 1/s is not above 1; NO_SOCKET not listed
+    assert [(v.value, v.labels, v.message) for v in got] == [
+        (2.5, {"reason": "QDISC_DROP"}, "2.5 packets/s dropped with reason QDISC_DROP, "
+                                        "threshold 1/s")]
+    assert "NO_SOCKET" not in health.DROP_REASONS_TROUBLE
+    rule = health.by_name()["NodenetPacketDropsByReason"].rule('job="j"')
+    assert '|'.join(health.DROP_REASONS_TROUBLE) in rule["expr"]
+    with pytest.raises(ValueError, match="summed away"):
+        health.rate_above("nodenet_x_total", "{value}", without=("reason",),
+                          where={"reason": {"A"}})
+
+
+def test_netfilter_ruleset_large_per_table():
+    t = {"backend": "legacy", "family": "ipv4", "table": "nat"}
+    small = {"backend": "nftables", "family": "ip", "table": "kube-proxy"}
+    pair = Pair(reading(0), reading(2, nodenet_netfilter_rules=[(t, 24_310), (small, 20_000)]))
+    got = judge("NodenetNetfilterRulesetLarge", pair)
+    assert [(v.labels, v.message) for v in got] == [
+        (t, "table nat (legacy, ipv4) holds 24,310 rules, threshold > 20,000")]
+
+
+def test_netfilter_churn_is_the_nftables_commit_rate():
+    busy = judge("NodenetNetfilterRulesetChurn",
+                 counters("nodenet_netfilter_ruleset_commits_total", 41, 45, dt=4))
+    assert [(v.value, v.message) for v in busy] == [
+        (1.0, "1 nftables ruleset commits/s, threshold 0.5/s")]
+    assert judge("NodenetNetfilterRulesetChurn",
+                 counters("nodenet_netfilter_ruleset_commits_total", 41, 43, dt=4)) == []  # 0.5
+    # legacy table sizes alone: the alert's 10-minute share of changes, not judged here
+    t = {"backend": "legacy", "family": "ipv4", "table": "filter"}
+    legacy = Pair(reading(0, nodenet_netfilter_table_bytes=[(t, 1000)]),
+                  reading(2, nodenet_netfilter_table_bytes=[(t, 2000)]))
+    assert judge("NodenetNetfilterRulesetChurn", legacy) == []
