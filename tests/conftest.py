@@ -1,6 +1,33 @@
 import os
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# One marker per suite, given by the directory a test lives in (pyproject.toml lists them):
+#   python -m pytest -m unit        offline, no root, under a minute
+#   python -m pytest -m "not vm"    everything but User-Mode Linux
+_SUITES = {"unit": "unit", "integration": "integration", "e2e": "e2e", "vm": "vm"}
+# Offline modules that also run a Debian tool (promtool, kubectl): still unit (no root, no
+# network), marked "tools" too, so `-m "unit and not tools"` runs with Python alone.
+_TOOLS = {"test_alert_rules.py", "test_dashboards.py", "test_deploy_manifests.py",
+          "test_netdev_collector.py"}
+# UML boots a kernel per test module: its tests get a longer per-test timeout.
+_VM_TIMEOUT = 1200
+
+
+def pytest_collection_modifyitems(config, items):
+    tests_dir = os.path.join(ROOT, "tests")
+    for item in items:
+        rel = os.path.relpath(str(item.path), tests_dir)
+        suite = _SUITES.get(rel.split(os.sep, 1)[0])
+        if suite is None:
+            continue
+        item.add_marker(getattr(pytest.mark, suite))
+        if os.path.basename(rel) in _TOOLS:
+            item.add_marker(pytest.mark.tools)
+        if suite == "vm" and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(_VM_TIMEOUT))

@@ -23,6 +23,10 @@ if [ -n "$missing" ]; then
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 PY=${PYTHON:-python3}
-"$PY" -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v -e "^WARNING: Running pip as" -e "is ignored: it is neither" || true
-"$PY" -c "import exporter, pytest, hypothesis" || { echo "tests/run.sh: python deps did not install" >&2; exit 1; }
-exec "$PY" -m pytest "$@"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[test,dev]" 2>&1 | grep -v -e "^WARNING: Running pip as" -e "is ignored: it is neither" || true
+"$PY" -c "import exporter, pytest, hypothesis, pytest_timeout" || { echo "tests/run.sh: python deps did not install" >&2; exit 1; }
+# Lint and types first (config in pyproject.toml): a finding fails the run like a failing test.
+"$PY" -m ruff check exporter
+"$PY" -m mypy exporter
+# Everything, slowest 20 listed; a test that needs something missing fails, never skips.
+exec "$PY" -m pytest --durations=20 "$@"
