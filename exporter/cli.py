@@ -55,6 +55,8 @@ GLOBAL_OPTIONS = [
            "Time a kept-alive connection may wait for its next request", "DURATION"),
     Option("web.write-timeout", parse_duration, 30.0,
            "Time a client has to take the response", "DURATION"),
+    Option("web.disable-exporter-metrics", parse_bool, False,
+           "Leave out the exporter's own process_* and python_* metrics"),
     Option("collector.disable-defaults", parse_bool, False,
            "Disable every collector not explicitly enabled"),
     Option("collector.timeout", parse_duration, 4.0,
@@ -100,7 +102,12 @@ def build(settings, log):
     for name in enabled_collectors(settings):
         ctx = Context(settings=settings, log=log.bind(collector=name))
         collectors[name] = REGISTRY[name](ctx)
-    return Gatherer(collectors, log, settings["collector.timeout"], all_names=sorted(REGISTRY))
+    self_metrics = None
+    if not settings["web.disable-exporter-metrics"]:
+        from .selfmetrics import SelfMetrics
+        self_metrics = SelfMetrics(log.bind(collector="exporter"))
+    return Gatherer(collectors, log, settings["collector.timeout"], all_names=sorted(REGISTRY),
+                    self_metrics=self_metrics)
 
 
 def main(argv=None) -> int:

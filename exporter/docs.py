@@ -14,12 +14,14 @@ from .collectors import load_all
 from .collectors.base import REGISTRY
 from .metrics import Metric
 from .scrape import META_METRICS
+from .selfmetrics import SELF_METRICS
 
 
 def all_metrics() -> dict[str, tuple[str, Metric]]:
     """metric name -> (collector name or 'exporter', spec)."""
     load_all()
     out = {m.name: ("exporter", m) for m in META_METRICS}
+    out.update((m.name, ("exporter (process)", m)) for m in SELF_METRICS)
     for name, cls in sorted(REGISTRY.items()):
         for m in cls.metrics:
             if m.name in out and out[m.name][1] != m:

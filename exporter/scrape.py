@@ -57,8 +57,10 @@ class _Flight:
 
 
 class Gatherer:
-    def __init__(self, collectors: dict, log, timeout: float, all_names=()):
+    def __init__(self, collectors: dict, log, timeout: float, all_names=(), self_metrics=None):
         self.collectors = collectors  # name -> Collector instance (enabled ones)
+        # the process's own metrics (exporter/selfmetrics.py), per request; None: off
+        self.self_metrics = self_metrics
         self.log = log
         self.timeout = timeout
         self.status = {name: CollectorStatus(enabled=name in collectors) for name in all_names}
@@ -79,9 +81,12 @@ class Gatherer:
         """Collects (or joins the collection in flight), then returns an iterator over the
         exposition's byte chunks, rendered as they are consumed."""
         result = self._shared_collection()
+        families = result.families
+        if self.self_metrics is not None:
+            families = [*families, *self.self_metrics.families()]
         # a generator: rendered as consumed.  Memory is not trimmed after a big scrape, the
         # next one reuses it (exporter/memory.py)
-        return self._writer.render_chunks(result.families, openmetrics)
+        return self._writer.render_chunks(families, openmetrics)
 
     def _shared_collection(self) -> Result:
         with self._lock:
