@@ -298,3 +298,61 @@ def test_writer_agrees_with_prometheus_client_rendering(specs):
     want_om = {k: (t, h, {s: v for s, v in smp.items() if not s[0].endswith("_created")})
                for k, (t, h, smp) in want_om.items()}
     assert got_om == want_om
+
+
+# --- Table.of / add_row: declared (metric, getter) columns ----------------------------------
+class _S:
+    def __init__(self, a, b, kind, n=None):
+        self.a, self.kind, self.n = a, kind, n
+        self.stats = type("St", (), {"b": b})()
+
+
+_COLUMNS = ((B1, "a"), (B2, "stats.b"), (Metric("t_backend_n", GAUGE, "N.", ("svc", "backend")),
+                                          lambda o: o.n),
+            (BI, metrics.Info("kind", labels=lambda k: ({1: "nat", 2: "dr"}.get(k, str(k)),))))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**65), st.integers(-5, 5), st.sampled_from([1, 2, 9]),
+                          st.one_of(st.none(), st.integers(0, 9))), max_size=30))
+def test_table_of_add_row_equals_families(rows):
+    t = metrics.Table.of(_COLUMNS)
+    t2 = metrics.Table.of(_COLUMNS)
+    fams = [spec.family() for spec, _ in _COLUMNS]
+    objs, sets = [], []
+    for i, (a, b, kind, n) in enumerate(rows):
+        obj, lv = _S(a, b, kind, n), ("s", str(i))
+        t.add_row(t.labelset(lv), obj)
+        objs.append(obj)
+        sets.append(t2.labelset(lv))
+        fams[0].add(lv, a)
+        fams[1].add(lv, b)
+        if n is not None:       # None is no sample
+            fams[2].add(lv, n)
+        fams[3].add(lv + ({1: "nat", 2: "dr"}.get(kind, str(kind)),), 1)
+    t2.add_rows(sets, objs)
+    w = ExpositionWriter()
+    # an all-None column is no metric at all (a Family without samples has HELP/TYPE, and
+    # so has a table without rows)
+    ref = [f for f in fams if f.samples] if rows else fams
+    assert w.render([t]) == w.render(ref) == w.render([t2])
+    assert w.render([t], openmetrics=True) == w.render(ref, openmetrics=True)
+    entries = {id(e) for e in t.columns[3]}
+    assert len(entries) <= 3  # one shared (1, label) entry per distinct kind
+
+
+def test_table_of_refuses_bad_declarations():
+    with pytest.raises(ValueError):
+        metrics.Table.of(((BI, "a"),), ("svc", "backend"))  # extra label without an Info
+    with pytest.raises(ValueError):
+        metrics.Table.of(((B1, metrics.Info("a")),))      # an Info without the extra label
+    with pytest.raises(ValueError):
+        metrics.Table.of(((B1, "a; import os"),))         # not an attribute path
+    with pytest.raises(TypeError):
+        metrics.Table((B1,)).add_row('svc="a",backend="1"', object())
+
+
+def test_row_getter_matches_the_table():
+    get = metrics.row_getter([g for _, g in _COLUMNS])
+    assert get(_S(3, 4, 2, None)) == (3, 4, None, ("dr",))
+    assert metrics.row_getter(["a"])(_S(3, 4, 2)) == (3,)
