@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import platform
 import threading
 import time
@@ -23,11 +24,11 @@ from . import __version__
 from .metrics import GAUGE, ExpositionWriter, Metric
 
 SCRAPE_SUCCESS = Metric("nodenet_scrape_collector_success", GAUGE,
-                        "1 if the collector's last collection succeeded, 0 if it failed or timed out.",
-                        ("collector",))
+                        "1 if the collector's last collection succeeded, 0 if it failed or "
+                        "timed out.", ("collector",))
 SCRAPE_DURATION = Metric("nodenet_scrape_collector_duration_seconds", GAUGE,
-                         "Wall time the collector's collection took (the time budget if it timed out).",
-                         ("collector",))
+                         "Wall time the collector's collection took (the time budget if it "
+                         "timed out).", ("collector",))
 BUILD_INFO = Metric("nodenet_build_info", GAUGE,
                     "Always 1; labels give the exporter's version and the Python version.",
                     ("version", "python_version"))
@@ -94,13 +95,15 @@ class Gatherer:
             leader = flight is None
             if leader:
                 flight = self._flight = _Flight()
+        assert flight is not None
         if not leader:
             flight.done.wait()
             if flight.error is not None:
                 raise flight.error
+            assert flight.result is not None
             return flight.result
         try:
-            flight.result = self.collect()
+            flight.result = result = self.collect()
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting scrapes too
             flight.error = exc
             raise
@@ -108,7 +111,7 @@ class Gatherer:
             with self._lock:
                 self._flight = None
             flight.done.set()
-        return flight.result
+        return result
 
     def collect(self) -> Result:
         started = {}
@@ -166,10 +169,8 @@ class Gatherer:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for collector in self.collectors.values():
-            try:
+            with contextlib.suppress(Exception):  # shutting down anyway
                 collector.close()
-            except Exception:  # noqa: BLE001 - shutting down anyway
-                pass
 
 
 def _materialise(collector):

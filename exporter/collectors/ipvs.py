@@ -175,9 +175,7 @@ class IPVSCollector(Collector):
         sid = service_id(svc)
         if self.include is not None and not self.include.search(sid):
             return False
-        if self.exclude is not None and self.exclude.search(sid):
-            return False
-        return True
+        return self.exclude is None or not self.exclude.search(sid)
 
     def collect(self):
         flt = None if self.include is None and self.exclude is None else self._wanted
@@ -223,7 +221,7 @@ class IPVSCollector(Collector):
             bf = [m.family() for m in self.bmetrics]
             b_info = bf[-1]
             for key, (acc, fwd) in agg.items():
-                for fam, v in zip(bf, acc):   # the plain columns; b_info is last
+                for fam, v in zip(bf[:-1], acc, strict=True):   # b_info is last
                     fam.add(key, v)
                 for method, n in fwd.items():
                     b_info.add(key + (method,), n)
