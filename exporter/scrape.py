@@ -140,7 +140,7 @@ class Gatherer:
                 try:
                     fams, elapsed = future.result(timeout=max(0.0, deadline - time.monotonic()))
                     # only a collection still running is remembered: a finished future would
-                    # keep this scrape's families (at IPVS scale ~15 MiB) alive until the next
+                    # keep this scrape's families (tens of MiB at IPVS scale) alive until the next
                     del self._running[name], future
                     families.extend(fams)
                     ok = True

@@ -79,7 +79,7 @@ NETNS_FOUND = Metric("nodenet_conntrack_netns_namespaces", GAUGE,
                      "nodenet_conntrack_netns_entries series when the cap or the time budget "
                      "was hit, or a namespace vanished while being read).")
 
-# CpuStats field -> counter name (without the _total the spec adds); issue #3 is the contract.
+# CpuStats field -> counter name and help; the names are a contract (README "Metric reference").
 COUNTER_NAMES = {
     "found": ("nodenet_conntrack_found_total",
               "Lookups that found an existing conntrack entry."),

@@ -259,7 +259,7 @@ def _observed(fams):
     return out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(_specs_and_samples())
 def test_writer_agrees_with_prometheus_client_rendering(specs):
     from prometheus_client import CollectorRegistry, generate_latest
