@@ -191,36 +191,124 @@ class _Closed(Exception):
     """The client went away, timed out or spoke garbage: close without an answer."""
 
 
+class Connection:
+    """One client socket with deadlines: every read and write is bounded in wall time.
+
+    - the TLS handshake and the first request's head within ``read_header_timeout`` of
+      accepting; a later request may idle up to ``idle_timeout``, then has
+      ``read_header_timeout`` from its first byte;
+    - each response within ``write_timeout``.
+    A timeout, a client gone or garbage raises :class:`_Closed` (or OSError/SSLError)."""
+
+    def __init__(self, sock: socket.socket, read_header_timeout: float, idle_timeout: float,
+                 write_timeout: float):
+        self.raw = sock
+        self.sock: socket.socket = sock
+        self.buf = RequestBuffer()
+        self.read_header_timeout = read_header_timeout
+        self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
+        self._first_deadline: float | None = time.monotonic() + read_header_timeout
+
+    @property
+    def tls(self) -> bool:
+        return self.sock is not self.raw
+
+    def handshake(self, context: ssl.SSLContext) -> None:
+        assert self._first_deadline is not None
+        self.sock.settimeout(max(0.001, self._first_deadline - time.monotonic()))
+        self.sock = context.wrap_socket(self.sock, server_side=True,
+                                        do_handshake_on_connect=False)
+        self.sock.do_handshake()
+
+    def close(self) -> None:
+        if self.tls:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+
+    def read_request(self) -> Request | None:
+        """The next request head, or None if the client closed or stayed idle too long;
+        Reject for a head we refuse (answered, then the connection is closed)."""
+        deadline, self._first_deadline = self._first_deadline, None
+        idle_deadline = time.monotonic() + self.idle_timeout
+        if deadline is None and self.buf.begun():  # a pipelined request has begun already
+            deadline = time.monotonic() + self.read_header_timeout
+        while (head := self.buf.next_head()) is None:
+            try:
+                data = self._recv(deadline if deadline is not None else idle_deadline)
+            except _Closed:
+                if not self.buf.begun() and deadline is None:
+                    return None  # idle keep-alive connection: a quiet close
+                raise
+            if not data:
+                if self.buf.begun():
+                    raise _Closed("client closed mid-request")
+                return None
+            if deadline is None:
+                deadline = time.monotonic() + self.read_header_timeout
+            self.buf.feed(data)
+        return parse_head(head)
+
+    def _recv(self, deadline: float) -> bytes:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Closed("read timeout")
+        self.sock.settimeout(left)
+        try:
+            data: bytes = self.sock.recv(65536)
+        except TimeoutError:
+            raise _Closed("read timeout") from None
+        return data
+
+    def write(self, data: bytes) -> None:
+        deadline = time.monotonic() + self.write_timeout
+        view = memoryview(data)
+        # plain TCP: the whole piece per send() (the kernel takes what fits): big chunks in
+        # one call (syscalls are costly in a UML guest); TLS: records of 64 KiB
+        step = 65536 if self.tls else len(view)
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Closed("write timeout")
+            self.sock.settimeout(left)
+            try:
+                sent = self.sock.send(view[:step])
+            except TimeoutError:
+                raise _Closed("write timeout") from None
+            view = view[sent:]
+
+
 class Handler(socketserver.BaseRequestHandler):
     """One connection: optional TLS handshake, then requests until close, error or timeout.
 
-    Only sockets and deadlines live here; bytes are parsed and framed by exporter/http.py."""
+    The socket and its deadlines are :class:`Connection`'s; bytes are parsed and framed by
+    exporter/http.py; this class decides what each request is answered."""
 
     server: ExporterServer
 
     def setup(self) -> None:
-        self.sock = self.request
-        self.buf = RequestBuffer()
-        self.web = self.server.web.current()  # config snapshot for this connection
+        srv = self.server
+        self.conn = Connection(self.request, srv.read_header_timeout, srv.idle_timeout,
+                               srv.write_timeout)
+        self.web = srv.web.current()  # config snapshot for this connection
 
     def handle(self) -> None:
         srv = self.server
         try:
-            self._handshake(time.monotonic() + srv.read_header_timeout)
-            first = True
+            if self.web.tls is not None:
+                self.conn.handshake(self.web.tls)
             while True:
                 try:
-                    req = self._read_request(first)
+                    req = self.conn.read_request()
                 except Reject as rej:
                     self._respond(rej.code, rej.message.encode() + b"\n", close=True)
                     return
                 if req is None:
                     return
-                first = False
                 # auth and headers as in force now (a reload applies to kept-alive
                 # connections too); a connection whose TLS-ness no longer matches is closed
                 web = srv.web.current()
-                if (web.tls is None) != (self.sock is self.request):
+                if (web.tls is not None) != self.conn.tls:
                     return
                 self.web = web
                 srv.begin_request()
@@ -236,57 +324,7 @@ class Handler(socketserver.BaseRequestHandler):
                               reason=f"{type(exc).__name__}: {exc}")
 
     def finish(self) -> None:
-        if self.sock is not self.request:
-            with contextlib.suppress(OSError):
-                self.sock.close()
-
-    def _handshake(self, deadline: float) -> None:
-        if self.web.tls is not None:
-            self.sock.settimeout(max(0.001, deadline - time.monotonic()))
-            self.sock = self.web.tls.wrap_socket(self.sock, server_side=True,
-                                                 do_handshake_on_connect=False)
-            self.sock.do_handshake()
-        self._first_deadline = deadline
-
-    # -- reading -----------------------------------------------------------------------------
-
-    def _recv(self, deadline: float) -> bytes:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise _Closed("read timeout")
-        self.sock.settimeout(left)
-        try:
-            data: bytes = self.sock.recv(65536)
-        except TimeoutError:
-            raise _Closed("read timeout") from None
-        return data
-
-    def _read_request(self, first: bool) -> Request | None:
-        """The next request head, or None if the client closed or stayed idle too long.
-
-        The first request's head must be in within read_header_timeout of accepting
-        (handshake included); a later one may idle up to idle_timeout, then has
-        read_header_timeout from its first byte."""
-        srv = self.server
-        deadline: float | None = self._first_deadline if first else None
-        idle_deadline = time.monotonic() + srv.idle_timeout
-        if deadline is None and self.buf.begun():  # a pipelined request has begun already
-            deadline = time.monotonic() + srv.read_header_timeout
-        while (head := self.buf.next_head()) is None:
-            try:
-                data = self._recv(deadline if deadline is not None else idle_deadline)
-            except _Closed:
-                if not self.buf.begun() and deadline is None:
-                    return None  # idle keep-alive connection: a quiet close
-                raise
-            if not data:
-                if self.buf.begun():
-                    raise _Closed("client closed mid-request")
-                return None
-            if deadline is None:
-                deadline = time.monotonic() + srv.read_header_timeout
-            self.buf.feed(data)
-        return parse_head(head)
+        self.conn.close()
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -351,17 +389,17 @@ class Handler(socketserver.BaseRequestHandler):
         close = not keep or not chunked or self.server.stopping
         if chunked:
             extra["Transfer-Encoding"] = "chunked"
-        self._write_all(self._head(200, ctype, close, extra, None))
+        self.conn.write(self._head(200, ctype, close, extra, None))
         try:
             for piece in pieces:
-                self._write_all(wire.chunk(piece) if chunked else piece)
+                self.conn.write(wire.chunk(piece) if chunked else piece)
         except Exception as exc:  # noqa: BLE001 - headers are out: cut the stream short
             if not isinstance(exc, (_Closed, OSError)):
                 app.log.error("scrape failed while streaming",
                               error=f"{type(exc).__name__}: {exc}")
             raise _Closed(f"stream aborted: {type(exc).__name__}") from None
         if chunked:
-            self._write_all(wire.LAST_CHUNK)
+            self.conn.write(wire.LAST_CHUNK)
         return not close
 
     def _head(self, code: int, ctype: str, close: bool, extra: dict[str, str] | None,
@@ -374,25 +412,8 @@ class Handler(socketserver.BaseRequestHandler):
                  length: int | None = None) -> bool:
         close = close or self.server.stopping
         data = self._head(code, ctype, close, extra, len(body) if length is None else length)
-        self._write_all(data if head else data + body)
+        self.conn.write(data if head else data + body)
         return not close
-
-    def _write_all(self, data: bytes) -> None:
-        deadline = time.monotonic() + self.server.write_timeout
-        view = memoryview(data)
-        # plain TCP: the whole piece per send() (the kernel takes what fits): big chunks in
-        # one call (syscalls are costly in a UML guest); TLS: records of 64 KiB
-        step = 65536 if isinstance(self.sock, ssl.SSLSocket) else len(view)
-        while view:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Closed("write timeout")
-            self.sock.settimeout(left)
-            try:
-                sent = self.sock.send(view[:step])
-            except TimeoutError:
-                raise _Closed("write timeout") from None
-            view = view[sent:]
 
 
 def _first_pieces(chunks: Iterator[bytes], limit: int) -> tuple[list[bytes], int, bool]:
