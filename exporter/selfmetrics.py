@@ -12,6 +12,8 @@ them); a family a newer prometheus_client adds is left out until declared here.
 """
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -41,15 +43,21 @@ _BY_NAME = {m.name: m for m in SELF_METRICS}
 
 
 class SelfMetrics:
-    """``families()`` -> this process's metrics as our Families, computed per call.
+    """``families()`` -> this process's metrics as our Families.
 
-    ``proc`` and ``pid`` are prometheus_client's own parameters (its tests point them at a
-    checked-in tree; so do ours).  A source that raises costs only its families, logged once.
+    Computed at most once per ``min_interval`` seconds and shared meanwhile (the writer only
+    reads them): under 50 concurrent scrapers, computing them for every collection grew the
+    RSS twice as fast as without them (tests/e2e/test_load.py).  ``proc`` and ``pid`` are
+    prometheus_client's own parameters (its tests point them at a checked-in tree; so do
+    ours).  A source that raises costs only its families, logged once.
     """
 
     def __init__(self, log: Any = None, proc: str = "/proc",
-                 pid: Callable[[], int | str] = lambda: "self"):
+                 pid: Callable[[], int | str] = lambda: "self", min_interval: float = 1.0):
         self.log = log
+        self.min_interval = min_interval
+        self._cached: tuple[float, list[Family]] | None = None
+        self._lock = threading.Lock()
         self._sources: list[tuple[str, Any]] = [
             ("process", ProcessCollector(proc=proc, pid=pid, registry=None)),
             ("platform", PlatformCollector(registry=None)),
@@ -59,6 +67,13 @@ class SelfMetrics:
         self._failed: dict[str, str] = {}
 
     def families(self) -> list[Family]:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] >= self.min_interval:
+                self._cached = (now, self._compute())
+            return self._cached[1]
+
+    def _compute(self) -> list[Family]:
         out: list[Family] = []
         for name, source in self._sources:
             try:

@@ -64,7 +64,7 @@ def test_a_missing_process_costs_only_its_families():
         def warning(self, event, **kw):
             records.append((event, kw))
 
-    sm = SelfMetrics(Log(), proc=TREE, pid=lambda: 99999)  # no such pid in the tree
+    sm = SelfMetrics(Log(), proc=TREE, pid=lambda: 99999, min_interval=0)  # no such pid
     for _ in range(2):
         names = {f.spec.name for f in sm.families()}
         assert "python_info" in names and not any(n.startswith("process_") for n in names)
@@ -116,3 +116,13 @@ def test_web_disable_exporter_metrics_turns_them_off():
                 "--web.disable-exporter-metrics"])
     assert sample(s, "nodenet_cpus") == 4
     assert not [k for k in s if k[0].startswith(("process_", "python_"))]
+
+
+def test_computed_at_most_once_per_interval():
+    pid = [26231]
+    sm = SelfMetrics(proc=TREE, pid=lambda: pid[0], min_interval=3600)
+    first = sm.families()
+    pid[0] = 99999  # would lose the process_* families if read again
+    assert sm.families() is first
+    sm.min_interval = 0
+    assert not any(f.spec.name.startswith("process_") for f in sm.families())
