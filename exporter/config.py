@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import yaml
 
@@ -21,7 +22,7 @@ class ConfigError(Exception):
     """A bad flag, config file or value; str() is the one-line reason."""
 
 
-def parse_bool(value) -> bool:
+def parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -32,7 +33,7 @@ def parse_bool(value) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
-def parse_list(value) -> list[str]:
+def parse_list(value: Any) -> list[str]:
     if isinstance(value, (list, tuple)):
         items = [str(v).strip() for v in value]
     else:
@@ -40,7 +41,7 @@ def parse_list(value) -> list[str]:
     return [v for v in items if v]
 
 
-def parse_regex(value) -> str:
+def parse_regex(value: Any) -> str:
     text = "" if value is None else str(value)
     try:
         re.compile(text)
@@ -49,7 +50,7 @@ def parse_regex(value) -> str:
     return text
 
 
-def parse_duration(value) -> float:
+def parse_duration(value: Any) -> float:
     """Seconds, as a number or with a unit suffix: 500ms, 2s, 1m."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
@@ -63,7 +64,7 @@ def parse_duration(value) -> float:
     return seconds
 
 
-def parse_positive_int(value) -> int:
+def parse_positive_int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError(f"not an integer: {value!r}")
     number = int(str(value).strip())
@@ -90,28 +91,29 @@ class Option:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not usage + error
+    def error(self, message: str) -> NoReturn:  # one line, not usage + error
         raise ConfigError(message)
 
 
 class Settings:
-    """Resolved settings: ``settings["web.listen-address"]``."""
+    """Resolved settings: ``settings["web.listen-address"]``, each value already parsed by
+    its option (a bool, float seconds, a list of str... ``Any`` here: the option decides)."""
 
-    def __init__(self, values: dict[str, Any], options: dict[str, Option]):
+    def __init__(self, values: dict[str, Any], options: dict[str, Option]) -> None:
         self._values = values
         self._options = options
 
-    def __getitem__(self, key: str):
+    def __getitem__(self, key: str) -> Any:
         return self._values[key]
 
-    def get(self, key: str, default=None):
+    def get(self, key: str, default: Any = None) -> Any:
         return self._values.get(key, default)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self._values)
 
 
-def flatten(tree, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     if not isinstance(tree, dict):
         raise ConfigError(f"config file: expected a mapping at {prefix or 'top level'}")
@@ -126,7 +128,7 @@ def flatten(tree, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def read_yaml(path: str, what: str, error: type[Exception]):
+def read_yaml(path: str, what: str, error: type[Exception]) -> Any:
     """Parses a YAML file; any failure raises `error` with one line: '<what> <path>: ...'."""
     try:
         with open(path, "rb") as fh:
@@ -164,7 +166,7 @@ def build_parser(options: list[Option], prog: str, version: str) -> argparse.Arg
     return parser
 
 
-def _show(value) -> str:
+def _show(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(value) or '""'
     return repr(value) if isinstance(value, str) else str(value)
@@ -191,7 +193,8 @@ def resolve(options: list[Option], argv: list[str], prog: str, version: str,
                                       f"(known: {', '.join(sorted(collector_names))})")
             raise ConfigError(f"config file {config_path}: unknown setting {key!r}")
         if "config.file" in file_values:
-            raise ConfigError(f"config file {config_path}: 'config.file' cannot be set in a config file")
+            raise ConfigError(f"config file {config_path}: 'config.file' cannot be set in a "
+                              "config file")
     values: dict[str, Any] = {}
     for opt in options:
         raw, origin = flags[opt.key], f"--{opt.key}"

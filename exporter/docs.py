@@ -9,17 +9,20 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 
 from .collectors import load_all
 from .collectors.base import REGISTRY
 from .metrics import Metric
 from .scrape import META_METRICS
+from .selfmetrics import SELF_METRICS
 
 
 def all_metrics() -> dict[str, tuple[str, Metric]]:
     """metric name -> (collector name or 'exporter', spec)."""
     load_all()
     out = {m.name: ("exporter", m) for m in META_METRICS}
+    out.update((m.name, ("exporter (process)", m)) for m in SELF_METRICS)
     for name, cls in sorted(REGISTRY.items()):
         for m in cls.metrics:
             if m.name in out and out[m.name][1] != m:
@@ -71,12 +74,16 @@ def options_table() -> str:
 BLOCKS = {"COLLECTORS": collectors_table, "METRICS": metrics_table, "OPTIONS": options_table}
 
 
+def _replacer(body: str) -> Callable[[re.Match[str]], str]:
+    return lambda m: m.group(1) + body + "\n" + m.group(2)
+
+
 def render(text: str) -> str:
     for block, fn in BLOCKS.items():
         pattern = re.compile(rf"(<!-- BEGIN {block} -->\n).*?(<!-- END {block} -->)", re.S)
         if not pattern.search(text):
             raise ValueError(f"README has no <!-- BEGIN {block} --> ... <!-- END {block} --> block")
-        text = pattern.sub(lambda m: m.group(1) + fn() + "\n" + m.group(2), text)
+        text = pattern.sub(_replacer(fn()), text)
     return text
 
 

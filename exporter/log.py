@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any, TextIO
 
 import structlog
 
@@ -10,10 +11,11 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "error": logging.ERROR}
 
 
-def setup(level: str = "info", fmt: str | None = None, stream=None):
+def setup(level: str = "info", fmt: str | None = None, stream: TextIO | None = None) -> Any:
     stream = stream or sys.stderr
     if fmt is None:
         fmt = "console" if stream.isatty() else "json"
+    renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
     else:
@@ -30,3 +32,23 @@ def setup(level: str = "info", fmt: str | None = None, stream=None):
         cache_logger_on_first_use=False,
     )
     return structlog.get_logger("nodenet")
+
+
+class Once:
+    """Logs a problem under a key when it appears or changes, not again every scrape.
+
+    ``report(key, None)`` says the key is fine again (the next problem is logged afresh).
+    Keys are the caller's fixed vocabulary (a configured name, "rows"): bounded by design.
+    """
+
+    def __init__(self, log: Any, level: str = "warning"):
+        self._log = log
+        self._level = level
+        self._last: dict[str, str | None] = {}
+
+    def report(self, key: str, message: str | None, **kw: Any) -> None:
+        if self._last.get(key) == message:
+            return
+        self._last[key] = message
+        if message is not None:
+            getattr(self._log, self._level)(message, **kw)

@@ -1,12 +1,11 @@
 """The process's memory policy: keep the working set of a big scrape instead of refaulting it.
 
-A big scrape (IPVS at 5,000 services x 10 backends: 540k samples, 84 MiB of text) allocates and
-frees tens of MiB.  With CPython's defaults, pymalloc hands every emptied 1 MiB arena back to the
-kernel at once and glibc trims its heap top (or maps big blocks afresh), so every scrape faults
-the same pages in again and the kernel zeroes them: ~10,000 page faults per scrape.  On bare
-metal that is ~1-2 us each; where faults are expensive (User-Mode Linux measured 145 us, also
-gVisor and nested virtualisation) it was more than half of the scrape (benchmarks/ipvs_uml.py:
-3.2-4.4 s -> 1.7 s per scrape in the UML guest, 0 faults in steady state).
+A big scrape (IPVS at thousands of services) allocates and frees tens of MiB.  With CPython's
+defaults, pymalloc hands every emptied 1 MiB arena back to the kernel at once and glibc trims
+its heap top (or maps big blocks afresh), so every scrape faults the same pages in again and
+the kernel zeroes them.  Where page faults are expensive (User-Mode Linux, gVisor, nested
+virtualisation) that was more than half of the scrape (figures: docs/performance.md "What keeps
+a scrape cheap", Memory, and "Memory: what a node sees").
 
 So the exporter runs with ``PYTHONMALLOC=malloc`` (the entry point re-executes itself once
 with it when the variable is unset; any value the operator sets is kept, e.g.
@@ -17,8 +16,8 @@ with it when the variable is unset; any value the operator sets is kept, e.g.
 * no mmap below 32 MiB: blocks come from the heap and are reused, not mapped and unmapped;
 * the heap top is given back only when more than 64 MiB of it is free.
 
-RSS then stays at the largest scrape's working set (61 MiB in the UML benchmark) and does not
-grow from scrape to scrape; small nodes are unaffected (28 MiB idle).
+RSS then stays at the largest scrape's working set and does not grow from scrape to scrape;
+small nodes are unaffected.
 """
 from __future__ import annotations
 

@@ -3,24 +3,31 @@
 HTTP/1.1 with keep-alive, optionally TLS and basic auth (``--web.config.file``, see
 :mod:`exporter.webconfig`).  The request reader is ours rather than http.server's so that every
 read is bounded in time and size (http.server's socket timeout bounds each ``recv``, not the
-request: a client sending a byte every few seconds would hold a thread forever).
+request: a client sending a byte every few seconds would hold a thread forever).  What is
+said on the wire (request heads, response framing) is :mod:`exporter.http`; this module keeps
+the sockets, their deadlines and the bounds on connections.
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import itertools
-import re
 import socket
 import socketserver
 import ssl
+import sys
 import threading
 import time
-import zlib
-from email.utils import formatdate
-from http import HTTPStatus
+from collections.abc import Iterator
+from typing import Any
 
 from . import __version__
+from . import http as wire
+from .http import TEXT, Reject, Request, RequestBuffer, parse_head
+from .config import Settings
 from .metrics import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT
+from .scrape import Gatherer
+from .webconfig import WebConfig
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -33,31 +40,15 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     try:
         port = int(port_text)
     except ValueError:
-        raise ValueError(f"listen address {address!r}: port {port_text!r} is not a number") from None
+        raise ValueError(f"listen address {address!r}: port {port_text!r} is not a "
+                         "number") from None
     if not 0 <= port <= 65535:
         raise ValueError(f"listen address {address!r}: port out of range")
     return host, port
 
 
-def wants_openmetrics(accept: str) -> bool:
-    for part in accept.split(","):
-        media = part.split(";")[0].strip().lower()
-        if media == "application/openmetrics-text":
-            return True
-    return False
-
-
-def accepts_gzip(header: str) -> bool:
-    for part in header.split(","):
-        fields = part.strip().split(";")
-        if fields[0].strip().lower() in ("gzip", "*"):
-            q = [f.strip() for f in fields[1:] if f.strip().startswith("q=")]
-            try:
-                if not q or float(q[0][2:] or 0) > 0:
-                    return True
-            except ValueError:
-                continue
-    return False
+wants_openmetrics = wire.wants_openmetrics
+accepts_gzip = wire.accepts_gzip
 
 
 class ExporterServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
@@ -76,8 +67,9 @@ class ExporterServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     request_queue_size = 128
     max_connections = 512
 
-    def __init__(self, address: str, app: "App", web=None, read_header_timeout: float = 10.0,
-                 idle_timeout: float = 90.0, write_timeout: float = 30.0):
+    def __init__(self, address: str, app: App, web: Any = None,
+                 read_header_timeout: float = 10.0, idle_timeout: float = 90.0,
+                 write_timeout: float = 30.0):
         host, port = parse_listen_address(address)
         self.app = app
         self.web = web if web is not None else _StaticWeb()
@@ -105,7 +97,7 @@ class ExporterServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.in_flight_lock = threading.Lock()
         self.idle = threading.Condition(self.in_flight_lock)
 
-    def process_request(self, request, client_address):
+    def process_request(self, request: Any, client_address: Any) -> None:
         with self.in_flight_lock:
             full = self.connections >= self.max_connections
             if not full:
@@ -120,15 +112,14 @@ class ExporterServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 self.connections -= 1
             raise
 
-    def process_request_thread(self, request, client_address):
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
             with self.in_flight_lock:
                 self.connections -= 1
 
-    def handle_error(self, request, client_address):
-        import sys
+    def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
         self.app.log.error("connection handler failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -157,8 +148,7 @@ class ExporterServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 class _StaticWeb:
     """No --web.config.file: plain HTTP, no auth."""
 
-    def current(self):
-        from .webconfig import WebConfig
+    def current(self) -> WebConfig:
         return WebConfig()
 
 
@@ -174,7 +164,8 @@ def _ipv6_usable() -> bool:
 class App:
     """What the handler serves; built by the CLI."""
 
-    def __init__(self, gatherer, settings, log, collector_names):
+    def __init__(self, gatherer: Gatherer, settings: Settings, log: Any,
+                 collector_names: list[str]):
         self.gatherer = gatherer
         self.settings = settings
         self.log = log
@@ -184,12 +175,12 @@ class App:
         self._scrapes = threading.BoundedSemaphore(self.max_requests)
         # /diagnose: an exporter.diagnose.History of the scrapes' readings, recording from the
         # start when the gatherer can be observed (else made at the first /diagnose)
-        self._health = None
+        self._health: Any = None
         self._health_lock = threading.Lock()
         if hasattr(gatherer, "on_collect"):
             self.health()
 
-    def health(self):
+    def health(self) -> Any:
         with self._health_lock:
             if self._health is None:
                 from .diagnose import History
@@ -203,81 +194,134 @@ class App:
         self._scrapes.release()
 
 
-MAX_REQUEST_LINE = 8192
-MAX_HEAD = 16384
-MAX_HEADERS = 100
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
-TEXT = "text/plain; charset=utf-8"
 SMALL_BODY = 1 << 18   # bytes: below this a /metrics answer has a Content-Length
-
-
-class _Reject(Exception):
-    """Answer this status and close the connection."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+SERVER = f"nodenet-exporter/{__version__}"
+_parse_head = parse_head  # the names tests/unit/test_webconfig.py fuzzes
+_Reject = Reject
 
 
 class _Closed(Exception):
     """The client went away, timed out or spoke garbage: close without an answer."""
 
 
-class Request:
-    __slots__ = ("method", "target", "path", "version", "headers", "keep_alive")
+class Connection:
+    """One client socket with deadlines: every read and write is bounded in wall time.
 
-    def __init__(self, method, target, version, headers):
-        self.method = method
-        self.target = target
-        self.version = version
-        self.headers = headers
-        path = target.split("?", 1)[0]
-        if path.startswith(("http://", "https://")):  # absolute-form
-            path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
-        self.path = path
-        conn = headers.get("connection", "").lower()
-        if version >= (1, 1):
-            self.keep_alive = "close" not in conn
-        else:
-            self.keep_alive = "keep-alive" in conn
+    - the TLS handshake and the first request's head within ``read_header_timeout`` of
+      accepting; a later request may idle up to ``idle_timeout``, then has
+      ``read_header_timeout`` from its first byte;
+    - each response within ``write_timeout``.
+    A timeout, a client gone or garbage raises :class:`_Closed` (or OSError/SSLError)."""
+
+    def __init__(self, sock: socket.socket, read_header_timeout: float, idle_timeout: float,
+                 write_timeout: float):
+        self.raw = sock
+        self.sock: socket.socket = sock
+        self.buf = RequestBuffer()
+        self.read_header_timeout = read_header_timeout
+        self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
+        self._first_deadline: float | None = time.monotonic() + read_header_timeout
+
+    @property
+    def tls(self) -> bool:
+        return self.sock is not self.raw
+
+    def handshake(self, context: ssl.SSLContext) -> None:
+        assert self._first_deadline is not None
+        self.sock.settimeout(max(0.001, self._first_deadline - time.monotonic()))
+        self.sock = context.wrap_socket(self.sock, server_side=True,
+                                        do_handshake_on_connect=False)
+        self.sock.do_handshake()
+
+    def close(self) -> None:
+        if self.tls:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+
+    def read_request(self) -> Request | None:
+        """The next request head, or None if the client closed or stayed idle too long;
+        Reject for a head we refuse (answered, then the connection is closed)."""
+        deadline, self._first_deadline = self._first_deadline, None
+        idle_deadline = time.monotonic() + self.idle_timeout
+        if deadline is None and self.buf.begun():  # a pipelined request has begun already
+            deadline = time.monotonic() + self.read_header_timeout
+        while (head := self.buf.next_head()) is None:
+            try:
+                data = self._recv(deadline if deadline is not None else idle_deadline)
+            except _Closed:
+                if not self.buf.begun() and deadline is None:
+                    return None  # idle keep-alive connection: a quiet close
+                raise
+            if not data:
+                if self.buf.begun():
+                    raise _Closed("client closed mid-request")
+                return None
+            if deadline is None:
+                deadline = time.monotonic() + self.read_header_timeout
+            self.buf.feed(data)
+        return parse_head(head)
+
+    def _recv(self, deadline: float) -> bytes:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Closed("read timeout")
+        self.sock.settimeout(left)
+        try:
+            data: bytes = self.sock.recv(65536)
+        except TimeoutError:
+            raise _Closed("read timeout") from None
+        return data
+
+    def write(self, data: bytes) -> None:
+        deadline = time.monotonic() + self.write_timeout
+        view = memoryview(data)
+        # plain TCP: the whole piece per send() (the kernel takes what fits): big chunks in
+        # one call (syscalls are costly in a UML guest); TLS: records of 64 KiB
+        step = 65536 if self.tls else len(view)
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Closed("write timeout")
+            self.sock.settimeout(left)
+            try:
+                sent = self.sock.send(view[:step])
+            except TimeoutError:
+                raise _Closed("write timeout") from None
+            view = view[sent:]
 
 
 class Handler(socketserver.BaseRequestHandler):
-    """One connection: optional TLS handshake, then requests until close, error or timeout."""
+    """One connection: optional TLS handshake, then requests until close, error or timeout.
+
+    The socket and its deadlines are :class:`Connection`'s; bytes are parsed and framed by
+    exporter/http.py; this class decides what each request is answered."""
 
     server: ExporterServer
 
-    def setup(self):
-        self.sock = self.request
-        self.buf = bytearray()
-        self.web = self.server.web.current()  # config snapshot for this connection
-
-    def handle(self):
+    def setup(self) -> None:
         srv = self.server
-        deadline = time.monotonic() + srv.read_header_timeout
+        self.conn = Connection(self.request, srv.read_header_timeout, srv.idle_timeout,
+                               srv.write_timeout)
+        self.web = srv.web.current()  # config snapshot for this connection
+
+    def handle(self) -> None:
+        srv = self.server
         try:
             if self.web.tls is not None:
-                self.sock.settimeout(max(0.001, deadline - time.monotonic()))
-                self.sock = self.web.tls.wrap_socket(self.sock, server_side=True,
-                                                     do_handshake_on_connect=False)
-                self.sock.do_handshake()
-            first = True
+                self.conn.handshake(self.web.tls)
             while True:
                 try:
-                    req = self._read_request(deadline if first else None)
-                except _Reject as rej:
+                    req = self.conn.read_request()
+                except Reject as rej:
                     self._respond(rej.code, rej.message.encode() + b"\n", close=True)
                     return
                 if req is None:
                     return
-                first = False
                 # auth and headers as in force now (a reload applies to kept-alive
                 # connections too); a connection whose TLS-ness no longer matches is closed
                 web = srv.web.current()
-                if (web.tls is None) != (self.sock is self.request):
+                if (web.tls is not None) != self.conn.tls:
                     return
                 self.web = web
                 srv.begin_request()
@@ -292,91 +336,33 @@ class Handler(socketserver.BaseRequestHandler):
             srv.app.log.debug("connection closed", peer=str(self.client_address[0]),
                               reason=f"{type(exc).__name__}: {exc}")
 
-    def finish(self):
-        if self.sock is not self.request:
-            try:
-                self.sock.close()
-            except OSError:
-                pass
-
-    # -- reading -----------------------------------------------------------------------------
-
-    def _recv(self, deadline: float) -> bytes:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise _Closed("read timeout")
-        self.sock.settimeout(left)
-        try:
-            data = self.sock.recv(65536)
-        except (socket.timeout, TimeoutError):
-            raise _Closed("read timeout") from None
-        return data
-
-    def _read_request(self, deadline: float | None) -> Request | None:
-        """The next request head, or None if the client closed or stayed idle too long.
-
-        ``deadline`` bounds handshake plus head of a connection's first request; a later one
-        may idle up to idle_timeout, then has read_header_timeout from its first byte."""
-        srv = self.server
-        idle_deadline = time.monotonic() + srv.idle_timeout
-        if deadline is None and self.buf:  # a pipelined request has begun already
-            deadline = time.monotonic() + srv.read_header_timeout
-        while True:
-            while self.buf[:2] == b"\r\n" or self.buf[:1] == b"\n":  # RFC 9112 2.2
-                del self.buf[:2 if self.buf[:2] == b"\r\n" else 1]
-            end = _head_end(self.buf)
-            if end is not None:
-                break
-            line_end = self.buf.find(b"\n")
-            if (line_end < 0 and len(self.buf) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
-                raise _Reject(414, "request line too long")
-            if len(self.buf) > MAX_HEAD:
-                raise _Reject(431, "request header fields too large")
-            try:
-                data = self._recv(deadline if deadline is not None else idle_deadline)
-            except _Closed:
-                if not self.buf and deadline is None:
-                    return None  # idle keep-alive connection: a quiet close
-                raise
-            if not data:
-                if self.buf:
-                    raise _Closed("client closed mid-request")
-                return None
-            if deadline is None:
-                deadline = time.monotonic() + srv.read_header_timeout
-            self.buf += data
-        head_len, consumed = end
-        if head_len > MAX_HEAD:
-            raise _Reject(431, "request header fields too large")
-        head = bytes(self.buf[:head_len])
-        del self.buf[:consumed]
-        return _parse_head(head)
+    def finish(self) -> None:
+        self.conn.close()
 
     # -- serving -----------------------------------------------------------------------------
 
     def _serve(self, req: Request) -> bool:
         """Answers one request; True to keep the connection open."""
         app: App = self.server.app
-        keep = req.keep_alive
-        if "transfer-encoding" in req.headers or req.headers.get("content-length", "0") != "0":
-            keep = False  # we never read request bodies: the rest of the stream is unusable
+        keep = req.keep_alive and not wire.has_body(req)  # bodies are never read
         head = req.method == "HEAD"
-        if req.method not in ("GET", "HEAD"):
+        what = wire.route(req, app.metrics_path)
+        if what == "method":
             self._respond(405, b"method not allowed\n", head=head, close=True,
                           extra={"Allow": "GET, HEAD"})
             return False
-        if req.path == "/healthz":  # no auth: it tells nothing (see docs/security.md)
+        if what == "healthz":  # no auth: it tells nothing (see docs/security.md)
             return self._respond(200, b"ok\n", head=head, close=not keep)
         auth = self.web.auth
         if auth is not None and auth.check(req.headers.get("authorization")) is None:
             return self._respond(401, b"Unauthorized\n", head=head, close=not keep,
                                  extra={"WWW-Authenticate": 'Basic realm="nodenet-exporter"'})
-        if req.path == app.metrics_path:
+        if what == "metrics":
             return self._metrics(app, req, head, keep)
-        if req.path == "/":
+        if what == "landing":
             return self._respond(200, landing_page(app).encode(), "text/html; charset=utf-8",
                                  head=head, close=not keep)
-        if req.path == "/diagnose":
+        if what == "diagnose":
             return self._diagnose(app, req, head, keep)
         return self._respond(404, b"not found\n", head=head, close=not keep)
 
@@ -385,28 +371,18 @@ class Handler(socketserver.BaseRequestHandler):
 
         A body that fits in ``SMALL_BODY`` (and every HEAD answer) goes out with a
         Content-Length; a bigger one with chunked transfer encoding (HTTP/1.0: delimited by
-        closing the connection), so a 540k-sample scrape never holds its 84 MiB of text."""
+        closing the connection), so a 540k-sample scrape never holds its whole text."""
         if not app.try_begin_scrape():
             return self._respond(
                 503, f"too many concurrent scrapes (limit {app.max_requests})\n".encode(),
                 head=head, close=not keep)
         try:
-            openmetrics = wants_openmetrics(req.headers.get("accept", ""))
-            gz = None
-            extra = {}
-            if accepts_gzip(req.headers.get("accept-encoding", "")):
-                gz = zlib.compressobj(1, zlib.DEFLATED, 31)
-                extra["Content-Encoding"] = "gzip"
+            openmetrics = wire.wants_openmetrics(req.headers.get("accept", ""))
+            gzip = wire.accepts_gzip(req.headers.get("accept-encoding", ""))
+            extra = {"Content-Encoding": "gzip"} if gzip else {}
             try:
-                chunks = _encoded(app.gatherer.scrape_chunks(openmetrics), gz)
-                first, size, done = [], 0, False
-                while size < SMALL_BODY:
-                    piece = next(chunks, None)
-                    if piece is None:
-                        done = True
-                        break
-                    first.append(piece)
-                    size += len(piece)
+                chunks = wire.encoded(app.gatherer.scrape_chunks(openmetrics), gzip)
+                first, size, done = _first_pieces(chunks, SMALL_BODY)
                 if head and not done:
                     size += sum(len(piece) for piece in chunks)
                     done = True
@@ -418,24 +394,7 @@ class Handler(socketserver.BaseRequestHandler):
             if done:
                 return self._respond(200, b"".join(first), ctype, head=head, close=not keep,
                                      extra=extra, length=size)
-            chunked = req.version >= (1, 1)
-            close = not keep or not chunked or self.server.stopping
-            if chunked:
-                extra["Transfer-Encoding"] = "chunked"
-            self._write_all(self._head(200, ctype, close, extra, None))
-            try:
-                for piece in itertools.chain(first, chunks):
-                    if chunked:
-                        piece = b"%x\r\n%b\r\n" % (len(piece), piece)
-                    self._write_all(piece)
-            except Exception as exc:  # noqa: BLE001 - headers are out: cut the stream short
-                if not isinstance(exc, (_Closed, OSError)):
-                    app.log.error("scrape failed while streaming",
-                                  error=f"{type(exc).__name__}: {exc}")
-                raise _Closed(f"stream aborted: {type(exc).__name__}") from None
-            if chunked:
-                self._write_all(b"0\r\n\r\n")
-            return not close
+            return self._stream(app, req, ctype, keep, extra, itertools.chain(first, chunks))
         finally:
             app.end_scrape()
 
@@ -464,104 +423,50 @@ class Handler(socketserver.BaseRequestHandler):
         return self._respond(200, body, ctype, head=head, close=not keep,
                              extra={"X-Nodenet-Diagnose-Status": doc["status"]})
 
-    def _head(self, code: int, ctype: str, close: bool, extra, length: int | None) -> bytes:
-        lines = [f"HTTP/1.1 {code} {_REASONS.get(code, 'Unknown')}",
-                 f"Date: {formatdate(usegmt=True)}",
-                 f"Server: nodenet-exporter/{__version__}",
-                 f"Content-Type: {ctype}"]
-        if length is not None:
-            lines.append(f"Content-Length: {length}")
-        lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
-        lines += [f"{k}: {v}" for k, v in self.web.headers]
-        if close:
-            lines.append("Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-    def _respond(self, code: int, body: bytes, ctype: str = TEXT, head: bool = False,
-                 close: bool = False, extra=None, length: int | None = None) -> bool:
-        close = close or self.server.stopping
-        data = self._head(code, ctype, close, extra, len(body) if length is None else length)
-        self._write_all(data if head else data + body)
+    def _stream(self, app: App, req: Request, ctype: str, keep: bool, extra: dict[str, str],
+                pieces: Iterator[bytes]) -> bool:
+        chunked = req.version >= (1, 1)
+        close = not keep or not chunked or self.server.stopping
+        if chunked:
+            extra["Transfer-Encoding"] = "chunked"
+        self.conn.write(self._head(200, ctype, close, extra, None))
+        try:
+            for piece in pieces:
+                self.conn.write(wire.chunk(piece) if chunked else piece)
+        except Exception as exc:  # noqa: BLE001 - headers are out: cut the stream short
+            if not isinstance(exc, (_Closed, OSError)):
+                app.log.error("scrape failed while streaming",
+                              error=f"{type(exc).__name__}: {exc}")
+            raise _Closed(f"stream aborted: {type(exc).__name__}") from None
+        if chunked:
+            self.conn.write(wire.LAST_CHUNK)
         return not close
 
-    def _write_all(self, data: bytes) -> None:
-        deadline = time.monotonic() + self.server.write_timeout
-        view = memoryview(data)
-        # plain TCP: the whole piece per send() (the kernel takes what fits): 1 MiB chunks in
-        # one call, not 16 of 64 KiB (costly syscalls in a UML guest); TLS: records of 64 KiB
-        step = 65536 if isinstance(self.sock, ssl.SSLSocket) else len(view)
-        while view:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Closed("write timeout")
-            self.sock.settimeout(left)
-            try:
-                sent = self.sock.send(view[:step])
-            except (socket.timeout, TimeoutError):
-                raise _Closed("write timeout") from None
-            view = view[sent:]
+    def _head(self, code: int, ctype: str, close: bool, extra: dict[str, str] | None,
+              length: int | None) -> bytes:
+        headers = [*(extra or {}).items(), *self.web.headers]
+        return wire.response_head(code, ctype, close, length, headers, SERVER)
+
+    def _respond(self, code: int, body: bytes, ctype: str = TEXT, head: bool = False,
+                 close: bool = False, extra: dict[str, str] | None = None,
+                 length: int | None = None) -> bool:
+        close = close or self.server.stopping
+        data = self._head(code, ctype, close, extra, len(body) if length is None else length)
+        self.conn.write(data if head else data + body)
+        return not close
 
 
-def _encoded(chunks, gz):
-    """The exposition's chunks, gzipped when gz is a compressobj; never an empty piece (an
-    empty chunk would end a chunked body)."""
-    if gz is None:
-        for piece in chunks:
-            if piece:
-                yield piece
-        return
-    for piece in chunks:
-        piece = gz.compress(piece)
-        if piece:
-            yield piece
-    yield gz.flush()
-
-
-def _head_end(buf: bytearray) -> tuple[int, int] | None:
-    """(length of the head, bytes to consume) once the blank line ending the head is in buf."""
-    candidates = []
-    i = buf.find(b"\r\n\r\n")
-    if i >= 0:
-        candidates.append((i, i + 4))
-    i = buf.find(b"\n\n")
-    if i >= 0:
-        candidates.append((i, i + 2))
-    i = buf.find(b"\n\r\n")
-    if i >= 0:
-        candidates.append((i, i + 3))
-    return min(candidates) if candidates else None
-
-
-def _parse_head(head: bytes) -> Request:
-    lines = head.split(b"\n")
-    request_line = lines[0].rstrip(b"\r")
-    if len(request_line) > MAX_REQUEST_LINE:
-        raise _Reject(414, "request line too long")
-    if len(lines) - 1 > MAX_HEADERS:
-        raise _Reject(431, "too many header fields")
-    parts = request_line.split(b" ")
-    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
-        raise _Reject(400, "bad request line")
-    m = _VERSION.fullmatch(parts[2])
-    if not m:
-        raise _Reject(400, "bad HTTP version")
-    version = (int(m.group(1)), int(m.group(2)))
-    if version[0] != 1:
-        raise _Reject(505, "HTTP version not supported")
-    headers: dict[str, str] = {}
-    for raw in lines[1:]:
-        line = raw.rstrip(b"\r")
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.fullmatch(name):  # also rejects obs-fold continuation lines
-            raise _Reject(400, "bad header field")
-        key = name.decode("ascii").lower()
-        text = value.strip(b" \t").decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    try:
-        target = parts[1].decode("ascii")
-    except UnicodeDecodeError:
-        raise _Reject(400, "bad request target") from None
-    return Request(parts[0].decode("ascii"), target, version, headers)
+def _first_pieces(chunks: Iterator[bytes], limit: int) -> tuple[list[bytes], int, bool]:
+    """(pieces, their size, whether that was all) taken until at least ``limit`` bytes."""
+    first: list[bytes] = []
+    size = 0
+    while size < limit:
+        piece = next(chunks, None)
+        if piece is None:
+            return first, size, True
+        first.append(piece)
+        size += len(piece)
+    return first, size, False
 
 
 def landing_page(app: App) -> str:

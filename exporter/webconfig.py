@@ -4,8 +4,8 @@ exporter-toolkit format that node_exporter reads::
     tls_server_config:
       cert_file: server.crt          # relative paths are relative to this file's directory
       key_file: server.key
-      client_auth_type: RequireAndVerifyClientCert   # NoClientCert (default) | RequestClientCert
-                                     # | RequireAnyClientCert | VerifyClientCertIfGiven
+      client_auth_type: RequireAndVerifyClientCert   # NoClientCert (default)
+                                     # | VerifyClientCertIfGiven
       client_ca_file: ca.crt
       min_version: TLS12             # default TLS12; TLS10 | TLS11 | TLS12 | TLS13
       max_version: TLS13
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ctypes
 import hashlib
 import hmac
 import os
@@ -34,6 +33,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from .config import read_yaml
 
@@ -42,8 +42,10 @@ class WebConfigError(Exception):
     """A bad web config file; str() is the one-line reason."""
 
 
-CLIENT_AUTH_TYPES = ("NoClientCert", "RequestClientCert", "RequireAnyClientCert",
-                     "VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
+CLIENT_AUTH_TYPES = ("NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
+# Go's modes that ask for a client certificate without verifying it: Python's ssl module has no
+# way to do that (docs/security.md "Client certificates"), so they are refused at start-up.
+CLIENT_AUTH_REFUSED = ("RequestClientCert", "RequireAnyClientCert", "RequireClientCert")
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
                 "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 # The response headers exporter-toolkit lets a config set, with the values it accepts.
@@ -66,10 +68,10 @@ BCRYPT_MAX_PASSWORD = 72  # bcrypt reads no further (Go's CompareHashAndPassword
 class WebConfig:
     path: str | None = None
     tls: ssl.SSLContext | None = None
-    auth: "BasicAuth | None" = None
+    auth: BasicAuth | None = None
     headers: tuple[tuple[str, str], ...] = ()
     files: tuple[str, ...] = ()  # every file it was built from (change detection)
-    summary: dict = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def load(path: str) -> WebConfig:
@@ -81,7 +83,7 @@ def load(path: str) -> WebConfig:
         raise WebConfigError(f"web config {path}: {exc}") from None
 
 
-def _build(path: str, data) -> WebConfig:
+def _build(path: str, data: Any) -> WebConfig:
     if not isinstance(data, dict):
         raise WebConfigError("expected a mapping at top level")
     unknown = set(data) - {"tls_server_config", "http_server_config", "basic_auth_users"}
@@ -91,7 +93,7 @@ def _build(path: str, data) -> WebConfig:
     base = os.path.dirname(os.path.abspath(path))
     files = [os.path.abspath(path)]
     tls = None
-    summary = {"tls": False, "client_auth_type": None, "users": 0}
+    summary: dict[str, Any] = {"tls": False, "client_auth_type": None, "users": 0}
     tls_section = data.get("tls_server_config")
     if tls_section is not None:
         tls, client_auth, tls_files = _tls_context(tls_section, base)
@@ -108,7 +110,7 @@ def _build(path: str, data) -> WebConfig:
                      summary=summary)
 
 
-def _mapping(value, where: str) -> dict:
+def _mapping(value: Any, where: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -116,66 +118,21 @@ def _mapping(value, where: str) -> dict:
     return value
 
 
-def _tls_context(section, base: str):
+def _tls_context(section: Any, base: str) -> tuple[ssl.SSLContext, str, list[str]]:
+    """(context, client_auth_type, files read) from ``tls_server_config``."""
     section = _mapping(section, "tls_server_config")
     for key in section:
         if key in TLS_UNSUPPORTED:
             raise WebConfigError(f"tls_server_config.{key}: not supported by nodenet-exporter")
         if key not in TLS_KEYS:
             raise WebConfigError(f"tls_server_config: unknown key {key!r}")
-
-    def file_of(key: str, required: bool) -> str | None:
-        value = section.get(key)
-        if value in (None, ""):
-            if required:
-                raise WebConfigError(f"tls_server_config.{key} is missing")
-            return None
-        if not isinstance(value, str):
-            raise WebConfigError(f"tls_server_config.{key}: expected a file name")
-        full = os.path.join(base, value)
-        try:
-            with open(full, "rb"):
-                pass
-        except OSError as exc:
-            raise WebConfigError(f"tls_server_config.{key}: {full}: "
-                                 f"{exc.strerror or exc}") from None
-        return full
-
-    cert = file_of("cert_file", True)
-    key = file_of("key_file", True)
-    ca = file_of("client_ca_file", False)
-    client_auth = section.get("client_auth_type") or "NoClientCert"
-    if client_auth == "RequireClientCert":  # exporter-toolkit's old spelling
-        client_auth = "RequireAnyClientCert"
-    if client_auth not in CLIENT_AUTH_TYPES:
-        raise WebConfigError(f"tls_server_config.client_auth_type: {client_auth!r} is not one "
-                             f"of {'|'.join(CLIENT_AUTH_TYPES)}")
-    if ca and client_auth == "NoClientCert":
-        raise WebConfigError("tls_server_config: client_ca_file is set but client_auth_type is "
-                             "NoClientCert (client certificates would never be checked)")
-    if not ca and client_auth in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert"):
-        raise WebConfigError(f"tls_server_config: client_auth_type {client_auth} needs "
-                             "client_ca_file")
-
+    cert = _tls_file(section, base, "cert_file")
+    key = _tls_file(section, base, "key_file")
+    ca = _tls_file(section, base, "client_ca_file", required=False)
+    assert cert is not None and key is not None
+    client_auth = _client_auth(section, ca)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    versions = {}
-    for bound, default in (("min_version", "TLS12"), ("max_version", None)):
-        name = section.get(bound) or default
-        if name is None:
-            continue
-        if name not in TLS_VERSIONS:
-            raise WebConfigError(f"tls_server_config.{bound}: {name!r} is not one of "
-                                 f"{'|'.join(TLS_VERSIONS)}")
-        versions[bound] = TLS_VERSIONS[name]
-    if "max_version" in versions and versions["max_version"] < versions["min_version"]:
-        raise WebConfigError("tls_server_config: max_version is lower than min_version")
-    try:
-        ctx.minimum_version = versions["min_version"]
-        if "max_version" in versions:
-            ctx.maximum_version = versions["max_version"]
-    except (ValueError, ssl.SSLError) as exc:
-        raise WebConfigError(f"tls_server_config: this OpenSSL refuses the TLS versions: "
-                             f"{exc}") from None
+    _set_versions(ctx, section)
     if section.get("prefer_server_cipher_suites", True):
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     try:
@@ -196,17 +153,74 @@ def _tls_context(section, base: str):
         ctx.verify_mode = ssl.CERT_OPTIONAL
     elif client_auth == "RequireAndVerifyClientCert":
         ctx.verify_mode = ssl.CERT_REQUIRED
-    elif client_auth in ("RequestClientCert", "RequireAnyClientCert"):
-        _accept_any_client_cert(ctx, require=client_auth == "RequireAnyClientCert")
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx, client_auth, [f for f in (cert, key, ca) if f]
+
+
+def _tls_file(section: dict, base: str, key: str, required: bool = True) -> str | None:
+    """The full path of a file the section names, checked readable; None if absent."""
+    value = section.get(key)
+    if value in (None, ""):
+        if required:
+            raise WebConfigError(f"tls_server_config.{key} is missing")
+        return None
+    if not isinstance(value, str):
+        raise WebConfigError(f"tls_server_config.{key}: expected a file name")
+    full = os.path.join(base, value)
+    try:
+        with open(full, "rb"):
+            pass
+    except OSError as exc:
+        raise WebConfigError(f"tls_server_config.{key}: {full}: "
+                             f"{exc.strerror or exc}") from None
+    return full
+
+
+def _client_auth(section: dict, ca: str | None) -> str:
+    client_auth = section.get("client_auth_type") or "NoClientCert"
+    if client_auth in CLIENT_AUTH_REFUSED:
+        raise WebConfigError(f"tls_server_config.client_auth_type: {client_auth} is not "
+                             "supported (it accepts unverified client certificates); use "
+                             "RequireAndVerifyClientCert or VerifyClientCertIfGiven with "
+                             "client_ca_file, or NoClientCert")
+    if client_auth not in CLIENT_AUTH_TYPES:
+        raise WebConfigError(f"tls_server_config.client_auth_type: {client_auth!r} is not one "
+                             f"of {'|'.join(CLIENT_AUTH_TYPES)}")
+    if ca and client_auth == "NoClientCert":
+        raise WebConfigError("tls_server_config: client_ca_file is set but client_auth_type is "
+                             "NoClientCert (client certificates would never be checked)")
+    if not ca and client_auth in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert"):
+        raise WebConfigError(f"tls_server_config: client_auth_type {client_auth} needs "
+                             "client_ca_file")
+    return str(client_auth)
+
+
+def _set_versions(ctx: ssl.SSLContext, section: dict) -> None:
+    versions = {}
+    for bound, default in (("min_version", "TLS12"), ("max_version", None)):
+        name = section.get(bound) or default
+        if name is None:
+            continue
+        if name not in TLS_VERSIONS:
+            raise WebConfigError(f"tls_server_config.{bound}: {name!r} is not one of "
+                                 f"{'|'.join(TLS_VERSIONS)}")
+        versions[bound] = TLS_VERSIONS[name]
+    if "max_version" in versions and versions["max_version"] < versions["min_version"]:
+        raise WebConfigError("tls_server_config: max_version is lower than min_version")
+    try:
+        ctx.minimum_version = versions["min_version"]
+        if "max_version" in versions:
+            ctx.maximum_version = versions["max_version"]
+    except (ValueError, ssl.SSLError) as exc:
+        raise WebConfigError(f"tls_server_config: this OpenSSL refuses the TLS versions: "
+                             f"{exc}") from None
 
 
 class _EncryptedKey(Exception):
     pass
 
 
-def _no_password():
+def _no_password() -> str:
     raise _EncryptedKey()  # instead of OpenSSL prompting on the terminal
 
 
@@ -215,42 +229,7 @@ def _ssl_reason(exc: ssl.SSLError) -> str:
     return str(text).replace("_", " ").lower() if text.isupper() else str(text)
 
 
-# Python's ssl module cannot ask for a client certificate without verifying it against a CA,
-# which RequestClientCert and RequireAnyClientCert (Go's semantics) need.  We set OpenSSL's
-# verify mode with an accept-all callback on the context's SSL_CTX directly, after checking
-# that the pointer we found really is this context's SSL_CTX.
-_SSL_VERIFY_PEER = 0x01
-_SSL_VERIFY_FAIL_IF_NO_PEER_CERT = 0x02
-_VERIFY_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
-_accept_all = _VERIFY_CB(lambda _ok, _store: 1)  # module global: must outlive every context
-
-
-def _accept_any_client_cert(ctx: ssl.SSLContext, require: bool) -> None:
-    try:
-        import _ssl
-        lib = ctypes.CDLL(_ssl.__file__)
-        get_mode, set_verify = lib.SSL_CTX_get_verify_mode, lib.SSL_CTX_set_verify
-        get_options = lib.SSL_CTX_get_options
-        get_mode.argtypes, get_mode.restype = [ctypes.c_void_p], ctypes.c_int
-        get_options.argtypes, get_options.restype = [ctypes.c_void_p], ctypes.c_uint64
-        set_verify.argtypes, set_verify.restype = [ctypes.c_void_p, ctypes.c_int, _VERIFY_CB], None
-        # CPython's PySSLContext starts with PyObject_HEAD, then the SSL_CTX pointer.
-        ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-        ok = bool(ptr)
-        for mode in (ssl.CERT_OPTIONAL, ssl.CERT_NONE):
-            ctx.verify_mode = mode
-            ok = ok and get_mode(ptr) == (0 if mode == ssl.CERT_NONE else _SSL_VERIFY_PEER)
-        ok = ok and get_options(ptr) == int(ctx.options)
-    except (OSError, AttributeError, ValueError, ImportError):
-        ok = False
-    if not ok:
-        raise WebConfigError("tls_server_config.client_auth_type: RequestClientCert and "
-                             "RequireAnyClientCert are not available on this Python build")
-    flags = _SSL_VERIFY_PEER | (_SSL_VERIFY_FAIL_IF_NO_PEER_CERT if require else 0)
-    set_verify(ptr, flags, _accept_all)
-
-
-def _users(section) -> dict[str, bytes]:
+def _users(section: Any) -> dict[str, bytes]:
     section = _mapping(section, "basic_auth_users")
     users = {}
     for name, hashed in section.items():
@@ -263,7 +242,7 @@ def _users(section) -> dict[str, bytes]:
     return users
 
 
-def _headers(section) -> tuple[tuple[str, str], ...]:
+def _headers(section: Any) -> tuple[tuple[str, str], ...]:
     section = _mapping(section, "http_server_config")
     unknown = set(section) - {"headers", "http2"}
     if unknown:
@@ -359,8 +338,8 @@ def parse_basic(authorization: str | None) -> tuple[bytes, bytes] | None:
     return user, password
 
 
-def _fingerprint(files) -> tuple:
-    out = []
+def _fingerprint(files: list[str]) -> tuple:
+    out: list[tuple] = []
     for path in files:
         try:
             st = os.stat(path)
@@ -375,7 +354,7 @@ class WebConfigHolder:
 
     CHECK_INTERVAL = 1.0  # seconds between looks at the files' change times
 
-    def __init__(self, path: str | None, log):
+    def __init__(self, path: str | None, log: Any):
         self.path = path
         self.log = log
         self._config = load(path) if path else WebConfig()
@@ -417,6 +396,7 @@ class WebConfigHolder:
         return sorted(files)
 
     def _reload(self, reason: str) -> bool:
+        assert self.path is not None  # only called with a --web.config.file
         try:
             config = load(self.path)
         except WebConfigError as exc:

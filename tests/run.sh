@@ -24,6 +24,18 @@ if [ -n "$missing" ]; then
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 PY=${PYTHON:-python3}
-"$PY" -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v -e "^WARNING: Running pip as" -e "is ignored: it is neither" || true
-"$PY" -c "import exporter, pytest, hypothesis" || { echo "tests/run.sh: python deps did not install" >&2; exit 1; }
-exec "$PY" -m pytest "$@"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[test,dev]" 2>&1 | grep -v -e "^WARNING: Running pip as" -e "is ignored: it is neither" || true
+"$PY" -c "import exporter, pytest, hypothesis, pytest_timeout" || { echo "tests/run.sh: python deps did not install" >&2; exit 1; }
+# Lint and types first (config in pyproject.toml). A finding fails the run like a failing
+# test, but the tests still run, so one report shows everything.
+checks=0
+"$PY" -m ruff check exporter || checks=1
+"$PY" -m mypy exporter || checks=1
+# Everything, slowest 20 listed; a test that needs something missing fails, never skips.
+rc=0
+"$PY" -m pytest --durations=20 "$@" || rc=$?
+if [ "$checks" != 0 ]; then
+    echo "tests/run.sh: ruff or mypy found problems (see above)" >&2
+    [ "$rc" != 0 ] || rc=1
+fi
+exit "$rc"

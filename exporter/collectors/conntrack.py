@@ -39,7 +39,7 @@ import threading
 import time
 
 from ..config import Option, parse_bool, parse_duration, parse_list, parse_positive_int
-from ..metrics import COUNTER, GAUGE, Metric
+from ..metrics import COUNTER, GAUGE, Column, Metric, Table
 from ..sources import ParseError, Unavailable
 from ..sources import conntrack as ct
 from ..sources import netns, procfs
@@ -80,7 +80,7 @@ NETNS_FOUND = Metric("nodenet_conntrack_netns_namespaces", GAUGE,
                      "nodenet_conntrack_netns_entries series when the cap or the time budget "
                      "was hit, or a namespace vanished while being read).")
 
-# CpuStats field -> counter name (without the _total the spec adds); issue #3 is the contract.
+# CpuStats field -> counter name and help; the names are a contract (README "Metric reference").
 COUNTER_NAMES = {
     "found": ("nodenet_conntrack_found_total",
               "Lookups that found an existing conntrack entry."),
@@ -110,6 +110,8 @@ _CPU_NOTE = (" Summed over CPUs; per CPU (label cpu) with --collector.conntrack.
 # Both variants share name and help; `metrics` declares the labelled one (what the label can be).
 SUMMED = {f: Metric(n, COUNTER, h + _CPU_NOTE) for f, (n, h) in COUNTER_NAMES.items()}
 PER_CPU = {f: Metric(n, COUNTER, h + _CPU_NOTE, ("cpu",)) for f, (n, h) in COUNTER_NAMES.items()}
+# --collector.conntrack.per-cpu: one table, (metric, CpuStats field) per column
+PER_CPU_COLUMNS: tuple[Column, ...] = tuple((PER_CPU[f], f) for f in COUNTER_NAMES)
 
 NETLINK_TIMEOUT = 2.0
 
@@ -319,14 +321,10 @@ class ConntrackCollector(Collector):
 
     def _counters(self, cpus):
         if self.per_cpu:
-            for fld, spec in PER_CPU.items():
-                fam = spec.family()
-                for c in cpus:
-                    value = getattr(c, fld)
-                    if value is not None:
-                        fam.add((str(c.cpu),), value)
-                if len(fam):
-                    yield fam
+            # one row per CPU; a counter this kernel lacks (None) is no sample
+            table = Table.of(PER_CPU_COLUMNS, ("cpu",))
+            table.add_rows([table.labelset((str(c.cpu),)) for c in cpus], cpus)
+            yield table
         else:
             for fld, total in ct.sum_stats(cpus).items():
                 if total is not None:

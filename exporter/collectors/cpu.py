@@ -4,9 +4,12 @@ from __future__ import annotations
 import os
 import threading
 
-from ..metrics import COUNTER, GAUGE, Metric
-from ..sources import procfs
-from .base import Collector, register
+from collections.abc import Iterator
+
+from ..log import Once
+from ..metrics import COUNTER, GAUGE, Family, Metric
+from ..sources import ParseError, procfs
+from .base import Collector, Context, register
 
 STEAL = Metric("nodenet_cpu_steal_seconds_total", COUNTER,
                "Time the hypervisor ran something else while this CPU wanted to run (steal), "
@@ -25,14 +28,16 @@ class CpuCollector(Collector):
     source = "/proc/stat, /sys/devices/system/cpu/online"
     metrics = (STEAL, CPUS)
 
-    def __init__(self, ctx):
+    def __init__(self, ctx: Context):
         super().__init__(ctx)
+        self._once = Once(self.log)
         self.user_hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._held: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def collect(self):
-        steals = procfs.parse_stat_steal(procfs.read_text(self.ctx.proc("stat")))
+    def collect(self) -> Iterator[Family]:
+        text = procfs.read_text(self.ctx.proc("stat"))
+        steals = procfs.parse_stat_steal(text)
         fam = STEAL.family()
         with self._lock:
             for s in steals:
@@ -43,11 +48,17 @@ class CpuCollector(Collector):
                 self._held[s.cpu] = ticks
                 fam.add((s.cpu,), ticks / self.user_hz)
         yield fam
-        yield CPUS.single(self._online_cpus(len(steals)))
+        yield CPUS.single(self._online_cpus(text))
 
-    def _online_cpus(self, fallback: int) -> int:
+    def _online_cpus(self, stat_text: str) -> int:
+        """CPUs in sysfs's online list; without one (absent, or a list we cannot read), the
+        CPUs /proc/stat has a line for - the same set, as the kernel prints only online ones."""
+        path = self.ctx.sys("devices", "system", "cpu", "online")
         try:
-            return len(procfs.parse_cpu_list(
-                procfs.read_text(self.ctx.sys("devices", "system", "cpu", "online"))))
+            return len(procfs.parse_cpu_list(procfs.read_text(path)))
         except FileNotFoundError:
-            return fallback
+            pass
+        except (ParseError, OSError) as exc:
+            self._once.report("online", "cpu online list unreadable: counting /proc/stat CPUs",
+                              path=path, reason=str(exc))
+        return len(procfs.parse_stat_cpus(stat_text))

@@ -8,9 +8,10 @@ service can still take traffic.  IPVS absent on the node is not a failure:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from ..config import Option, parse_bool, parse_list, parse_regex
-from ..metrics import COUNTER, GAUGE, Metric, Table
+from ..metrics import COUNTER, GAUGE, Column, Family, Info, Metric, Table, row_getter
 from ..sources import ipvs
 from .base import Collector, register
 
@@ -72,11 +73,34 @@ B_INFO = Metric("nodenet_ipvs_backend_info", GAUGE,
                 "label. With --collector.ipvs.backend-labels, the number of backends merged.",
                 BACKEND_LABELS + ("forwarding",))
 
-_SERVICE_METRICS = (SERVICE_INFO, SERVICE_CONNS, SERVICE_INPKTS, SERVICE_OUTPKTS,
-                    SERVICE_INBYTES, SERVICE_OUTBYTES, SERVICE_BACKENDS,
-                    SERVICE_BACKENDS_AVAILABLE)
-_BACKEND_METRICS = (B_ACTIVE, B_INACTIVE, B_PERSISTENT, B_WEIGHT, B_CONNS, B_INPKTS,
-                    B_OUTPKTS, B_INBYTES, B_OUTBYTES, B_INFO)
+# Each table is the one ordering of its metrics: (metric, value getter) per series of a
+# service / a backend (dotted attribute paths, or callables; Info: value 1, labels from it).
+SERVICE_COLUMNS: tuple[Column, ...] = (
+    (SERVICE_CONNS, "stats.conns"),
+    (SERVICE_INPKTS, "stats.inpkts"),
+    (SERVICE_OUTPKTS, "stats.outpkts"),
+    (SERVICE_INBYTES, "stats.inbytes"),
+    (SERVICE_OUTBYTES, "stats.outbytes"),
+    (SERVICE_BACKENDS, lambda svc: len(svc.backends)),
+    (SERVICE_BACKENDS_AVAILABLE, lambda svc: sum(1 for b in svc.backends if b.weight > 0)),
+    (SERVICE_INFO, Info("scheduler", lambda svc: ",".join(svc.flag_names))),
+)
+BACKEND_COLUMNS: tuple[Column, ...] = (
+    (B_ACTIVE, "active_conns"),
+    (B_INACTIVE, "inactive_conns"),
+    (B_PERSISTENT, "persistent_conns"),
+    (B_WEIGHT, "weight"),
+    (B_CONNS, "stats.conns"),
+    (B_INPKTS, "stats.inpkts"),
+    (B_OUTPKTS, "stats.outpkts"),
+    (B_INBYTES, "stats.inbytes"),
+    (B_OUTBYTES, "stats.outbytes"),
+    # last: --collector.ipvs.backend-labels counts it; the name is looked up once per method
+    (B_INFO, Info("fwd_method", labels=lambda m: (ipvs.FWD_NAMES.get(m, str(m)),))),
+)
+_SERVICE_METRICS = tuple(m for m, _ in SERVICE_COLUMNS)
+_BACKEND_METRICS = tuple(m for m, _ in BACKEND_COLUMNS)
+_backend_values = row_getter([g for _, g in BACKEND_COLUMNS])
 
 
 def _backend_labels(value):
@@ -152,9 +176,7 @@ class IPVSCollector(Collector):
         sid = service_id(svc)
         if self.include is not None and not self.include.search(sid):
             return False
-        if self.exclude is not None and self.exclude.search(sid):
-            return False
-        return True
+        return self.exclude is None or not self.exclude.search(sid)
 
     def collect(self):
         flt = None if self.include is None and self.exclude is None else self._wanted
@@ -164,85 +186,54 @@ class IPVSCollector(Collector):
         yield self.availability(AVAILABLE, True)
         yield from out
 
-    def _collect(self, services) -> list:
+    def _collect(self, services: Iterable[ipvs.Service]) -> list[Family | Table]:
         # Tables: one rendered label set per service / backend, one value column per metric
-        # (at 5,000 x 10 this is 540k samples; see docs/performance.md and docs/ipvs.md)
-        st_ = Table(_SERVICE_METRICS, SERVICE_LABELS)
-        s_sets, s_labelset = st_.labelsets, st_.labelset
-        (s_info, s_conns, s_inp, s_outp, s_inb, s_outb, s_nb, s_nba) = (
-            c.append for c in st_.columns)
+        # (540k samples at 5,000 x 10: docs/performance.md "IPVS")
+        st_ = Table.of(SERVICE_COLUMNS, SERVICE_LABELS)
         per_backend, aggregate = self.per_backend, self.aggregate
+        bt = None
         if per_backend and not aggregate:
-            bt = Table(self.bmetrics, BACKEND_LABELS)
-            b_sets = bt.labelsets
-            (a_act, a_inact, a_pers, a_w, a_conns, a_inp, a_outp, a_inb, a_outb, a_info) = (
-                c.append for c in bt.columns)
-        fwd_entries = {m: (1, n) for m, n in ipvs.FWD_NAMES.items()}
-        info_entries: dict = {}
+            bt = Table.of(tuple(zip(self.bmetrics, (g for _, g in BACKEND_COLUMNS),
+                                    strict=True)), BACKEND_LABELS)
         agg: dict = {}
         nbackends = nservices = 0
         for svc in services:
             nservices += 1
             lv = service_label_values(svc)
-            st = svc.stats
-            svc_set = s_labelset(lv)
-            s_sets.append(svc_set)
-            ikey = (svc.scheduler, ",".join(svc.flag_names))
-            s_info(info_entries.get(ikey) or info_entries.setdefault(ikey, (1,) + ikey))
-            s_conns(st.conns)
-            s_inp(st.inpkts)
-            s_outp(st.outpkts)
-            s_inb(st.inbytes)
-            s_outb(st.outbytes)
+            svc_set = st_.labelset(lv)
+            st_.add_row(svc_set, svc)
             backends = svc.backends
             nbackends += len(backends)
-            s_nb(len(backends))
-            s_nba(sum(1 for b in backends if b.weight > 0))
-            if not per_backend:
-                continue
-            if aggregate:
-                self._aggregate(agg, lv, backends)
-                continue
-            svc_set += ',backend_address="'
-            for b in backends:
-                # hot path (50k backends at node scale): list appends, no method layers.
+            if bt is not None:
                 # BACKEND_LABELS = SERVICE_LABELS + (backend_address, backend_port): the
                 # service's rendered set is extended; the address comes from inet_ntop (no
                 # character to escape), the port is an integer.
-                b_sets.append(f'{svc_set}{b.address}",backend_port="{b.port}"')
-                bs = b.stats
-                a_act(b.active_conns)
-                a_inact(b.inactive_conns)
-                a_pers(b.persistent_conns)
-                a_w(b.weight)
-                a_conns(bs.conns)
-                a_inp(bs.inpkts)
-                a_outp(bs.outpkts)
-                a_inb(bs.inbytes)
-                a_outb(bs.outbytes)
-                a_info(fwd_entries.get(b.fwd_method) or (1, str(b.fwd_method)))
-        out = [SERVICES.single(nservices), BACKENDS.single(nbackends), st_]
-        if per_backend and not aggregate:
+                svc_set += ',backend_address="'
+                bt.add_rows([f'{svc_set}{b.address}",backend_port="{b.port}"' for b in backends],
+                            backends)
+            elif per_backend:
+                self._aggregate(agg, lv, backends)
+        out: list[Family | Table] = [SERVICES.single(nservices), BACKENDS.single(nbackends), st_]
+        if bt is not None:
             out.append(bt)
         elif per_backend:
             bf = [m.family() for m in self.bmetrics]
             b_info = bf[-1]
             for key, (acc, fwd) in agg.items():
-                for fam, v in zip(bf, acc):
+                for fam, v in zip(bf[:-1], acc, strict=True):   # b_info is last
                     fam.add(key, v)
                 for method, n in fwd.items():
                     b_info.add(key + (method,), n)
             out += bf
         return out
 
-    def _aggregate(self, agg: dict, lv: tuple, backends) -> None:
-        """Sum the backend values over the labels not kept (--collector.ipvs.backend-labels)."""
+    def _aggregate(self, agg: dict, lv: tuple, backends: list[ipvs.Backend]) -> None:
+        """Sum the backend values over the labels not kept (--collector.ipvs.backend-labels);
+        the info column counts the backends per forwarding method."""
         keep = self.keep_idx
         for b in backends:
             blv = lv + (b.address, str(b.port))
-            bs = b.stats
-            vals = (b.active_conns, b.inactive_conns, b.persistent_conns, b.weight,
-                    bs.conns, bs.inpkts, bs.outpkts, bs.inbytes, bs.outbytes)
+            *vals, (fwd,) = _backend_values(b)
             key = tuple(blv[i] for i in keep)
             cur = agg.get(key)
             if cur is None:
@@ -250,4 +241,4 @@ class IPVSCollector(Collector):
             acc = cur[0]
             for i, v in enumerate(vals):
                 acc[i] += v
-            cur[1][b.fwd_name] = cur[1].get(b.fwd_name, 0) + 1
+            cur[1][fwd] = cur[1].get(fwd, 0) + 1

@@ -1,9 +1,10 @@
 """Per-CPU softnet (NAPI/backlog) statistics from /proc/net/softnet_stat."""
 from __future__ import annotations
 
-from ..metrics import COUNTER, GAUGE, Metric
+from ..log import Once
+from ..metrics import COUNTER, GAUGE, Family, Metric
 from ..sources import procfs
-from .base import Collector, register
+from .base import Collector, Context, register
 
 PROCESSED = Metric("nodenet_softnet_processed_total", COUNTER,
                    "Packets processed by the CPU's network softirq.", ("cpu",))
@@ -29,8 +30,17 @@ class SoftnetCollector(Collector):
     source = "/proc/net/softnet_stat"
     metrics = (PROCESSED, DROPPED, SQUEEZED, RECEIVED_RPS, FLOW_LIMIT, BACKLOG)
 
-    def collect(self):
-        stats = procfs.parse_softnet(procfs.read_text(self.ctx.proc("net", "softnet_stat")))
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self._once = Once(self.log)
+
+    def collect(self) -> list[Family]:
+        """Rows the kernel cannot have written are skipped (logged once); none valid: fails."""
+        skipped: list[str] = []
+        stats = procfs.parse_softnet(procfs.read_text(self.ctx.proc("net", "softnet_stat")),
+                                     skipped)
+        self._once.report("rows", "softnet_stat rows skipped" if skipped else None,
+                          rows=len(skipped), first=skipped[0] if skipped else "")
         fams = {m: m.family() for m in self.metrics}
         for s in stats:
             key = (s.cpu,)

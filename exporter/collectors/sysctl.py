@@ -1,10 +1,13 @@
 """Kernel tunables that decide whether a node survives connection churn."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from ..config import Option, parse_list
-from ..metrics import GAUGE, Metric
+from ..log import Once
+from ..metrics import GAUGE, Family, Metric
 from ..sources import ParseError, procfs
-from .base import Collector, register
+from .base import Collector, Context, register
 
 DEFAULT_NAMES = [
     "net.netfilter.nf_conntrack_max",
@@ -28,7 +31,7 @@ VALUE = Metric("nodenet_sysctl_value", GAUGE,
                ("name", "bound"))
 
 
-def _sysctl_names(value):
+def _sysctl_names(value: str) -> list[str]:
     names = parse_list(value)
     for name in names:
         procfs.sysctl_path("/proc", name)  # validates the name
@@ -45,7 +48,13 @@ class SysctlCollector(Collector):
     options = (Option("collector.sysctl.names", _sysctl_names, DEFAULT_NAMES,
                       "Comma-separated sysctl names to export", "NAMES"),)
 
-    def collect(self):
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self._once = Once(self.log)
+
+    def collect(self) -> Iterator[Family]:
+        """One series per value; a tunable that is not a number (kernel.seccomp.actions_avail)
+        or cannot be read costs only itself: skipped, logged once at warn."""
         fam = VALUE.family()
         for name in self.ctx.settings["collector.sysctl.names"]:
             path = procfs.sysctl_path(self.ctx.procfs, name)
@@ -53,11 +62,13 @@ class SysctlCollector(Collector):
                 values = procfs.parse_sysctl_value(procfs.read_text(path))
             except FileNotFoundError:
                 continue  # not on this kernel (or module not loaded): left out
-            except ParseError as exc:
-                raise ParseError(f"{name}: {exc}") from None
+            except (ParseError, OSError) as exc:
+                self._once.report(name, "sysctl skipped", name=name, reason=str(exc))
+                continue
+            self._once.report(name, None)
             bounds = BOUNDS.get(name)
             if bounds and len(values) == len(bounds):
-                for bound, value in zip(bounds, values):
+                for bound, value in zip(bounds, values, strict=True):
                     fam.add((name, bound), value)
             elif len(values) == 1:
                 fam.add((name, ""), values[0])

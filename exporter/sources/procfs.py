@@ -48,6 +48,19 @@ def parse_stat_steal(text: str) -> list[CpuSteal]:
     return out
 
 
+def parse_stat_cpus(text: str) -> list[str]:
+    """The CPUs /proc/stat has a ``cpuN`` line for (the online ones), old kernels included."""
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.startswith("cpu") or line.startswith("cpu "):
+            continue
+        name = line.split(maxsplit=1)[0][3:]
+        if not _DEC.fullmatch(name):
+            raise ParseError(f"/proc/stat line {lineno}: bad cpu name {line[:40]!r}")
+        out.append(name)
+    return out
+
+
 MAX_CPUS = 1 << 16  # NR_CPUS is at most 8192 today; more than this is not a cpu list
 
 
@@ -82,22 +95,33 @@ class SoftnetStat:
     backlog_len: int | None = None       # since 5.10
 
 
-def parse_softnet(text: str) -> list[SoftnetStat]:
+SOFTNET_MIN_COLUMNS = 9  # processed..cpu_collision: every kernel since 2.6 prints at least these
+
+
+def parse_softnet(text: str, skipped: list[str] | None = None) -> list[SoftnetStat]:
     """/proc/net/softnet_stat: one line per online CPU, hex columns.
 
     Columns: processed dropped time_squeeze 0 0 0 0 0 cpu_collision received_rps
     flow_limit_count [backlog_len cpu_index [input_qlen process_qlen]].  Kernels before 5.10
     have no cpu index column and skip offline CPUs, so the line number is only a best guess.
+
+    A row no kernel writes (fewer than 9 columns, a column that is not a 64-bit hex number) is
+    left out, its reason appended to ``skipped``: it costs that CPU only.  ParseError when no
+    row is valid.
     """
     out = []
+    bad: list[str] = []
     for lineno, line in enumerate(text.splitlines()):
         fields = line.split()
         if not fields:
             continue
-        if len(fields) < 3:
-            raise ParseError(f"softnet_stat line {lineno + 1}: {len(fields)} columns, need >= 3")
+        if len(fields) < SOFTNET_MIN_COLUMNS:
+            bad.append(f"softnet_stat line {lineno + 1}: {len(fields)} columns, "
+                       f"need >= {SOFTNET_MIN_COLUMNS}")
+            continue
         if not all(_HEX.fullmatch(f) for f in fields):
-            raise ParseError(f"softnet_stat line {lineno + 1}: non-hex column")
+            bad.append(f"softnet_stat line {lineno + 1}: non-hex column")
+            continue
         values = [int(f, 16) for f in fields]
         n = len(values)
         cpu = str(values[12]) if n >= 13 else str(lineno)
@@ -107,6 +131,10 @@ def parse_softnet(text: str) -> list[SoftnetStat]:
             flow_limit_count=values[10] if n >= 11 else None,
             backlog_len=values[11] if n >= 13 else None,
         ))
+    if skipped is not None:
+        skipped.extend(bad)
+    if not out:
+        raise ParseError(bad[0] if bad else "softnet_stat: no rows")
     return out
 
 

@@ -22,7 +22,9 @@ GOLDEN = os.path.join(FIX, "golden", "metrics.prom")
 FIXTURE_ARGS = [f"--path.procfs={FIX}/root/proc", f"--path.sysfs={FIX}/root/sys"]
 # Series whose value depends on the machine or the moment, not on the fixture tree.
 VOLATILE = re.compile(r"^(nodenet_scrape_collector_duration_seconds|nodenet_build_info"
-                      r"|nodenet_conntrack_entries_limit|nodenet_conntrack_buckets)[{ ]"
+                      r"|nodenet_conntrack_entries_limit|nodenet_conntrack_buckets"
+                      # the exporter process itself (exporter/selfmetrics.py)
+                      r"|process_[a-z_]+|python_[a-z_]+)[{ ]"
                       # neighbour tables are machine-wide: the dump shows this host's
                       r"|^nodenet_neighbour_(entries|entries_limit|gc_threshold_entries"
                       r"|table_fulls_total|forced_gc_runs_total|resolution_failures_total)\{"

@@ -122,8 +122,6 @@ def test_min_version_tls13(tmp_path, pki):
 # (no client certificate, certificate signed by the CA, self-signed certificate) -> served?
 CLIENT_AUTH_CASES = {
     "NoClientCert": (True, True, True),
-    "RequestClientCert": (True, True, True),
-    "RequireAnyClientCert": (False, True, True),
     "VerifyClientCertIfGiven": (True, True, False),
     "RequireAndVerifyClientCert": (False, True, False),
 }
@@ -203,6 +201,13 @@ BAD_CONFIGS = {
                     "  min_version: TLS14\n", "'TLS14' is not one of"),
     "max_below_min": ("tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
                       "  min_version: TLS13\n  max_version: TLS12\n", "max_version is lower"),
+    # Go-only modes (an unverified client certificate): refused, alternatives named
+    "request_client_cert": ("tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+                            "  client_auth_type: RequestClientCert\n  client_ca_file: {ca}\n",
+                            "RequestClientCert is not supported"),
+    "require_any_client_cert": ("tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+                                "  client_auth_type: RequireAnyClientCert\n",
+                                "use RequireAndVerifyClientCert or VerifyClientCertIfGiven"),
     "plain_password": ("basic_auth_users:\n  prom: s3cret\n", "not a bcrypt hash"),
     "bad_header": ("http_server_config:\n  headers:\n    Server: evil\n", "cannot be set"),
     "unsupported_tls_key": ("tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"

@@ -96,6 +96,20 @@ def test_per_cpu_flag_adds_cpu_label():
     assert ("nodenet_conntrack_early_drops_total", ()) not in s
 
 
+def test_per_cpu_on_the_old_layout_leaves_out_what_it_lacks():
+    """Per CPU from /proc (layout-17-searched has no clash_resolve/chaintoolong column): the
+    per-CPU table's None cells are no sample, and a metric of None cells only is absent."""
+    g, _ = make(["--collector.conntrack.per-cpu"], EPERM)
+    s = scrape(g)
+    found = {dict(labels)["cpu"]: v for (n, labels), v in s.items()
+             if n == "nodenet_conntrack_found_total"}
+    assert found == {"0": 1, "1": 16, "2": 256, "3": 4294967295}
+    assert "nodenet_conntrack_clash_resolves_total" not in names(s)
+    assert "nodenet_conntrack_chain_too_long_total" not in names(s)
+    text = g.scrape().decode()
+    assert "# TYPE nodenet_conntrack_clash_resolves_total" not in text
+
+
 def test_states_from_replayed_dump():
     g, _ = make(["--collector.conntrack.states"], GOOD)
     s = scrape(g)

@@ -221,3 +221,138 @@ def test_table_int_column_uses_exact_integers():
     assert 't_backend_bytes_total{svc="a",backend="1"} 18446744073709551615\n' in out
     assert 't_backend_bytes_total{svc="b",backend="1"} 1\n' in out
     assert 't_backend_bytes_total{svc="c",backend="1"} -3\n' in out
+
+
+# --- a second, independent writer as oracle: prometheus_client's own renderer ---------------
+_LABEL_VALUES = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=6)
+_HELP = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
+
+
+@st.composite
+def _specs_and_samples(draw):
+    """Up to 4 metrics (distinct names, random type/help/labels), each with distinct series."""
+    out = []
+    for i in range(draw(st.integers(0, 4))):
+        kind = draw(st.sampled_from([COUNTER, GAUGE]))
+        labels = tuple(draw(st.lists(st.sampled_from(["a", "b", "le_x", "code", "_u"]),
+                                     unique=True, max_size=3)))
+        name = f"o{i}_m" + ("_total" if kind == COUNTER else "")
+        values = (st.integers(0, 2**70) | st.floats(0, allow_infinity=True, allow_nan=False)
+                  if kind == COUNTER else
+                  st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True))
+        rows = draw(st.lists(st.tuples(st.tuples(*[_LABEL_VALUES] * len(labels)), values),
+                             max_size=6, unique_by=lambda r: r[0]))
+        out.append((Metric(name, kind, draw(_HELP), labels), rows))
+    return out
+
+
+def _observed(fams):
+    """Parsed families -> comparable {name: (type, help, {(sample, labels): value})}."""
+    out = {}
+    for f in fams:
+        samples = {}
+        for s in f.samples:
+            # as floats: ours writes integers above 2**53 exactly, the client rounds them
+            v = "NaN" if math.isnan(s.value) else float(s.value)
+            samples[(s.name, tuple(sorted(s.labels.items())))] = v
+        out[f.name] = (f.type, f.documentation, samples)
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(_specs_and_samples())
+def test_writer_agrees_with_prometheus_client_rendering(specs):
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_om
+
+    ours, theirs = [], []
+    for spec, rows in specs:
+        fam = spec.family()
+        if spec.type == COUNTER:
+            cf = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+        else:
+            cf = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+        for label_values, value in rows:
+            fam.add(label_values, value)
+            cf.add_metric(list(label_values), float(value))
+        ours.append(fam)
+        theirs.append(cf)
+
+    class Fixed:
+        def collect(self):
+            return theirs
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Fixed())
+    w = ExpositionWriter()
+    # text format: every family with samples (the client also writes HELP/TYPE of empty ones)
+    got = _observed(parse_text(w.render(ours).decode()))
+    want = {k: v for k, v in _observed(parse_text(generate_latest(registry).decode())).items()
+            if v[2] or k in got}
+    assert got == want
+    got_om = _observed(parse_om(w.render(ours, openmetrics=True).decode()))
+    want_om = {k: v for k, v in _observed(
+        parse_om(generate_om(registry).decode())).items() if v[2] or k in got_om}
+    # the client adds _created samples to counters in OpenMetrics; ours has none
+    want_om = {k: (t, h, {s: v for s, v in smp.items() if not s[0].endswith("_created")})
+               for k, (t, h, smp) in want_om.items()}
+    assert got_om == want_om
+
+
+# --- Table.of / add_row: declared (metric, getter) columns ----------------------------------
+class _S:
+    def __init__(self, a, b, kind, n=None):
+        self.a, self.kind, self.n = a, kind, n
+        self.stats = type("St", (), {"b": b})()
+
+
+_COLUMNS = ((B1, "a"), (B2, "stats.b"), (Metric("t_backend_n", GAUGE, "N.", ("svc", "backend")),
+                                          lambda o: o.n),
+            (BI, metrics.Info("kind", labels=lambda k: ({1: "nat", 2: "dr"}.get(k, str(k)),))))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**65), st.integers(-5, 5), st.sampled_from([1, 2, 9]),
+                          st.one_of(st.none(), st.integers(0, 9))), max_size=30))
+def test_table_of_add_row_equals_families(rows):
+    t = metrics.Table.of(_COLUMNS)
+    t2 = metrics.Table.of(_COLUMNS)
+    fams = [spec.family() for spec, _ in _COLUMNS]
+    objs, sets = [], []
+    for i, (a, b, kind, n) in enumerate(rows):
+        obj, lv = _S(a, b, kind, n), ("s", str(i))
+        t.add_row(t.labelset(lv), obj)
+        objs.append(obj)
+        sets.append(t2.labelset(lv))
+        fams[0].add(lv, a)
+        fams[1].add(lv, b)
+        if n is not None:       # None is no sample
+            fams[2].add(lv, n)
+        fams[3].add(lv + ({1: "nat", 2: "dr"}.get(kind, str(kind)),), 1)
+    t2.add_rows(sets, objs)
+    w = ExpositionWriter()
+    # an all-None column is no metric at all (a Family without samples has HELP/TYPE, and
+    # so has a table without rows)
+    ref = [f for f in fams if f.samples] if rows else fams
+    assert w.render([t]) == w.render(ref) == w.render([t2])
+    assert w.render([t], openmetrics=True) == w.render(ref, openmetrics=True)
+    entries = {id(e) for e in t.columns[3]}
+    assert len(entries) <= 3  # one shared (1, label) entry per distinct kind
+
+
+def test_table_of_refuses_bad_declarations():
+    with pytest.raises(ValueError):
+        metrics.Table.of(((BI, "a"),), ("svc", "backend"))  # extra label without an Info
+    with pytest.raises(ValueError):
+        metrics.Table.of(((B1, metrics.Info("a")),))      # an Info without the extra label
+    with pytest.raises(ValueError):
+        metrics.Table.of(((B1, "a; import os"),))         # not an attribute path
+    with pytest.raises(TypeError):
+        metrics.Table((B1,)).add_row('svc="a",backend="1"', object())
+
+
+def test_row_getter_matches_the_table():
+    get = metrics.row_getter([g for _, g in _COLUMNS])
+    assert get(_S(3, 4, 2, None)) == (3, 4, None, ("dr",))
+    assert metrics.row_getter(["a"])(_S(3, 4, 2)) == (3,)

@@ -71,10 +71,27 @@ def test_softnet_2_6_32_ten_columns():
     assert stats[1].time_squeeze == 5
 
 
-@pytest.mark.parametrize("text", ["zz 00 00\n", "0001 0002\n"])
+@pytest.mark.parametrize("text", ["zz 00 00\n", "0001 0002\n", "", "0 0 0 0 0 0 0 0\n"])
 def test_softnet_garbage(text):
     with pytest.raises(ParseError):
         procfs.parse_softnet(text)
+
+
+def test_softnet_short_row_costs_only_that_row():
+    skipped: list[str] = []
+    stats = procfs.parse_softnet(fixture("proc", "odd", "softnet_stat_short_row"), skipped)
+    assert [(s.cpu, s.time_squeeze) for s in stats] == [("0", 1), ("2", 5)]
+    assert skipped == ["softnet_stat line 2: 4 columns, need >= 9"]
+    skipped.clear()
+    stats = procfs.parse_softnet("0 0 0 0 0 0 0 0 0\nzz 0 0 0 0 0 0 0 0\n", skipped)
+    assert [s.cpu for s in stats] == ["0"] and skipped == ["softnet_stat line 2: non-hex column"]
+
+
+def test_stat_cpus_include_the_ones_without_steal():
+    assert procfs.parse_stat_cpus(fixture("proc", "stat_2.6.9")) == [
+        s.split()[0][3:] for s in fixture("proc", "stat_2.6.9").splitlines()
+        if s.startswith("cpu") and not s.startswith("cpu ")]
+    assert procfs.parse_stat_steal(fixture("proc", "stat_2.6.9")) == []
 
 
 def test_sysctl_values():
