@@ -151,7 +151,8 @@ def has_body(req: Request) -> bool:
 
 def route(req: Request, metrics_path: str) -> str:
     """What a request asks for: "method" (not GET/HEAD), "healthz", "metrics", "diagnose",
-    "landing" or "notfound".  Authentication is the caller's (every route but healthz and method)."""
+    "landing" or "notfound".  Authentication is the caller's (every route but healthz and
+    method)."""
     if req.method not in ("GET", "HEAD"):
         return "method"
     if req.path == "/healthz":

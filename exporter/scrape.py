@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import Any
 
 from . import __version__
 from .metrics import GAUGE, ExpositionWriter, Metric
@@ -129,7 +130,7 @@ class Gatherer:
         return result
 
     def collect(self) -> Result:
-        started = {}
+        started: dict[str, tuple[Any, float] | None] = {}
         for name, collector in self.collectors.items():
             previous = self._running.get(name)
             if previous is not None and not previous.done():

@@ -34,6 +34,7 @@ Options.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -212,14 +213,12 @@ class ConntrackCollector(Collector):
         """(entries, limit, [CpuStats] or None, expect or None, missing list) or None."""
         entries = self._read_int(self.ctx.proc("sys", "net", "netfilter", "nf_conntrack_count"))
         stat = None
-        try:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             stat = ct.parse_proc_stat(procfs.read_text(self.ctx.proc("net", "stat",
                                                                      "nf_conntrack")))
-        except (FileNotFoundError, NotADirectoryError):
-            pass
-        if entries is None and stat is None:
-            return None
         if entries is None:
+            if stat is None:
+                return None
             entries = stat.entries
         limit = self._read_int(self.ctx.proc("sys", "net", "netfilter", "nf_conntrack_max"))
         expect = None
@@ -258,11 +257,18 @@ class ConntrackCollector(Collector):
                 or os.path.isdir(self.ctx.sys("module", "nf_conntrack")))
 
     def _collect(self, t0):
-        reason = None
         if not self._module_present():
             self._note_source(None)
             raise Unavailable("nf_conntrack is not loaded (no /proc/sys/net/netfilter/"
                               "nf_conntrack_max, no /sys/module/nf_conntrack)")
+        entries, limit, cpus, expect, source = self._read()
+        yield self.availability(AVAILABLE, True)
+        yield from self._emit(t0, entries, limit, cpus, expect, source)
+
+    def _read(self):
+        """(entries, limit, per-CPU stats, expectations, source) over ctnetlink, else /proc;
+        Unavailable when neither can be read."""
+        reason = None
         try:
             glob, cpus, expect = self._netlink()
             entries, limit, source = glob.entries, glob.max_entries, "netlink"
@@ -289,7 +295,9 @@ class ConntrackCollector(Collector):
             self._note_source(source, reason, missing)
         else:
             self._note_source(source)
-        yield self.availability(AVAILABLE, True)
+        return entries, limit, cpus, expect, source
+
+    def _emit(self, t0, entries, limit, cpus, expect, source):
         yield SOURCE_INFO.single(1, source)
         yield ENTRIES.single(entries)
         if limit is not None:

@@ -238,7 +238,7 @@ class PercpuArrayReader:
         self.a, self.fd, self.n_keys, self.n_cpus = a, map_fd, n_keys, n_cpus
         self._keys = (ctypes.c_uint32 * n_keys)()
         self._values = (ctypes.c_uint64 * (n_keys * n_cpus))()
-        self._sums = memoryview(self._values).cast("B").cast("Q")   # type: ignore[arg-type]
+        self._sums = memoryview(self._values).cast("B").cast("Q")
         self._out_batch = ctypes.c_uint32()
         self.batch = True
 
