@@ -29,7 +29,8 @@ def load_build():
 
 
 def alerts(groups) -> dict[str, dict]:
-    return {r["alert"]: r for g in groups for r in g["rules"]}
+    """The alerting rules by name (recording rules, which groups may hold too, left out)."""
+    return {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
 
 
 # ------------------------------------------------------------------ one source of truth
