@@ -555,6 +555,8 @@ def overview() -> dict:
                    col("Bytes above overlay MTU", "suffix: B",
                        thresholds=steps(("green", None), ("red", 1)))]), 12, 7)
 
+    driver_overview_panels(b, q)
+
     b.row("Exporter")
     b.add(table(
         "Failing collectors",
@@ -815,6 +817,8 @@ def node() -> dict:
                      [target(q.m("nodenet_ipvs_backend_connections_active"), BACKEND_LEGEND)],
                      "short", min_=0), 12, 8)
 
+    driver_node_panels(b, q)
+
     b.row("Kernel tunables and exporter")
     b.add(table("Kernel tunables", "Values of the sysctls the sysctl collector reads.",
                 [("Value", target(q.m("nodenet_sysctl_value")))], labels=("name", "bound"),
@@ -835,6 +839,53 @@ def node() -> dict:
                      "One node's network health in depth: conntrack, CPU steal and softnet per "
                      "CPU, interfaces and MTU, IPVS services and backends, tunables.",
                      b.finish(), multi_instance=False)
+
+
+# ------------------------------------------------------------------------------- issue 17
+def driver_overview_panels(b: "Board", q: Q) -> None:
+    """NIC driver drops and ENA allowances across nodes (ethtool collector)."""
+    b.row("NIC drivers and cloud allowances")
+    b.add(table(
+        "Cloud allowances exceeded",
+        "ENA allowance counters that rose in the last 5 minutes: packets the hypervisor queued "
+        "or dropped because the instance went over its bandwidth, PPS, conntrack or link-local "
+        "allowance (NodenetCloudAllowanceExceeded). Empty when no node is throttled.",
+        [("Packets in 5m", target(
+            f"increase({q.m('nodenet_interface_allowance_exceeded_total')}[5m]) > 0"))],
+        labels=("instance", "interface", "allowance"), sort="Packets in 5m",
+        overrides=[col("instance", link=True),
+                   col("Packets in 5m", "short", thresholds=nonzero_bad())]), 12, 8)
+    b.add(timeseries("Top 10 driver drop counters",
+                     "Driver drop counters per second (ethtool -S names, per-queue names "
+                     "folded), the 10 worst of the selected nodes (NodenetDriverDrops).",
+                     [target(f"topk(10, {q.rate('nodenet_interface_driver_drops_total')} > 0)",
+                             "{{instance}} {{interface}} {{counter}}")], "pps", min_=0), 12, 8)
+
+
+def driver_node_panels(b: "Board", q: Q) -> None:
+    """One node's NIC drivers: info, drops and errors by counter, ENA allowances."""
+    b.row("NIC driver (ethtool)")
+    b.add(info_table("Drivers", "Driver, version and firmware of each device with a driver.",
+                     target(q.m("nodenet_interface_driver_info"), instant=True, table=True),
+                     ("interface", "driver", "version", "firmware"), hidden=("instance",)),
+          8, 7)
+    b.add(timeseries("Driver drops", "Driver drop counters per second, by counter "
+                     "(ethtool -S names, per-queue names folded).",
+                     [target(q.rate("nodenet_interface_driver_drops_total"),
+                             "{{interface}} {{counter}}")], "pps", min_=0), 8, 7)
+    b.add(timeseries("Driver errors", "Driver error counters per second, by counter.",
+                     [target(q.rate("nodenet_interface_driver_errors_total"),
+                             "{{interface}} {{counter}}")], "pps", min_=0), 8, 7)
+    b.add(timeseries("ENA allowances exceeded",
+                     "Packets per second queued or dropped by the hypervisor, per allowance "
+                     "(bw_in, bw_out, pps, conntrack, linklocal). ENA only.",
+                     [target(q.rate("nodenet_interface_allowance_exceeded_total"),
+                             "{{interface}} {{allowance}}")], "pps", min_=0), 12, 7)
+    b.add(timeseries("ENA conntrack allowance available",
+                     "Connections the instance can still track before the hypervisor's "
+                     "conntrack allowance is reached. ENA only.",
+                     [target(q.m("nodenet_interface_conntrack_allowance_available"),
+                             "{{interface}}")], "short", min_=0), 12, 7)
 
 
 # ------------------------------------------------------------------------------- output

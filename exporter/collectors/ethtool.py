@@ -29,7 +29,10 @@ Name rule (:func:`fold`, :func:`classify`; pinned by tests on driver fixtures):
    - drops: ``drop``, ``discard``, ``miss``, ``no_buf``/``nobuf``, ``out_of_buffer`` (mlx5's
      ring-empty drop), ``full``, ``overrun``, ``fifo``;
    - errors: ``err`` (error, errors, errs), ``timeout``, ``fail``, ``crc``, ``abort``;
-   - drops are checked first (``rx_fifo_errors`` and ``rx_missed_errors`` are drops).
+   - drops are checked first (``rx_fifo_errors`` and ``rx_missed_errors`` are drops);
+   - names known to count no loss although a word matches are neither (:data:`NOT_LOSS`:
+     ixgbe's ``fdir_miss`` is a flow-director lookup miss, mlx5's ``rx_cache_full`` a page
+     recycled to the allocator), so NodenetDriverDrops does not fire on normal traffic.
 
    Every name that classifies is exported from the first scrape, zeros included.
 3. ENA's ``bw_in_allowance_exceeded``, ``bw_out_allowance_exceeded``, ``pps_allowance_exceeded``,
@@ -93,6 +96,7 @@ _FOLDS = (
 _TOKEN = r"(?:^|[^a-z]|(?<![a-z])[rt]x)"
 _DROP_RE = re.compile(r"drop|discard|overrun|fifo|out_of_buffer|" + _TOKEN + r"(?:miss|no_?buf|full)")
 _ERROR_RE = re.compile(r"timeout|fail|crc|abort|" + _TOKEN + r"err")
+NOT_LOSS = frozenset({"fdir_miss", "rx_cache_full"})
 ENA_ALLOWANCES = {
     "bw_in_allowance_exceeded": "bw_in",
     "bw_out_allowance_exceeded": "bw_out",
@@ -115,6 +119,8 @@ def fold(name: str) -> str:
 def classify(name: str) -> str | None:
     """'drops', 'errors' or None for a (folded) statistic name (rule 2)."""
     low = name.lower()
+    if low in NOT_LOSS:
+        return None
     if _DROP_RE.search(low):
         return "drops"
     if _ERROR_RE.search(low):

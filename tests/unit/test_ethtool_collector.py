@@ -96,14 +96,14 @@ def test_fold(raw, folded):
     ("rx_drops", "drops"), ("rx_dropped", "drops"), ("tx_xdp_tx_drops", "drops"),
     ("rx_discards_phy", "drops"), ("rx_missed_errors", "drops"), ("tx_missed_tx", "drops"),
     ("rx_no_buffer_count", "drops"), ("rx_nobuf", "drops"), ("rx_out_of_buffer", "drops"),
-    ("rx_cache_full", "drops"), ("rx_overruns", "drops"), ("rx_fifo_errors", "drops"),
+    ("rx_xdp_tx_full", "drops"), ("rx_overruns", "drops"), ("rx_fifo_errors", "drops"),
     ("rxdrop", "drops"),
     ("rx_errors", "errors"), ("tx_dma_mapping_err", "errors"), ("tx_tx_timeouts", "errors"),
     ("tx_timeout", "errors"), ("rx_page_alloc_fail", "errors"), ("linearize_failed", "errors"),
     ("rx_crc_errors", "errors"), ("ena_admin_q_aborted_cmd", "errors"), ("txerr", "errors"),
     ("unmask_interrupt", None), ("rx_kicks", None), ("tx_packets", None), ("rx_bytes", None),
     ("bw_in_allowance_exceeded", None), ("interface_up", None), ("rx_csum_bad", None),
-    ("transmission", None), ("terror", None),
+    ("transmission", None), ("terror", None), ("fdir_miss", None), ("rx_cache_full", None),
 ])
 def test_classify(name, kind):
     assert classify(name) == kind
@@ -171,7 +171,7 @@ PINNED = {
                    "adminq_cmd_fail": [], "adminq_timeouts": []},
     },
     "ixgbe": {
-        "drops": {"rx_dropped": [], "tx_dropped": [], "rx_no_buffer_count": [], "fdir_miss": [],
+        "drops": {"rx_dropped": [], "tx_dropped": [], "rx_no_buffer_count": [],
                   "rx_fifo_errors": [], "rx_missed_errors": [], "tx_fifo_errors": [],
                   "rx_fcoe_dropped": []},
         "errors": {"rx_errors": [], "tx_errors": [], "rx_over_errors": [], "rx_crc_errors": [],
@@ -191,7 +191,7 @@ PINNED = {
     },
     "mlx5_core": {
         "drops": {"rx_xdp_drop": [], "rx_xdp_tx_full": [], "tx_queue_dropped": [],
-                  "rx_cache_full": [], "rx_out_of_buffer": [], "rx_discards_phy": [],
+                  "rx_out_of_buffer": [], "rx_discards_phy": [],
                   "tx_discards_phy": [], "rx_prio0_discards": [],
                   "tx_dropped": ["tx0_dropped", "tx1_dropped"]},
         "errors": {"rx_xdp_tx_err": [], "tx_cqe_err": [], "rx_wqe_err": [],
