@@ -140,8 +140,95 @@ HEADROOM = Metric("nodenet_overlay_mtu_headroom_bytes", GAUGE,
                   ("interface", "kind", "underlay"))
 ABOVE_OVERLAY = Metric("nodenet_interface_mtu_above_overlay_bytes", GAUGE,
                        "For veth and bridge interfaces on a node with an up tunnel: bytes by "
-                       "which their MTU exceeds the smallest MTU of the up tunnels (0 when not "
-                       "above). Underlays of tunnels or stacked devices are left out.", IF)
+                       "which their MTU exceeds the smallest MTU of the up tunnels; exported "
+                       "only for the interfaces above (absent: not above). Underlays of tunnels "
+                       "or stacked devices are left out.", IF)
+
+
+# ---- pod interfaces (issue 17): veths whose peer lives in another network namespace
+POD = ("master", "kind")
+POD_COUNT = Metric("nodenet_pod_interfaces", GAUGE,
+                   "Pod interfaces (veths whose peer is in another network namespace) per master "
+                   "(bridge; empty when none) and kind.", POD)
+POD_COUNTERS = tuple(
+    (Metric("nodenet_pod_interfaces_" + m.name[len("nodenet_interface_"):], COUNTER,
+            f"Sum over the master's pod interfaces: {m.help} Interfaces that left keep "
+            f"counting (the sum never goes back).", POD), field)
+    for m, field in COUNTERS)
+POD_MTU_MIN = Metric("nodenet_pod_interfaces_mtu_min_bytes", GAUGE,
+                     "Smallest MTU among the master's pod interfaces.", POD)
+POD_MTU_MAX = Metric("nodenet_pod_interfaces_mtu_max_bytes", GAUGE,
+                     "Largest MTU among the master's pod interfaces.", POD)
+POD_ABOVE = Metric("nodenet_pod_interfaces_above_overlay", GAUGE,
+                   "Pod interfaces whose MTU is above the smallest up tunnel's MTU (only on a "
+                   "node with an up tunnel).", POD)
+POD_ABOVE_MAX = Metric("nodenet_pod_interfaces_above_overlay_max_bytes", GAUGE,
+                       "Largest number of bytes by which a pod interface's MTU exceeds the "
+                       "smallest up tunnel's MTU (0: none above; only on a node with an up "
+                       "tunnel).", POD)
+POD_METRICS = ((POD_COUNT,) + tuple(m for m, _ in POD_COUNTERS)
+               + (POD_MTU_MIN, POD_MTU_MAX, POD_ABOVE, POD_ABOVE_MAX))
+# the counters whose non-zero value keeps a pod interface's own series (top N)
+_LOSS_FIELDS = tuple(STATS_INDEX[f] for f in ("rx_dropped", "tx_dropped", "rx_errors",
+                                              "tx_errors"))
+_POD_FIELDS = tuple(STATS_INDEX[field] for _, field in POD_COUNTERS)
+
+
+def is_pod_interface(link: Link) -> bool:
+    """A veth whose peer lives in another network namespace (IFLA_LINK_NETNSID set)."""
+    return link.kind == "veth" and link.link_netnsid is not None
+
+
+def _pod_mode(value) -> str:
+    text = str(value).strip().lower()
+    if text not in ("summary", "full"):
+        raise ValueError(f"must be summary or full: {value!r}")
+    return text
+
+
+def _top(value) -> int:
+    text = str(value).strip()
+    if type(value) is bool or not text.isdigit():
+        raise ValueError(f"not a non-negative integer: {value!r}")
+    number = int(text)
+    if not 0 <= number <= 100_000:
+        raise ValueError(f"must be between 0 and 100000: {value!r}")
+    return number
+
+
+class PodSums:
+    """Per (master, kind) sums of the pod interfaces' counters that never go back: the last
+    counters of an interface that left (pod deleted) stay in a carry, so rate() of a sum sees
+    no false reset.  Kept between scrapes (the only state of the collector)."""
+
+    def __init__(self):
+        self._carry: dict = {}      # key -> list of carried totals
+        self._last: dict = {}       # key -> {ifindex: tuple of the member's counters}
+
+    def update(self, members: dict) -> dict:
+        """members: key -> {ifindex: counters tuple}; returns key -> summed list."""
+        out = {}
+        for key in set(self._last) | set(members):
+            now = members.get(key, {})
+            last = self._last.get(key, {})
+            carry = self._carry.setdefault(key, [0] * len(_POD_FIELDS))
+            for ifindex, old in last.items():
+                new = now.get(ifindex)
+                if new is None or any(n < o for n, o in zip(new, old)):
+                    # left, or recreated under the same index: keep what it counted
+                    for i, v in enumerate(old):
+                        carry[i] += v
+            if now:
+                totals = list(carry)
+                for values in now.values():
+                    for i, v in enumerate(values):
+                        totals[i] += v
+                out[key] = totals
+                self._last[key] = dict(now)
+            else:
+                self._last.pop(key, None)   # the carry stays: the master may get pods again
+        return out
+
 
 ABOVE_OVERLAY_KINDS = frozenset({"veth", "bridge"})
 # stacked devices whose IFLA_LINK is the device they send through
@@ -263,7 +350,8 @@ class NetdevCollector(Collector):
                    "overlay MTU headroom")
     source = "rtnetlink RTM_GETLINK dump (IFLA_STATS64, IFLA_LINKINFO), RTM_GETROUTE"
     metrics = ((INFO, MTU, MIN_MTU, MAX_MTU) + tuple(m for m, _ in COUNTERS)
-               + tuple(m for m, _ in DETAILS) + (NOHANDLER, HEADROOM, ABOVE_OVERLAY))
+               + tuple(m for m, _ in DETAILS) + (NOHANDLER, HEADROOM, ABOVE_OVERLAY)
+               + POD_METRICS)
     options = (
         Option("collector.netdev.device-include", parse_regex, "",
                "Regex: export only interfaces whose name matches (searched, like "
@@ -276,6 +364,13 @@ class NetdevCollector(Collector):
         Option("collector.netdev.geneve-option-bytes", _non_negative_int, 0,
                "Geneve option bytes per packet added to the Geneve overhead (e.g. 8 for one 8-byte option; fixed-remote Geneve only)",
                "BYTES"),
+        Option("collector.netdev.pod-interfaces", _pod_mode, "summary",
+               "summary: pod interfaces (veths whose peer is in another network namespace) "
+               "are summed per master, only the top N with drops or errors keep their own "
+               "series; full: every pod interface has its own series", "summary|full"),
+        Option("collector.netdev.pod-interfaces.top", _top, 10,
+               "summary mode: how many pod interfaces with non-zero drops or errors keep their "
+               "own series (the worst by drops + errors)", "N"),
     )
 
     def __init__(self, ctx):
@@ -287,6 +382,9 @@ class NetdevCollector(Collector):
         self._details = s["collector.netdev.detailed-errors"]
         self._geneve_options = s["collector.netdev.geneve-option-bytes"]
         self._timeout = float(s.get("collector.timeout", 4.0) or 4.0)
+        self._pods_full = s["collector.netdev.pod-interfaces"] == "full"
+        self._pods_top = s["collector.netdev.pod-interfaces.top"]
+        self._pod_sums = PodSums()
 
     def _wanted(self, name: str) -> bool:
         if self._include is not None and not self._include.search(name):
@@ -323,10 +421,11 @@ class NetdevCollector(Collector):
                         if link.tunnel is not None and not link.tunnel.external
                         and link.up and link.mtu]
         overlay_mtu = min(overlay_mtus) if overlay_mtus else None
+        pod_fams, hidden = self.pod_summary(links, by_index, overlay_mtu)
 
         for link in links:
             name = link.name
-            if not self._wanted(name):
+            if link.index in hidden or not self._wanted(name):
                 continue
             lv = (name,)
             kind = kind_of(link)
@@ -355,8 +454,9 @@ class NetdevCollector(Collector):
                 if overhead is not None:
                     headroom.add((name, kind, under.name), under.mtu - overhead - link.mtu)
             if (overlay_mtu is not None and link.kind in ABOVE_OVERLAY_KINDS
-                    and link.index not in carriers and link.mtu is not None):
-                above.samples.append((lv, max(0, link.mtu - overlay_mtu)))
+                    and link.index not in carriers and link.mtu is not None
+                    and link.mtu > overlay_mtu):
+                above.samples.append((lv, link.mtu - overlay_mtu))
 
         yield info
         yield mtu
@@ -367,3 +467,51 @@ class NetdevCollector(Collector):
             yield nohandler
         yield headroom
         yield above
+        yield from pod_fams
+
+    def pod_summary(self, links, by_index, overlay_mtu):
+        """(summary families, ifindexes of pod interfaces whose own series are left out).
+
+        Summary per (master name or "", kind) of the wanted pod interfaces: their count, the
+        sums of the traffic/drop/error counters (never going back, see PodSums), smallest and
+        largest MTU and, on a node with an up tunnel, how many are above the overlay MTU and
+        by how much at most.  In summary mode every pod interface is left out except the top
+        N by drops + errors among those with any (so an alert can still name the veth)."""
+        groups: dict = {}
+        members: dict = {}
+        losses = []
+        for link in links:
+            if not is_pod_interface(link) or not self._wanted(link.name):
+                continue
+            master = by_index.get(link.master) if link.master else None
+            key = (master.name if master else "", kind_of(link))
+            groups.setdefault(key, []).append(link)
+            stats = link.stats
+            if stats is not None:
+                members.setdefault(key, {})[link.index] = tuple(stats[i] for i in _POD_FIELDS)
+                loss = sum(stats[i] for i in _LOSS_FIELDS)
+                if loss:
+                    losses.append((-loss, link.name, link.index))
+        sums = self._pod_sums.update(members)
+        fams = {m: m.family() for m in POD_METRICS}
+        for key in sorted(groups):
+            group = groups[key]
+            fams[POD_COUNT].add(key, len(group))
+            totals = sums.get(key)
+            if totals is not None:
+                for (metric, _), value in zip(POD_COUNTERS, totals):
+                    fams[metric].add(key, value)
+            mtus = [link.mtu for link in group if link.mtu is not None]
+            if mtus:
+                fams[POD_MTU_MIN].add(key, min(mtus))
+                fams[POD_MTU_MAX].add(key, max(mtus))
+                if overlay_mtu is not None:
+                    excess = [m - overlay_mtu for m in mtus if m > overlay_mtu]
+                    fams[POD_ABOVE].add(key, len(excess))
+                    fams[POD_ABOVE_MAX].add(key, max(excess, default=0))
+        hidden: set = set()
+        if not self._pods_full:
+            keep = {index for _, _, index in sorted(losses)[: self._pods_top]}
+            hidden = {link.index for group in groups.values() for link in group
+                      if link.index not in keep}
+        return [f for f in fams.values() if f.samples], hidden
