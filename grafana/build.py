@@ -555,6 +555,7 @@ def overview() -> dict:
                    col("Bytes above overlay MTU", "suffix: B",
                        thresholds=steps(("green", None), ("red", 1)))]), 12, 7)
 
+    pod_overview_panels(b, q)
     driver_overview_panels(b, q)
 
     b.row("Exporter")
@@ -750,6 +751,7 @@ def node() -> dict:
                              "{{interface}} receive"),
                       target(q.rate("nodenet_interface_transmit_errors_total"),
                              "{{interface}} transmit")], "pps", min_=0), 8, 8)
+    pod_node_panels(b, q)
 
     b.row("IPVS (kube-proxy)")
     svc_info = q.m("nodenet_ipvs_service_info")
@@ -842,6 +844,45 @@ def node() -> dict:
 
 
 # ------------------------------------------------------------------------------- issue 17
+POD_COLUMNS = (("Pods", "nodenet_pod_interfaces", "short"),
+               ("MTU min", "nodenet_pod_interfaces_mtu_min_bytes", "suffix: B"),
+               ("MTU max", "nodenet_pod_interfaces_mtu_max_bytes", "suffix: B"),
+               ("Above overlay", "nodenet_pod_interfaces_above_overlay", "short"),
+               ("Max excess", "nodenet_pod_interfaces_above_overlay_max_bytes", "suffix: B"))
+
+
+def pod_overview_panels(b: "Board", q: Q) -> None:
+    """Pod interfaces (summarised per master by default) whose MTU is above the overlay."""
+    b.add(table(
+        "Pod interfaces larger than the overlay",
+        "Per node and master (bridge; empty for CNIs without one): pod interfaces whose MTU "
+        "exceeds the smallest overlay MTU, and the largest excess. Empty when every pod fits.",
+        [("Above overlay", target(f"{q.m('nodenet_pod_interfaces_above_overlay')} > 0")),
+         ("Max excess", target(f"{q.m('nodenet_pod_interfaces_above_overlay_max_bytes')} > 0"))],
+        labels=("instance", "master", "kind"), sort="Above overlay",
+        overrides=[col("instance", link=True), col("Above overlay", "short"),
+                   col("Max excess", "suffix: B", thresholds=steps(("green", None),
+                                                                   ("red", 1)))]), 12, 7)
+
+
+def pod_node_panels(b: "Board", q: Q) -> None:
+    """One node's pod interfaces per master: count, MTUs, overlay excess, traffic, drops."""
+    b.add(table(
+        "Pod interfaces per master",
+        "Pod interfaces (veths whose peer is in another namespace) summed per master: count, "
+        "MTU range, how many are above the overlay MTU, traffic and drops (the top 10 veths "
+        "with drops or errors also appear one by one in Interfaces).",
+        [(name, target(q.m(metric))) for name, metric, _ in POD_COLUMNS]
+        + [("Receive", target(q.rate("nodenet_pod_interfaces_receive_bytes_total"))),
+           ("Transmit", target(q.rate("nodenet_pod_interfaces_transmit_bytes_total"))),
+           ("Drops/s", target(f"{q.rate('nodenet_pod_interfaces_receive_drops_total')} + "
+                              f"{q.rate('nodenet_pod_interfaces_transmit_drops_total')}"))],
+        labels=("master", "kind"), hidden=("instance",), sort="Pods",
+        overrides=[col(name, unit) for name, _, unit in POD_COLUMNS]
+        + [col("Receive", "Bps"), col("Transmit", "Bps"),
+           col("Drops/s", "pps", thresholds=steps(("green", None), ("orange", 1e-9)))]), 24, 7)
+
+
 def driver_overview_panels(b: "Board", q: Q) -> None:
     """NIC driver drops and ENA allowances across nodes (ethtool collector)."""
     b.row("NIC drivers and cloud allowances")

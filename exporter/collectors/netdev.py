@@ -421,7 +421,7 @@ class NetdevCollector(Collector):
                         if link.tunnel is not None and not link.tunnel.external
                         and link.up and link.mtu]
         overlay_mtu = min(overlay_mtus) if overlay_mtus else None
-        pod_fams, hidden = self.pod_summary(links, by_index, overlay_mtu)
+        pod_fams, hidden = self.pod_summary(links, by_index, overlay_mtu, carriers)
 
         for link in links:
             name = link.name
@@ -469,10 +469,12 @@ class NetdevCollector(Collector):
         yield above
         yield from pod_fams
 
-    def pod_summary(self, links, by_index, overlay_mtu):
+    def pod_summary(self, links, by_index, overlay_mtu, carriers=frozenset()):
         """(summary families, ifindexes of pod interfaces whose own series are left out).
 
-        Summary per (master name or "", kind) of the wanted pod interfaces: their count, the
+        A veth that is the underlay of a tunnel or stacked device (``carriers``: a node whose
+        uplink is a veth) is not a pod interface.  Summary per (master name or "", kind) of
+        the wanted pod interfaces: their count, the
         sums of the traffic/drop/error counters (never going back, see PodSums), smallest and
         largest MTU and, on a node with an up tunnel, how many are above the overlay MTU and
         by how much at most.  In summary mode every pod interface is left out except the top
@@ -481,7 +483,8 @@ class NetdevCollector(Collector):
         members: dict = {}
         losses = []
         for link in links:
-            if not is_pod_interface(link) or not self._wanted(link.name):
+            if (not is_pod_interface(link) or link.index in carriers
+                    or not self._wanted(link.name)):
                 continue
             master = by_index.get(link.master) if link.master else None
             key = (master.name if master else "", kind_of(link))

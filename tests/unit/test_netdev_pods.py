@@ -139,3 +139,16 @@ def test_pod_sums_member_recreated_under_the_same_index():
 def test_bad_flags_fail_at_start_up(argv):
     with pytest.raises(ConfigError):
         resolve(all_options(), argv, "t", "0", set(REGISTRY))
+
+
+def test_a_veth_underlay_is_not_a_pod_interface():
+    """A node whose uplink is a veth (peer in another namespace) carrying the VXLAN: not a pod."""
+    links = parse_link_dump(b"".join([
+        newlink(1, "lo", arphrd=772, flags=0x49, mtu=65536, min_mtu=0, max_mtu=0, operstate=0),
+        newlink(2, "eth0", kind="veth", mtu=1500, link=7, link_netnsid=0),
+        newlink(11, "vx0", kind="vxlan", mtu=1450, data=[u32(1, 42), u32(3, 2)]),
+        newlink(12, "vethpod", kind="veth", mtu=1450, link=3, link_netnsid=1),
+    ]) + done())
+    _, out = scrape(collector(), links)
+    assert "eth0" in own(out) and "vethpod" not in own(out)
+    assert values(out, "nodenet_pod_interfaces") == {("", "veth"): 1}
