@@ -66,9 +66,11 @@ from __future__ import annotations
 
 import re
 import socket
+import time
+from operator import itemgetter
 
 from ..config import Option, parse_bool, parse_regex
-from ..metrics import COUNTER, GAUGE, Metric
+from ..metrics import COUNTER, GAUGE, Metric, Table
 from ..sources.links import ARPHRD_LOOPBACK, STATS_INDEX, Link, RtNetlink, default_route
 from .base import Collector, register
 
@@ -169,9 +171,14 @@ POD_ABOVE_MAX = Metric("nodenet_pod_interfaces_above_overlay_max_bytes", GAUGE,
 POD_METRICS = ((POD_COUNT,) + tuple(m for m, _ in POD_COUNTERS)
                + (POD_MTU_MIN, POD_MTU_MAX, POD_ABOVE, POD_ABOVE_MAX))
 # the counters whose non-zero value keeps a pod interface's own series (top N)
-_LOSS_FIELDS = tuple(STATS_INDEX[f] for f in ("rx_dropped", "tx_dropped", "rx_errors",
-                                              "tx_errors"))
+_LOSS_FIELDS = itemgetter(*(STATS_INDEX[f] for f in ("rx_dropped", "tx_dropped", "rx_errors",
+                                                      "tx_errors")))
 _POD_FIELDS = tuple(STATS_INDEX[field] for _, field in POD_COUNTERS)
+_POD_PICK = itemgetter(*_POD_FIELDS)
+
+
+# a pod interface whose drops or errors rose keeps its own series first for this long (s)
+POD_LOSS_HOLD = 900.0
 
 
 def is_pod_interface(link: Link) -> bool:
@@ -196,6 +203,15 @@ def _top(value) -> int:
     return number
 
 
+def _table(specs, keys: list, rows: list) -> Table:
+    """A Table filled at once: one rendered label set per key, columns transposed in C."""
+    table = Table(specs)
+    labelset = table.labelset
+    table.labelsets = [labelset(k) for k in keys]
+    table.columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in specs]
+    return table
+
+
 class PodSums:
     """Per (master, kind) sums of the pod interfaces' counters that never go back: the last
     counters of an interface that left (pod deleted) stay in a carry, so rate() of a sum sees
@@ -206,25 +222,23 @@ class PodSums:
         self._last: dict = {}       # key -> {ifindex: tuple of the member's counters}
 
     def update(self, members: dict) -> dict:
-        """members: key -> {ifindex: counters tuple}; returns key -> summed list."""
+        """members: key -> {ifindex: counters tuple}; returns key -> summed list.
+
+        A member that left, or whose first counter went back (a new device under the same
+        ifindex starts from 0), hands its last counters to the carry."""
         out = {}
         for key in set(self._last) | set(members):
             now = members.get(key, {})
             last = self._last.get(key, {})
             carry = self._carry.setdefault(key, [0] * len(_POD_FIELDS))
-            for ifindex, old in last.items():
-                new = now.get(ifindex)
-                if new is None or any(n < o for n, o in zip(new, old)):
-                    # left, or recreated under the same index: keep what it counted
-                    for i, v in enumerate(old):
-                        carry[i] += v
+            gone = [old for ifindex, old in last.items()
+                    if (new := now.get(ifindex)) is None or new[0] < old[0]]
+            if gone:
+                for i, column in enumerate(zip(*gone)):
+                    carry[i] += sum(column)
             if now:
-                totals = list(carry)
-                for values in now.values():
-                    for i, v in enumerate(values):
-                        totals[i] += v
-                out[key] = totals
-                self._last[key] = dict(now)
+                out[key] = [c + sum(column) for c, column in zip(carry, zip(*now.values()))]
+                self._last[key] = now
             else:
                 self._last.pop(key, None)   # the carry stays: the master may get pods again
         return out
@@ -385,6 +399,7 @@ class NetdevCollector(Collector):
         self._pods_full = s["collector.netdev.pod-interfaces"] == "full"
         self._pods_top = s["collector.netdev.pod-interfaces.top"]
         self._pod_sums = PodSums()
+        self._pod_loss: dict = {}   # ifindex -> (drops + errors, monotonic time it last rose)
 
     def _wanted(self, name: str) -> bool:
         if self._include is not None and not self._include.search(name):
@@ -408,12 +423,25 @@ class NetdevCollector(Collector):
         yield from self.families(links, underlays)
 
     def families(self, links, underlays):
+        """Per-interface series go into :class:`Table`s (one rendered label set per interface,
+        one int column per metric, written in batches by the exposition writer); what does
+        not fit a table's shape (no stats, no rx_nohandler, no MTU limits) falls back to plain
+        families, so the exposition is the same either way."""
         by_index = {link.index: link for link in links}
-        info, mtu, min_mtu, max_mtu = INFO.family(), MTU.family(), MIN_MTU.family(), MAX_MTU.family()
         specs = COUNTERS + DETAILS if self._details else COUNTERS
-        counter_fams = [m.family() for m, _ in specs]
-        counters = [(fam.samples, STATS_INDEX[field]) for fam, (_, field) in zip(counter_fams, specs)]
-        nohandler = NOHANDLER.family()
+        counter_specs = tuple(m for m, _ in specs)
+        pick = itemgetter(*(STATS_INDEX[field] for _, field in specs))
+        nohandler_i = STATS_INDEX["rx_nohandler"]
+        details = self._details
+        # rows (label values, values tuple) of the tables, filled in one go at the end
+        info_keys: list = []
+        nh_keys: list = []
+        nh_rows: list = []
+        ct_keys: list = []
+        ct_rows: list = []
+        mtu_keys: list = []
+        mtu_rows: list = []
+        mtu, min_mtu, max_mtu = MTU.family(), MIN_MTU.family(), MAX_MTU.family()
         headroom, above = HEADROOM.family(), ABOVE_OVERLAY.family()
 
         carriers = {u.index for u in underlays.values() if u is not None}
@@ -422,29 +450,37 @@ class NetdevCollector(Collector):
                         and link.up and link.mtu]
         overlay_mtu = min(overlay_mtus) if overlay_mtus else None
         pod_fams, hidden = self.pod_summary(links, by_index, overlay_mtu, carriers)
+        filtered = self._include is not None or self._exclude is not None
 
         for link in links:
             name = link.name
-            if link.index in hidden or not self._wanted(name):
+            if link.index in hidden or (filtered and not self._wanted(name)):
                 continue
             lv = (name,)
-            kind = kind_of(link)
+            kind = link.kind or kind_of(link)
             master = by_index.get(link.master) if link.master else None
             under = underlays.get(link.index)
-            info.add((name, kind, link.operstate, master.name if master else "",
-                      under.name if under else ""), 1)
-            if link.mtu is not None:
-                mtu.samples.append((lv, link.mtu))
-            if link.min_mtu is not None:
-                min_mtu.samples.append((lv, link.min_mtu))
-            if link.max_mtu:
-                max_mtu.samples.append((lv, link.max_mtu))
+            info_keys.append((name, kind, link.operstate, master.name if master else "",
+                              under.name if under else ""))
+            if link.mtu is not None and link.min_mtu is not None and link.max_mtu:
+                mtu_keys.append(lv)
+                mtu_rows.append((link.mtu, link.min_mtu, link.max_mtu))
+            else:
+                if link.mtu is not None:
+                    mtu.samples.append((lv, link.mtu))
+                if link.min_mtu is not None:
+                    min_mtu.samples.append((lv, link.min_mtu))
+                if link.max_mtu:
+                    max_mtu.samples.append((lv, link.max_mtu))
             stats = link.stats
             if stats is not None:
-                for samples, i in counters:
-                    samples.append((lv, stats[i]))
-                if self._details and stats.rx_nohandler is not None:
-                    nohandler.samples.append((lv, stats.rx_nohandler))
+                nohandler = stats[nohandler_i]
+                if details and nohandler is not None:
+                    nh_keys.append(lv)
+                    nh_rows.append(pick(stats) + (nohandler,))
+                else:
+                    ct_keys.append(lv)
+                    ct_rows.append(pick(stats))
             # Metadata-mode ("external") tunnels (Cilium's cilium_vxlan, OVS genev_sys_6081)
             # pick remote and underlay per packet and rely on per-route MTUs: their device MTU
             # is not the path's limit, so a static headroom would be a false alarm.
@@ -458,16 +494,40 @@ class NetdevCollector(Collector):
                     and link.mtu > overlay_mtu):
                 above.samples.append((lv, link.mtu - overlay_mtu))
 
-        yield info
-        yield mtu
-        yield min_mtu
-        yield max_mtu
-        yield from counter_fams
-        if self._details:
-            yield nohandler
+        yield _table((INFO,), info_keys, [(1,)] * len(info_keys))
+        yield _table((MTU, MIN_MTU, MAX_MTU), mtu_keys, mtu_rows)
+        for fam in (mtu, min_mtu, max_mtu):
+            if fam.samples:
+                yield fam
+        if nh_keys:
+            yield _table(counter_specs + (NOHANDLER,), nh_keys, nh_rows)
+        if ct_keys or not nh_keys:
+            yield _table(counter_specs, ct_keys, ct_rows)
         yield headroom
         yield above
         yield from pod_fams
+
+    def _rank_losses(self, losses, now: float | None = None) -> list:
+        """Pod interfaces with drops or errors, best first: those whose count rose within
+        POD_LOSS_HOLD seconds (dropping now; by count), then the others by count.  A count
+        that rose once when the pod started stays non-zero for ever: ranking by the total alone
+        would fill the top N with such veths and hide the one dropping now."""
+        now = time.monotonic() if now is None else now
+        state = self._pod_loss
+        ranked = []
+        for neg_loss, name, index in losses:
+            loss = -neg_loss
+            old = state.get(index)
+            rose = old[1] if old is not None and loss <= old[0] else (
+                now if old is not None else None)
+            state[index] = (loss, rose)
+            recent = rose is not None and now - rose < POD_LOSS_HOLD
+            ranked.append((0 if recent else 1, neg_loss, name, index))
+        seen = {index for *_, index in ranked}
+        for index in [i for i in state if i not in seen]:
+            del state[index]
+        ranked.sort()
+        return ranked
 
     def pod_summary(self, links, by_index, overlay_mtu, carriers=frozenset()):
         """(summary families, ifindexes of pod interfaces whose own series are left out).
@@ -478,21 +538,23 @@ class NetdevCollector(Collector):
         sums of the traffic/drop/error counters (never going back, see PodSums), smallest and
         largest MTU and, on a node with an up tunnel, how many are above the overlay MTU and
         by how much at most.  In summary mode every pod interface is left out except the top
-        N by drops + errors among those with any (so an alert can still name the veth)."""
+        N with drops or errors (:meth:`_rank_losses`: dropping now first), so a dashboard or
+        an alert can still name the veth."""
         groups: dict = {}
         members: dict = {}
         losses = []
+        filtered = self._include is not None or self._exclude is not None
         for link in links:
-            if (not is_pod_interface(link) or link.index in carriers
-                    or not self._wanted(link.name)):
+            if (link.link_netnsid is None or link.kind != "veth" or link.index in carriers
+                    or (filtered and not self._wanted(link.name))):
                 continue
             master = by_index.get(link.master) if link.master else None
             key = (master.name if master else "", kind_of(link))
             groups.setdefault(key, []).append(link)
             stats = link.stats
             if stats is not None:
-                members.setdefault(key, {})[link.index] = tuple(stats[i] for i in _POD_FIELDS)
-                loss = sum(stats[i] for i in _LOSS_FIELDS)
+                members.setdefault(key, {})[link.index] = _POD_PICK(stats)
+                loss = sum(_LOSS_FIELDS(stats))
                 if loss:
                     losses.append((-loss, link.name, link.index))
         sums = self._pod_sums.update(members)
@@ -514,7 +576,7 @@ class NetdevCollector(Collector):
                     fams[POD_ABOVE_MAX].add(key, max(excess, default=0))
         hidden: set = set()
         if not self._pods_full:
-            keep = {index for _, _, index in sorted(losses)[: self._pods_top]}
+            keep = {index for *_, index in self._rank_losses(losses)[: self._pods_top]}
             hidden = {link.index for group in groups.values() for link in group
                       if link.index not in keep}
         return [f for f in fams.values() if f.samples], hidden

@@ -72,15 +72,23 @@ class Routes:
 
 
 def scrape(c, links, routes=None):
+    """(families, {(metric name, label values in the metric's label order): value}), read back
+    from the rendered exposition (the collector yields tables and families)."""
     by_index = {link.index: link for link in links}
     resolver = UnderlayResolver(routes or Routes(), by_index)
     underlays = {link.index: resolver.underlay(link) for link in links
                  if link.tunnel is not None or link.link}
     fams = list(c.families(links, underlays))
+    specs = {m.name: m for m in NetdevCollector.metrics}
     out = {}
-    for fam in fams:
-        for labels, value in fam.samples:
-            out[(fam.spec.name, labels)] = value
+    text = ExpositionWriter().render(fams).decode()
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            spec = specs[sample.name]
+            key = (spec.name, tuple(sample.labels[k] for k in spec.labels))
+            assert key not in out, f"duplicate series {key}"
+            value = sample.value
+            out[key] = int(value) if float(value).is_integer() else value
     return fams, out
 
 

@@ -152,3 +152,21 @@ def test_a_veth_underlay_is_not_a_pod_interface():
     _, out = scrape(collector(), links)
     assert "eth0" in own(out) and "vethpod" not in own(out)
     assert values(out, "nodenet_pod_interfaces") == {("", "veth"): 1}
+
+
+def test_a_pod_dropping_now_wins_over_old_drops():
+    """Ten veths dropped 34 packets once, when their pods started; veth011 drops now, a
+    little: it takes a top-2 place on the scrape after its count rose, and keeps it for
+    POD_LOSS_HOLD seconds after the last rise."""
+    from exporter.collectors import netdev
+
+    c = collector("--collector.netdev.pod-interfaces.top=2")
+    old = {i: 34 for i in range(10)}
+    _, out = scrape(c, node(pods(12, drops={**old, 11: 1})))
+    assert own(out) & {"veth011"} == set()             # first sight: nothing rose yet
+    _, out = scrape(c, node(pods(12, drops={**old, 11: 3})))
+    assert "veth011" in own(out)
+    c._pod_loss = {k: (v[0], v[1] - netdev.POD_LOSS_HOLD - 1 if v[1] else v[1])
+                   for k, v in c._pod_loss.items()}   # the rise was long ago
+    _, out = scrape(c, node(pods(12, drops={**old, 11: 3})))
+    assert "veth011" not in own(out)
