@@ -209,6 +209,29 @@ def rules(sel: str = JOB_SELECTOR) -> list[dict]:
               f" its driver, below the kernel's interface counters."),
     ]
 
+    # ---- issue 17: the fleet view - per-node aggregates the overview dashboard reads. At
+    # 5,000 nodes the overview's panels would otherwise sum per-CPU and per-interface series of
+    # every node on every refresh; these keep job/instance (and interface) and nothing else.
+    def record(name, expr):
+        return {"record": name, "expr": expr.strip() + "\n"}
+
+    fleet = [
+        record("nodenet:conntrack_utilisation:ratio", utilisation.replace("  ", "")),
+        record("nodenet:conntrack_drops:rate5m", ct_rate("nodenet_conntrack_drops_total")),
+        record("nodenet:conntrack_early_drops:rate5m",
+               ct_rate("nodenet_conntrack_early_drops_total")),
+        record("nodenet:conntrack_insert_failed:rate5m",
+               ct_rate("nodenet_conntrack_insert_failed_total")),
+        record("nodenet:cpu_steal:ratio_rate5m", steal_fraction.replace("  ", "")),
+        record("nodenet:softnet_dropped:rate5m",
+               f"sum without(cpu) (rate(nodenet_softnet_dropped_total{{{sel}}}[5m]))"),
+        record("nodenet:softnet_times_squeezed:rate5m",
+               f"sum without(cpu) (rate(nodenet_softnet_times_squeezed_total{{{sel}}}[5m]))"),
+        record("nodenet:interface_drops:rate5m",
+               f"rate(nodenet_interface_receive_drops_total{{{sel}}}[5m])\n+\n"
+               f"rate(nodenet_interface_transmit_drops_total{{{sel}}}[5m])"),
+    ]
+
     return [
         {"name": "nodenet-conntrack", "rules": conntrack},
         {"name": "nodenet-ipvs", "rules": ipvs},
@@ -216,6 +239,7 @@ def rules(sel: str = JOB_SELECTOR) -> list[dict]:
         {"name": "nodenet-network", "rules": network},
         {"name": "nodenet-exporter", "rules": exporter},
         {"name": "nodenet-driver", "rules": driver},
+        {"name": "nodenet-fleet", "rules": fleet},
     ]
 
 

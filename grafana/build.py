@@ -365,7 +365,7 @@ def dashboard(uid, title, description, panels, multi_instance, refresh="30s"):
 
 # ------------------------------------------------------------------------------- overview
 def overview() -> dict:
-    q = Q('instance=~"$instance"')
+    q = RecordedQ('instance=~"$instance"')  # issue 17: per-node aggregates are recorded
     b = Board()
     util = q.utilisation()
 
@@ -532,8 +532,7 @@ def overview() -> dict:
     b.add(timeseries("Top 10 interfaces by drops",
                      "Receive + transmit drops per second, the 10 worst interfaces of the "
                      "selected nodes.",
-                     [target(f"topk(10, {q.rate('nodenet_interface_receive_drops_total')} + "
-                             f"{q.rate('nodenet_interface_transmit_drops_total')})",
+                     [target(f"topk(10, {q.m('nodenet:interface_drops:rate5m')})",
                              "{{instance}} {{interface}}")], "pps", min_=0), 12, 8)
     b.add(table(
         "Overlay MTU mismatches",
@@ -844,6 +843,31 @@ def node() -> dict:
 
 
 # ------------------------------------------------------------------------------- issue 17
+# The fleet view: recording rules of alerts/build.py (group nodenet-fleet) that the overview
+# reads instead of aggregating per-CPU series of every node on each refresh (5m windows).
+RECORDED_RATES = {
+    "nodenet_conntrack_drops_total": "nodenet:conntrack_drops:rate5m",
+    "nodenet_conntrack_early_drops_total": "nodenet:conntrack_early_drops:rate5m",
+    "nodenet_conntrack_insert_failed_total": "nodenet:conntrack_insert_failed:rate5m",
+    "nodenet_softnet_dropped_total": "nodenet:softnet_dropped:rate5m",
+    "nodenet_softnet_times_squeezed_total": "nodenet:softnet_times_squeezed:rate5m",
+}
+
+
+class RecordedQ(Q):
+    """Q whose node-wide aggregates read the recorded series (same job and node matchers)."""
+
+    def srate(self, metric: str, extra: str = "") -> str:
+        recorded = RECORDED_RATES.get(metric)
+        return self.m(recorded, extra) if recorded else super().srate(metric, extra)
+
+    def utilisation(self) -> str:
+        return self.m("nodenet:conntrack_utilisation:ratio")
+
+    def steal_fraction(self) -> str:
+        return self.m("nodenet:cpu_steal:ratio_rate5m")
+
+
 POD_COLUMNS = (("Pods", "nodenet_pod_interfaces", "short"),
                ("MTU min", "nodenet_pod_interfaces_mtu_min_bytes", "suffix: B"),
                ("MTU max", "nodenet_pod_interfaces_mtu_max_bytes", "suffix: B"),
