@@ -6,7 +6,9 @@ Prints, in one run on this machine, nodenet-exporter side by side with node_expo
 - exposition: the writer vs prometheus_client's renderer at 300k samples (per-sample cost);
 - netdev, conntrack, ipvs: the scenario scripts beside this file (namespaces / the UML VM);
 - soak: RSS, page faults and CPU over 1,000 scrapes at node scale (2,000 interfaces; the
-  5,000 x 10 IPVS table replayed natively).
+  5,000 x 10 IPVS table replayed natively);
+- fleet: the overview dashboard's queries on a real Prometheus backfilled with 5,000 synthetic
+  nodes, with and without the recording rules (p50/p95 per panel).
 Each part is bounded in time and removes what it creates.
 """
 from __future__ import annotations
@@ -29,6 +31,8 @@ SCENARIOS = {  # name -> (script beside this file, its arguments for --quick)
     "ipvs": ("ipvs_uml.py", ["--quick"]),
     # after ipvs: its native IPVS scenario replays the dump the ipvs run just captured
     "soak": ("soak.py", ["--quick"]),
+    # issue 17: the overview's queries at 5,000 synthetic nodes, with and without recording rules
+    "fleet": ("fleet_bench.py", ["--nodes", "500", "--repeat", "3"]),
 }
 
 
