@@ -230,7 +230,9 @@ def rules(sel: str = JOB_SELECTOR) -> list[dict]:
         record("nodenet:interface_drops:rate5m",
                f"rate(nodenet_interface_receive_drops_total{{{sel}}}[5m])\n+\n"
                f"rate(nodenet_interface_transmit_drops_total{{{sel}}}[5m])"),
-    ]
+    ] + [record(f"nodenet:interface_{d}_{what}:rate5m",
+                f"rate(nodenet_interface_{d}_{what}_total{{{sel}}}[5m])")
+         for d in ("receive", "transmit") for what in ("drops", "packets")]
 
     return [
         {"name": "nodenet-conntrack", "rules": conntrack},

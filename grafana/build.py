@@ -852,6 +852,9 @@ RECORDED_RATES = {
     "nodenet_softnet_dropped_total": "nodenet:softnet_dropped:rate5m",
     "nodenet_softnet_times_squeezed_total": "nodenet:softnet_times_squeezed:rate5m",
 }
+RECORDED_INTERFACE_RATES = {
+    f"nodenet_interface_{d}_{what}_total": f"nodenet:interface_{d}_{what}:rate5m"
+    for d in ("receive", "transmit") for what in ("drops", "packets")}
 
 
 class RecordedQ(Q):
@@ -860,6 +863,10 @@ class RecordedQ(Q):
     def srate(self, metric: str, extra: str = "") -> str:
         recorded = RECORDED_RATES.get(metric)
         return self.m(recorded, extra) if recorded else super().srate(metric, extra)
+
+    def rate(self, metric: str, extra: str = "") -> str:
+        recorded = RECORDED_INTERFACE_RATES.get(metric)
+        return self.m(recorded, extra) if recorded else super().rate(metric, extra)
 
     def utilisation(self) -> str:
         return self.m("nodenet:conntrack_utilisation:ratio")

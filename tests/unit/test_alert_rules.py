@@ -49,6 +49,8 @@ EXPECTED_RECORDS = {
     "nodenet:conntrack_insert_failed:rate5m", "nodenet:cpu_steal:ratio_rate5m",
     "nodenet:softnet_dropped:rate5m", "nodenet:softnet_times_squeezed:rate5m",
     "nodenet:interface_drops:rate5m",
+    "nodenet:interface_receive_drops:rate5m", "nodenet:interface_transmit_drops:rate5m",
+    "nodenet:interface_receive_packets:rate5m", "nodenet:interface_transmit_packets:rate5m",
 }
 
 # The metric names that issues 2, 3, 4 and 9 promise (sample names, counters with _total).

@@ -361,7 +361,9 @@ CATEGORIES = {
     "steal": re.compile(r"nodenet_cpu_steal_seconds_total\{[^}]*\}\[[^\]]*\]\)\)\s*/\s*"
                         r"nodenet_cpus|nodenet:cpu_steal:ratio_rate5m\{"),
     "drop_ratio": re.compile(r"_drops_total\{[^}]*\}\[[^\]]*\]\)\s*/\s*rate\("
-                             r"nodenet_interface_\w+_packets_total"),
+                             r"nodenet_interface_\w+_packets_total"
+                             r"|nodenet:interface_\w+_drops:rate5m\{[^}]*\}\s*/\s*"
+                             r"nodenet:interface_\w+_packets:rate5m"),     # recorded (issue 17)
     "headroom": re.compile(r"nodenet_overlay_mtu_headroom_bytes\{[^}]*\}( < 0)?$"),
 }
 
