@@ -29,7 +29,7 @@ def load_build():
 
 
 def alerts(groups) -> dict[str, dict]:
-    return {r["alert"]: r for g in groups for r in g["rules"]}
+    return {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
 
 
 # ------------------------------------------------------------------ one source of truth
