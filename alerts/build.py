@@ -75,6 +75,55 @@ def rules(sel: str = JOB_SELECTOR) -> list[dict]:
     #     mygroup = [alert("NodenetSomething", expr, "5m", "warning", summary, description)]
     # and appended to the list below; see exporter/health.py to turn one into a check.
 
+    # ---- issue 17: drops below the kernel (ethtool collector): NIC driver and ENA allowances
+    driver = [
+        alert("NodenetCloudAllowanceExceeded",
+              f"increase(nodenet_interface_allowance_exceeded_total{{{sel}}}[5m]) > 0",
+              "5m", "warning",
+              "The cloud is throttling a node's network interface (ENA allowance exceeded).",
+              f"Interface {{{{ $labels.interface }}}} on node {NODE} exceeded its"
+              f" {{{{ $labels.allowance }}}} allowance: {{{{ printf \"%.0f\" $value }}}} packets"
+              f" queued or dropped by the hypervisor in the last 5 minutes."),
+        alert("NodenetDriverDrops",
+              f"rate(nodenet_interface_driver_drops_total{{{sel}}}[5m]) > 0",
+              "15m", "warning",
+              "A NIC driver is dropping packets.",
+              f"Driver counter {{{{ $labels.counter }}}} of interface {{{{ $labels.interface }}}}"
+              f" on node {NODE} has been rising for 15 minutes"
+              f" ({{{{ printf \"%.3g\" $value }}}} per second): packets are lost in the NIC or"
+              f" its driver, below the kernel's interface counters."),
+    ]
+
+    # ---- issue 17: the fleet view - per-node aggregates the overview dashboard reads. At
+    # 5,000 nodes the overview's panels would otherwise sum per-CPU and per-interface series of
+    # every node on every refresh; these keep job/instance (and interface) and nothing else.
+    def record(name, expr):
+        return {"record": name, "expr": expr.strip() + "\n"}
+
+    def ct_rate(metric):
+        return health.ct_rate_expr(sel, metric)
+
+    fleet = [
+        record("nodenet:conntrack_utilisation:ratio",
+               health.ct_utilisation_expr(sel).replace("  ", "")),
+        record("nodenet:conntrack_drops:rate5m", ct_rate("nodenet_conntrack_drops_total")),
+        record("nodenet:conntrack_early_drops:rate5m",
+               ct_rate("nodenet_conntrack_early_drops_total")),
+        record("nodenet:conntrack_insert_failed:rate5m",
+               ct_rate("nodenet_conntrack_insert_failed_total")),
+        record("nodenet:cpu_steal:ratio_rate5m",
+               health.steal_fraction_expr(sel).replace("  ", "")),
+        record("nodenet:softnet_dropped:rate5m",
+               f"sum without(cpu) (rate(nodenet_softnet_dropped_total{{{sel}}}[5m]))"),
+        record("nodenet:softnet_times_squeezed:rate5m",
+               f"sum without(cpu) (rate(nodenet_softnet_times_squeezed_total{{{sel}}}[5m]))"),
+        record("nodenet:interface_drops:rate5m",
+               f"rate(nodenet_interface_receive_drops_total{{{sel}}}[5m])\n+\n"
+               f"rate(nodenet_interface_transmit_drops_total{{{sel}}}[5m])"),
+    ] + [record(f"nodenet:interface_{d}_{what}:rate5m",
+                f"rate(nodenet_interface_{d}_{what}_total{{{sel}}}[5m])")
+         for d in ("receive", "transmit") for what in ("drops", "packets")]
+
     return [
         {"name": "nodenet-conntrack", "rules": conntrack},
         {"name": "nodenet-ipvs", "rules": ipvs},
@@ -85,6 +134,8 @@ def rules(sel: str = JOB_SELECTOR) -> list[dict]:
         {"name": "nodenet-dropreason", "rules": health.rules("dropreason", sel)},
         {"name": "nodenet-netfilter", "rules": health.rules("netfilter", sel)},
         *other_jobs_groups(alert),
+        {"name": "nodenet-driver", "rules": driver},
+        {"name": "nodenet-fleet", "rules": fleet},
     ]
 
 

@@ -16,6 +16,8 @@ Prints, in one run on this machine, nodenet-exporter side by side with node_expo
   stat counting the same tracepoint, and the scrape cost of the counters.
 - netfilter: 5,000 kube-proxy-like Services in iptables-legacy and in nftables, the netfilter
   collector beside `iptables-legacy-save | wc -l` and `nft list ruleset | wc -l`.
+- fleet: the overview dashboard's queries on a real Prometheus backfilled with 5,000 synthetic
+  nodes, with and without the recording rules (p50/p95 per panel).
 Each part is bounded in time and removes what it creates.
 """
 from __future__ import annotations
@@ -46,6 +48,8 @@ SCENARIOS = {  # name -> (script beside this file, its arguments for --quick)
     # perf stat on the same tracepoint) and the scrape cost of its counters
     "dropreason": ("dropreason_bench.py", ["--quick"]),
     "netfilter": ("netfilter_bench.py", ["--quick"]),  # issue 19: legacy and nft, 5,000 Services
+    # issue 17: the overview's queries at 5,000 synthetic nodes, with and without recording rules
+    "fleet": ("fleet_bench.py", ["--nodes", "500", "--repeat", "3"]),
 }
 
 

@@ -583,15 +583,16 @@ def ratio_above(usage: str, limit: str, words: str, op: str = ">",
 
 
 # ------------------------------------------------------------------------------- PromQL parts
+# (shared with the recording rules of alerts/build.py)
 
 
-def _ct_rate(sel: str, metric: str) -> str:
+def ct_rate_expr(sel: str, metric: str) -> str:
     # Counters the conntrack collector can also export per CPU (label `cpu`): always aggregate
     # them with `sum without(cpu)`, which keeps every other label.
     return f"sum without(cpu) (rate({metric}{{{sel}}}[5m]))"
 
 
-def _ct_utilisation(sel: str) -> str:
+def ct_utilisation_expr(sel: str) -> str:
     return (f"  nodenet_conntrack_entries{{{sel}}}\n"
             f"/\n"
             f"  nodenet_conntrack_entries_limit{{{sel}}}")
@@ -601,7 +602,7 @@ def _ct_limit_set(sel: str) -> str:
     return f"nodenet_conntrack_entries_limit{{{sel}}} > 0"
 
 
-def _steal_fraction(sel: str) -> str:
+def steal_fraction_expr(sel: str) -> str:
     return (f"  sum without(cpu) (rate(nodenet_cpu_steal_seconds_total{{{sel}}}[5m]))\n"
             f"/\n"
             f"  nodenet_cpus{{{sel}}}")
@@ -891,7 +892,7 @@ CHECKS: tuple[Check, ...] = (
         name="NodenetConntrackTableNearFull", group="conntrack", collector="conntrack",
         inputs=(CT_ENTRIES, CT_LIMIT), severity=WARNING,
         threshold=0.75, threshold_format=".2f", for_="5m",
-        expr=lambda sel, t: f"(\n{_ct_utilisation(sel)}\n) > {t}\nand {_ct_limit_set(sel)}",
+        expr=lambda sel, t: f"(\n{ct_utilisation_expr(sel)}\n) > {t}\nand {_ct_limit_set(sel)}",
         summary="Conntrack table is more than {threshold%} full.",
         description=_CT_FILL + " When it is full the kernel drops packets of new connections.",
         judge=ct_utilisation),
@@ -899,7 +900,7 @@ CHECKS: tuple[Check, ...] = (
         name="NodenetConntrackTableFull", group="conntrack", collector="conntrack",
         inputs=(CT_ENTRIES, CT_LIMIT), severity=CRITICAL,
         threshold=0.90, threshold_format=".2f", for_="2m",
-        expr=lambda sel, t: f"(\n{_ct_utilisation(sel)}\n) > {t}\nand {_ct_limit_set(sel)}",
+        expr=lambda sel, t: f"(\n{ct_utilisation_expr(sel)}\n) > {t}\nand {_ct_limit_set(sel)}",
         summary="Conntrack table is more than {threshold%} full.",
         description=_CT_FILL + " New connections start failing when it reaches 100%.",
         judge=ct_utilisation),
@@ -908,7 +909,7 @@ CHECKS: tuple[Check, ...] = (
         inputs=(CT_ENTRIES, CT_LIMIT), severity=WARNING,
         threshold=0.50, threshold_format=".2f", for_="15m",
         expr=lambda sel, t: (
-            f"(\n{_ct_utilisation(sel)}\n) > {t}\nand {_ct_limit_set(sel)}\nand\n"
+            f"(\n{ct_utilisation_expr(sel)}\n) > {t}\nand {_ct_limit_set(sel)}\nand\n"
             f"  predict_linear(nodenet_conntrack_entries{{{sel}}}[30m], 3600)\n"
             f">=\n"
             f"  nodenet_conntrack_entries_limit{{{sel}}}"),
@@ -923,8 +924,8 @@ CHECKS: tuple[Check, ...] = (
         name="NodenetConntrackDropping", group="conntrack", collector="conntrack",
         inputs=(CT_DROPS, CT_EARLY, CT_ENTRIES, CT_LIMIT), severity=CRITICAL,
         threshold=0, for_="2m",
-        expr=lambda sel, t: (f"(\n  {_ct_rate(sel, CT_DROPS)}\n+\n"
-                             f"  {_ct_rate(sel, CT_EARLY)}\n) > {t}"),
+        expr=lambda sel, t: (f"(\n  {ct_rate_expr(sel, CT_DROPS)}\n+\n"
+                             f"  {ct_rate_expr(sel, CT_EARLY)}\n) > {t}"),
         summary="The kernel is dropping connections because the conntrack table is full.",
         description="Node {node} has been dropping packets or evicting connections because of"
                     " conntrack ({{ printf \"%.3g\" $value }} per second over the last 5"
@@ -933,7 +934,7 @@ CHECKS: tuple[Check, ...] = (
     Check(
         name="NodenetConntrackInsertFailures", group="conntrack", collector="conntrack",
         inputs=(CT_INSERT_FAILED,), severity=WARNING, threshold=0, for_="10m",
-        expr=lambda sel, t: f"{_ct_rate(sel, CT_INSERT_FAILED)} > {t}",
+        expr=lambda sel, t: f"{ct_rate_expr(sel, CT_INSERT_FAILED)} > {t}",
         summary="Conntrack insertions are failing.",
         description="Node {node} fails {{ printf \"%.3g\" $value }} conntrack insertions per"
                     " second (clash races, typically parallel UDP DNS queries); each failure"
@@ -958,7 +959,7 @@ CHECKS: tuple[Check, ...] = (
         name="NodenetCPUStealHigh", group="cpu", collector="cpu",
         inputs=("nodenet_cpu_steal_seconds_total", "nodenet_cpus"), severity=WARNING,
         threshold=0.10, threshold_format=".2f", for_="15m",
-        expr=lambda sel, t: f"(\n{_steal_fraction(sel)}\n) > {t}",
+        expr=lambda sel, t: f"(\n{steal_fraction_expr(sel)}\n) > {t}",
         summary="The hypervisor is stealing more than {threshold%} of the node's CPU time.",
         description="Node {node} has lost {{ $value | humanizePercentage }} of its CPU time to"
                     " steal over the last {for_words}; packet processing and latency suffer.",
@@ -967,7 +968,7 @@ CHECKS: tuple[Check, ...] = (
         name="NodenetCPUStealCritical", group="cpu", collector="cpu",
         inputs=("nodenet_cpu_steal_seconds_total", "nodenet_cpus"), severity=CRITICAL,
         threshold=0.25, threshold_format=".2f", for_="15m",
-        expr=lambda sel, t: f"(\n{_steal_fraction(sel)}\n) > {t}",
+        expr=lambda sel, t: f"(\n{steal_fraction_expr(sel)}\n) > {t}",
         summary="The hypervisor is stealing more than {threshold%} of the node's CPU time.",
         description="Node {node} has lost {{ $value | humanizePercentage }} of its CPU time to"
                     " steal over the last {for_words}; the node cannot keep up with its load.",

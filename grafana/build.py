@@ -372,7 +372,7 @@ def dashboard(uid, title, description, panels, multi_instance, refresh="30s"):
 
 # ------------------------------------------------------------------------------- overview
 def overview() -> dict:
-    q = Q('instance=~"$instance"')
+    q = RecordedQ('instance=~"$instance"')  # issue 17: per-node aggregates are recorded
     b = Board()
     util = q.utilisation()
 
@@ -539,8 +539,7 @@ def overview() -> dict:
     b.add(timeseries("Top 10 interfaces by drops",
                      "Receive + transmit drops per second, the 10 worst interfaces of the "
                      "selected nodes.",
-                     [target(f"topk(10, {q.rate('nodenet_interface_receive_drops_total')} + "
-                             f"{q.rate('nodenet_interface_transmit_drops_total')})",
+                     [target(f"topk(10, {q.m('nodenet:interface_drops:rate5m')})",
                              "{{instance}} {{interface}}")], "pps", min_=0), 12, 8)
     b.add(table(
         "Overlay MTU mismatches",
@@ -564,6 +563,8 @@ def overview() -> dict:
 
     limits_panels(b, q, overview=True)
     netfilter_overview(b, q)
+    pod_overview_panels(b, q)
+    driver_overview_panels(b, q)
 
     b.row("Exporter")
     b.add(table(
@@ -760,6 +761,7 @@ def node() -> dict:
                              "{{interface}} receive"),
                       target(q.rate("nodenet_interface_transmit_errors_total"),
                              "{{interface}} transmit")], "pps", min_=0), 8, 8)
+    pod_node_panels(b, q)
 
     b.row("IPVS (kube-proxy)")
     svc_info = q.m("nodenet_ipvs_service_info")
@@ -829,6 +831,7 @@ def node() -> dict:
 
     limits_panels(b, q, overview=False)
     netfilter_node(b, q)
+    driver_node_panels(b, q)
 
     b.row("Kernel tunables and exporter")
     b.add(table("Kernel tunables", "Values of the sysctls the sysctl collector reads.",
@@ -1054,6 +1057,122 @@ def netfilter_node(b: Board, q: Q) -> None:
                  ("Bytes", target(q.m("nodenet_netfilter_table_bytes")))],
                 labels=("backend", "family", "table"), hidden=("instance",), sort="Chains",
                 overrides=[col("Bytes", "bytes")]), 12, 8)
+# ------------------------------------------------------------------------------- issue 17
+# The fleet view: recording rules of alerts/build.py (group nodenet-fleet) that the overview
+# reads instead of aggregating per-CPU series of every node on each refresh (5m windows).
+RECORDED_RATES = {
+    "nodenet_conntrack_drops_total": "nodenet:conntrack_drops:rate5m",
+    "nodenet_conntrack_early_drops_total": "nodenet:conntrack_early_drops:rate5m",
+    "nodenet_conntrack_insert_failed_total": "nodenet:conntrack_insert_failed:rate5m",
+    "nodenet_softnet_dropped_total": "nodenet:softnet_dropped:rate5m",
+    "nodenet_softnet_times_squeezed_total": "nodenet:softnet_times_squeezed:rate5m",
+}
+RECORDED_INTERFACE_RATES = {
+    f"nodenet_interface_{d}_{what}_total": f"nodenet:interface_{d}_{what}:rate5m"
+    for d in ("receive", "transmit") for what in ("drops", "packets")}
+
+
+class RecordedQ(Q):
+    """Q whose node-wide aggregates read the recorded series (same job and node matchers)."""
+
+    def srate(self, metric: str, extra: str = "") -> str:
+        recorded = RECORDED_RATES.get(metric)
+        return self.m(recorded, extra) if recorded else super().srate(metric, extra)
+
+    def rate(self, metric: str, extra: str = "") -> str:
+        recorded = RECORDED_INTERFACE_RATES.get(metric)
+        return self.m(recorded, extra) if recorded else super().rate(metric, extra)
+
+    def utilisation(self) -> str:
+        return self.m("nodenet:conntrack_utilisation:ratio")
+
+    def steal_fraction(self) -> str:
+        return self.m("nodenet:cpu_steal:ratio_rate5m")
+
+
+POD_COLUMNS = (("Pods", "nodenet_pod_interfaces", "short"),
+               ("MTU min", "nodenet_pod_interfaces_mtu_min_bytes", "suffix: B"),
+               ("MTU max", "nodenet_pod_interfaces_mtu_max_bytes", "suffix: B"),
+               ("Above overlay", "nodenet_pod_interfaces_above_overlay", "short"),
+               ("Max excess", "nodenet_pod_interfaces_above_overlay_max_bytes", "suffix: B"))
+
+
+def pod_overview_panels(b: "Board", q: Q) -> None:
+    """Pod interfaces (summarised per master by default) whose MTU is above the overlay."""
+    b.add(table(
+        "Pod interfaces larger than the overlay",
+        "Per node and master (bridge; empty for CNIs without one): pod interfaces whose MTU "
+        "exceeds the smallest overlay MTU, and the largest excess. Empty when every pod fits.",
+        [("Above overlay", target(f"{q.m('nodenet_pod_interfaces_above_overlay')} > 0")),
+         ("Max excess", target(f"{q.m('nodenet_pod_interfaces_above_overlay_max_bytes')} > 0"))],
+        labels=("instance", "master", "kind"), sort="Above overlay",
+        overrides=[col("instance", link=True), col("Above overlay", "short"),
+                   col("Max excess", "suffix: B", thresholds=steps(("green", None),
+                                                                   ("red", 1)))]), 12, 7)
+
+
+def pod_node_panels(b: "Board", q: Q) -> None:
+    """One node's pod interfaces per master: count, MTUs, overlay excess, traffic, drops."""
+    b.add(table(
+        "Pod interfaces per master",
+        "Pod interfaces (veths whose peer is in another namespace) summed per master: count, "
+        "MTU range, how many are above the overlay MTU, traffic and drops (the top 10 veths "
+        "with drops or errors also appear one by one in Interfaces).",
+        [(name, target(q.m(metric))) for name, metric, _ in POD_COLUMNS]
+        + [("Receive", target(q.rate("nodenet_pod_interfaces_receive_bytes_total"))),
+           ("Transmit", target(q.rate("nodenet_pod_interfaces_transmit_bytes_total"))),
+           ("Drops/s", target(f"{q.rate('nodenet_pod_interfaces_receive_drops_total')} + "
+                              f"{q.rate('nodenet_pod_interfaces_transmit_drops_total')}"))],
+        labels=("master", "kind"), hidden=("instance",), sort="Pods",
+        overrides=[col(name, unit) for name, _, unit in POD_COLUMNS]
+        + [col("Receive", "Bps"), col("Transmit", "Bps"),
+           col("Drops/s", "pps", thresholds=steps(("green", None), ("orange", 1e-9)))]), 24, 7)
+
+
+def driver_overview_panels(b: "Board", q: Q) -> None:
+    """NIC driver drops and ENA allowances across nodes (ethtool collector)."""
+    b.row("NIC drivers and cloud allowances")
+    b.add(table(
+        "Cloud allowances exceeded",
+        "ENA allowance counters that rose in the last 5 minutes: packets the hypervisor queued "
+        "or dropped because the instance went over its bandwidth, PPS, conntrack or link-local "
+        "allowance (NodenetCloudAllowanceExceeded). Empty when no node is throttled.",
+        [("Packets in 5m", target(
+            f"increase({q.m('nodenet_interface_allowance_exceeded_total')}[5m]) > 0"))],
+        labels=("instance", "interface", "allowance"), sort="Packets in 5m",
+        overrides=[col("instance", link=True),
+                   col("Packets in 5m", "short", thresholds=nonzero_bad())]), 12, 8)
+    b.add(timeseries("Top 10 driver drop counters",
+                     "Driver drop counters per second (ethtool -S names, per-queue names "
+                     "folded), the 10 worst of the selected nodes (NodenetDriverDrops).",
+                     [target(f"topk(10, {q.rate('nodenet_interface_driver_drops_total')} > 0)",
+                             "{{instance}} {{interface}} {{counter}}")], "pps", min_=0), 12, 8)
+
+
+def driver_node_panels(b: "Board", q: Q) -> None:
+    """One node's NIC drivers: info, drops and errors by counter, ENA allowances."""
+    b.row("NIC driver (ethtool)")
+    b.add(info_table("Drivers", "Driver, version and firmware of each device with a driver.",
+                     target(q.m("nodenet_interface_driver_info"), instant=True, table=True),
+                     ("interface", "driver", "version", "firmware"), hidden=("instance",)),
+          8, 7)
+    b.add(timeseries("Driver drops", "Driver drop counters per second, by counter "
+                     "(ethtool -S names, per-queue names folded).",
+                     [target(q.rate("nodenet_interface_driver_drops_total"),
+                             "{{interface}} {{counter}}")], "pps", min_=0), 8, 7)
+    b.add(timeseries("Driver errors", "Driver error counters per second, by counter.",
+                     [target(q.rate("nodenet_interface_driver_errors_total"),
+                             "{{interface}} {{counter}}")], "pps", min_=0), 8, 7)
+    b.add(timeseries("ENA allowances exceeded",
+                     "Packets per second queued or dropped by the hypervisor, per allowance "
+                     "(bw_in, bw_out, pps, conntrack, linklocal). ENA only.",
+                     [target(q.rate("nodenet_interface_allowance_exceeded_total"),
+                             "{{interface}} {{allowance}}")], "pps", min_=0), 12, 7)
+    b.add(timeseries("ENA conntrack allowance available",
+                     "Connections the instance can still track before the hypervisor's "
+                     "conntrack allowance is reached. ENA only.",
+                     [target(q.m("nodenet_interface_conntrack_allowance_available"),
+                             "{{interface}}")], "short", min_=0), 12, 7)
 
 
 # ------------------------------------------------------------------------------- output

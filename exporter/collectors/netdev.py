@@ -66,9 +66,11 @@ from __future__ import annotations
 
 import re
 import socket
+import time
+from operator import itemgetter
 
 from ..config import Option, parse_bool, parse_regex
-from ..metrics import COUNTER, GAUGE, Metric
+from ..metrics import COUNTER, GAUGE, Metric, Table
 from ..sources.links import ARPHRD_LOOPBACK, STATS_INDEX, Link, RtNetlink, default_route
 from .base import Collector, register
 
@@ -140,8 +142,107 @@ HEADROOM = Metric("nodenet_overlay_mtu_headroom_bytes", GAUGE,
                   ("interface", "kind", "underlay"))
 ABOVE_OVERLAY = Metric("nodenet_interface_mtu_above_overlay_bytes", GAUGE,
                        "For veth and bridge interfaces on a node with an up tunnel: bytes by "
-                       "which their MTU exceeds the smallest MTU of the up tunnels (0 when not "
-                       "above). Underlays of tunnels or stacked devices are left out.", IF)
+                       "which their MTU exceeds the smallest MTU of the up tunnels; exported "
+                       "only for the interfaces above (absent: not above). Underlays of tunnels "
+                       "or stacked devices are left out.", IF)
+
+
+# ---- pod interfaces (issue 17): veths whose peer lives in another network namespace
+POD = ("master", "kind")
+POD_COUNT = Metric("nodenet_pod_interfaces", GAUGE,
+                   "Pod interfaces (veths whose peer is in another network namespace) per master "
+                   "(bridge; empty when none) and kind.", POD)
+POD_COUNTERS = tuple(
+    (Metric("nodenet_pod_interfaces_" + m.name[len("nodenet_interface_"):], COUNTER,
+            f"Sum over the master's pod interfaces: {m.help} Interfaces that left keep "
+            f"counting (the sum never goes back).", POD), field)
+    for m, field in COUNTERS)
+POD_MTU_MIN = Metric("nodenet_pod_interfaces_mtu_min_bytes", GAUGE,
+                     "Smallest MTU among the master's pod interfaces.", POD)
+POD_MTU_MAX = Metric("nodenet_pod_interfaces_mtu_max_bytes", GAUGE,
+                     "Largest MTU among the master's pod interfaces.", POD)
+POD_ABOVE = Metric("nodenet_pod_interfaces_above_overlay", GAUGE,
+                   "Pod interfaces whose MTU is above the smallest up tunnel's MTU (only on a "
+                   "node with an up tunnel).", POD)
+POD_ABOVE_MAX = Metric("nodenet_pod_interfaces_above_overlay_max_bytes", GAUGE,
+                       "Largest number of bytes by which a pod interface's MTU exceeds the "
+                       "smallest up tunnel's MTU (0: none above; only on a node with an up "
+                       "tunnel).", POD)
+POD_METRICS = ((POD_COUNT,) + tuple(m for m, _ in POD_COUNTERS)
+               + (POD_MTU_MIN, POD_MTU_MAX, POD_ABOVE, POD_ABOVE_MAX))
+# the counters whose non-zero value keeps a pod interface's own series (top N)
+_LOSS_FIELDS = itemgetter(*(STATS_INDEX[f] for f in ("rx_dropped", "tx_dropped", "rx_errors",
+                                                      "tx_errors")))
+_POD_FIELDS = tuple(STATS_INDEX[field] for _, field in POD_COUNTERS)
+_POD_PICK = itemgetter(*_POD_FIELDS)
+
+
+# a pod interface whose drops or errors rose keeps its own series first for this long (s)
+POD_LOSS_HOLD = 900.0
+
+
+def is_pod_interface(link: Link) -> bool:
+    """A veth whose peer lives in another network namespace (IFLA_LINK_NETNSID set)."""
+    return link.kind == "veth" and link.link_netnsid is not None
+
+
+def _pod_mode(value) -> str:
+    text = str(value).strip().lower()
+    if text not in ("summary", "full"):
+        raise ValueError(f"must be summary or full: {value!r}")
+    return text
+
+
+def _top(value) -> int:
+    text = str(value).strip()
+    if type(value) is bool or not text.isdigit():
+        raise ValueError(f"not a non-negative integer: {value!r}")
+    number = int(text)
+    if not 0 <= number <= 100_000:
+        raise ValueError(f"must be between 0 and 100000: {value!r}")
+    return number
+
+
+def _table(specs, keys: list, rows: list) -> Table:
+    """A Table filled at once: one rendered label set per key, columns transposed in C."""
+    table = Table(specs)
+    labelset = table.labelset
+    table.labelsets = [labelset(k) for k in keys]
+    table.columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in specs]
+    return table
+
+
+class PodSums:
+    """Per (master, kind) sums of the pod interfaces' counters that never go back: the last
+    counters of an interface that left (pod deleted) stay in a carry, so rate() of a sum sees
+    no false reset.  Kept between scrapes (the only state of the collector)."""
+
+    def __init__(self):
+        self._carry: dict = {}      # key -> list of carried totals
+        self._last: dict = {}       # key -> {ifindex: tuple of the member's counters}
+
+    def update(self, members: dict) -> dict:
+        """members: key -> {ifindex: counters tuple}; returns key -> summed list.
+
+        A member that left, or whose first counter went back (a new device under the same
+        ifindex starts from 0), hands its last counters to the carry."""
+        out = {}
+        for key in set(self._last) | set(members):
+            now = members.get(key, {})
+            last = self._last.get(key, {})
+            carry = self._carry.setdefault(key, [0] * len(_POD_FIELDS))
+            gone = [old for ifindex, old in last.items()
+                    if (new := now.get(ifindex)) is None or new[0] < old[0]]
+            if gone:
+                for i, column in enumerate(zip(*gone)):
+                    carry[i] += sum(column)
+            if now:
+                out[key] = [c + sum(column) for c, column in zip(carry, zip(*now.values()))]
+                self._last[key] = now
+            else:
+                self._last.pop(key, None)   # the carry stays: the master may get pods again
+        return out
+
 
 ABOVE_OVERLAY_KINDS = frozenset({"veth", "bridge"})
 # stacked devices whose IFLA_LINK is the device they send through
@@ -243,8 +344,11 @@ class UnderlayResolver:
         return self.by_index.get(self._routes[address])
 
     def _default_oif(self, family: int | None) -> Link | None:
-        families = {4: (socket.AF_INET,), 6: (socket.AF_INET6,)}.get(
-            family, (socket.AF_INET, socket.AF_INET6))
+        families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)
+        if family == 4:
+            families = (socket.AF_INET,)
+        elif family == 6:
+            families = (socket.AF_INET6,)
         for af in families:
             if af not in self._defaults:
                 route = default_route(self.nl.dump_routes(af))
@@ -263,7 +367,8 @@ class NetdevCollector(Collector):
                    "overlay MTU headroom")
     source = "rtnetlink RTM_GETLINK dump (IFLA_STATS64, IFLA_LINKINFO), RTM_GETROUTE"
     metrics = ((INFO, MTU, MIN_MTU, MAX_MTU) + tuple(m for m, _ in COUNTERS)
-               + tuple(m for m, _ in DETAILS) + (NOHANDLER, HEADROOM, ABOVE_OVERLAY))
+               + tuple(m for m, _ in DETAILS) + (NOHANDLER, HEADROOM, ABOVE_OVERLAY)
+               + POD_METRICS)
     options = (
         Option("collector.netdev.device-include", parse_regex, "",
                "Regex: export only interfaces whose name matches (searched, like "
@@ -276,6 +381,13 @@ class NetdevCollector(Collector):
         Option("collector.netdev.geneve-option-bytes", _non_negative_int, 0,
                "Geneve option bytes per packet added to the Geneve overhead (e.g. 8 for one 8-byte option; fixed-remote Geneve only)",
                "BYTES"),
+        Option("collector.netdev.pod-interfaces", _pod_mode, "summary",
+               "summary: pod interfaces (veths whose peer is in another network namespace) "
+               "are summed per master, only the top N with drops or errors keep their own "
+               "series; full: every pod interface has its own series", "summary|full"),
+        Option("collector.netdev.pod-interfaces.top", _top, 10,
+               "summary mode: how many pod interfaces with non-zero drops or errors keep their "
+               "own series (the worst by drops + errors)", "N"),
     )
 
     def __init__(self, ctx):
@@ -288,6 +400,10 @@ class NetdevCollector(Collector):
         self._geneve_options = s["collector.netdev.geneve-option-bytes"]
         self._timeout = float(s.get("collector.timeout", 4.0) or 4.0)
         self.transport_factory = None   # tests: a netlink.ReplayTransport factory
+        self._pods_full = s["collector.netdev.pod-interfaces"] == "full"
+        self._pods_top = s["collector.netdev.pod-interfaces.top"]
+        self._pod_sums = PodSums()
+        self._pod_loss: dict = {}   # ifindex -> (drops + errors, monotonic time it last rose)
 
     def _wanted(self, name: str) -> bool:
         if self._include is not None and not self._include.search(name):
@@ -312,12 +428,25 @@ class NetdevCollector(Collector):
         yield from self.families(links, underlays)
 
     def families(self, links, underlays):
+        """Per-interface series go into :class:`Table`s (one rendered label set per interface,
+        one int column per metric, written in batches by the exposition writer); what does
+        not fit a table's shape (no stats, no rx_nohandler, no MTU limits) falls back to plain
+        families, so the exposition is the same either way."""
         by_index = {link.index: link for link in links}
-        info, mtu, min_mtu, max_mtu = INFO.family(), MTU.family(), MIN_MTU.family(), MAX_MTU.family()
         specs = COUNTERS + DETAILS if self._details else COUNTERS
-        counter_fams = [m.family() for m, _ in specs]
-        counters = [(fam.samples, STATS_INDEX[field]) for fam, (_, field) in zip(counter_fams, specs)]
-        nohandler = NOHANDLER.family()
+        counter_specs = tuple(m for m, _ in specs)
+        pick = itemgetter(*(STATS_INDEX[field] for _, field in specs))
+        nohandler_i = STATS_INDEX["rx_nohandler"]
+        details = self._details
+        # rows (label values, values tuple) of the tables, filled in one go at the end
+        info_keys: list = []
+        nh_keys: list = []
+        nh_rows: list = []
+        ct_keys: list = []
+        ct_rows: list = []
+        mtu_keys: list = []
+        mtu_rows: list = []
+        mtu, min_mtu, max_mtu = MTU.family(), MIN_MTU.family(), MAX_MTU.family()
         headroom, above = HEADROOM.family(), ABOVE_OVERLAY.family()
 
         carriers = {u.index for u in underlays.values() if u is not None}
@@ -325,29 +454,38 @@ class NetdevCollector(Collector):
                         if link.tunnel is not None and not link.tunnel.external
                         and link.up and link.mtu]
         overlay_mtu = min(overlay_mtus) if overlay_mtus else None
+        pod_fams, hidden = self.pod_summary(links, by_index, overlay_mtu, carriers)
+        filtered = self._include is not None or self._exclude is not None
 
         for link in links:
             name = link.name
-            if not self._wanted(name):
+            if link.index in hidden or (filtered and not self._wanted(name)):
                 continue
             lv = (name,)
-            kind = kind_of(link)
+            kind = link.kind or kind_of(link)
             master = by_index.get(link.master) if link.master else None
             under = underlays.get(link.index)
-            info.add((name, kind, link.operstate, master.name if master else "",
-                      under.name if under else ""), 1)
-            if link.mtu is not None:
-                mtu.samples.append((lv, link.mtu))
-            if link.min_mtu is not None:
-                min_mtu.samples.append((lv, link.min_mtu))
-            if link.max_mtu:
-                max_mtu.samples.append((lv, link.max_mtu))
+            info_keys.append((name, kind, link.operstate, master.name if master else "",
+                              under.name if under else ""))
+            if link.mtu is not None and link.min_mtu is not None and link.max_mtu:
+                mtu_keys.append(lv)
+                mtu_rows.append((link.mtu, link.min_mtu, link.max_mtu))
+            else:
+                if link.mtu is not None:
+                    mtu.samples.append((lv, link.mtu))
+                if link.min_mtu is not None:
+                    min_mtu.samples.append((lv, link.min_mtu))
+                if link.max_mtu:
+                    max_mtu.samples.append((lv, link.max_mtu))
             stats = link.stats
             if stats is not None:
-                for samples, i in counters:
-                    samples.append((lv, stats[i]))
-                if self._details and stats.rx_nohandler is not None:
-                    nohandler.samples.append((lv, stats.rx_nohandler))
+                nohandler = stats[nohandler_i]
+                if details and nohandler is not None:
+                    nh_keys.append(lv)
+                    nh_rows.append(pick(stats) + (nohandler,))
+                else:
+                    ct_keys.append(lv)
+                    ct_rows.append(pick(stats))
             # Metadata-mode ("external") tunnels (Cilium's cilium_vxlan, OVS genev_sys_6081)
             # pick remote and underlay per packet and rely on per-route MTUs: their device MTU
             # is not the path's limit, so a static headroom would be a false alarm.
@@ -357,15 +495,93 @@ class NetdevCollector(Collector):
                 if overhead is not None:
                     headroom.add((name, kind, under.name), under.mtu - overhead - link.mtu)
             if (overlay_mtu is not None and link.kind in ABOVE_OVERLAY_KINDS
-                    and link.index not in carriers and link.mtu is not None):
-                above.samples.append((lv, max(0, link.mtu - overlay_mtu)))
+                    and link.index not in carriers and link.mtu is not None
+                    and link.mtu > overlay_mtu):
+                above.samples.append((lv, link.mtu - overlay_mtu))
 
-        yield info
-        yield mtu
-        yield min_mtu
-        yield max_mtu
-        yield from counter_fams
-        if self._details:
-            yield nohandler
+        yield _table((INFO,), info_keys, [(1,)] * len(info_keys))
+        yield _table((MTU, MIN_MTU, MAX_MTU), mtu_keys, mtu_rows)
+        for fam in (mtu, min_mtu, max_mtu):
+            if fam.samples:
+                yield fam
+        if nh_keys:
+            yield _table(counter_specs + (NOHANDLER,), nh_keys, nh_rows)
+        if ct_keys or not nh_keys:
+            yield _table(counter_specs, ct_keys, ct_rows)
         yield headroom
         yield above
+        yield from pod_fams
+
+    def _rank_losses(self, losses, now: float | None = None) -> list:
+        """Pod interfaces with drops or errors, best first: those whose count rose within
+        POD_LOSS_HOLD seconds (dropping now; by count), then the others by count.  A count
+        that rose once when the pod started stays non-zero for ever: ranking by the total alone
+        would fill the top N with such veths and hide the one dropping now."""
+        now = time.monotonic() if now is None else now
+        state = self._pod_loss
+        ranked = []
+        for neg_loss, name, index in losses:
+            loss = -neg_loss
+            old = state.get(index)
+            rose = old[1] if old is not None and loss <= old[0] else (
+                now if old is not None else None)
+            state[index] = (loss, rose)
+            recent = rose is not None and now - rose < POD_LOSS_HOLD
+            ranked.append((0 if recent else 1, neg_loss, name, index))
+        seen = {index for *_, index in ranked}
+        for index in [i for i in state if i not in seen]:
+            del state[index]
+        ranked.sort()
+        return ranked
+
+    def pod_summary(self, links, by_index, overlay_mtu, carriers=frozenset()):
+        """(summary families, ifindexes of pod interfaces whose own series are left out).
+
+        A veth that is the underlay of a tunnel or stacked device (``carriers``: a node whose
+        uplink is a veth) is not a pod interface.  Summary per (master name or "", kind) of
+        the wanted pod interfaces: their count, the
+        sums of the traffic/drop/error counters (never going back, see PodSums), smallest and
+        largest MTU and, on a node with an up tunnel, how many are above the overlay MTU and
+        by how much at most.  In summary mode every pod interface is left out except the top
+        N with drops or errors (:meth:`_rank_losses`: dropping now first), so a dashboard or
+        an alert can still name the veth."""
+        groups: dict = {}
+        members: dict = {}
+        losses = []
+        filtered = self._include is not None or self._exclude is not None
+        for link in links:
+            if (link.link_netnsid is None or link.kind != "veth" or link.index in carriers
+                    or (filtered and not self._wanted(link.name))):
+                continue
+            master = by_index.get(link.master) if link.master else None
+            key = (master.name if master else "", kind_of(link))
+            groups.setdefault(key, []).append(link)
+            stats = link.stats
+            if stats is not None:
+                members.setdefault(key, {})[link.index] = _POD_PICK(stats)
+                loss = sum(_LOSS_FIELDS(stats))
+                if loss:
+                    losses.append((-loss, link.name, link.index))
+        sums = self._pod_sums.update(members)
+        fams = {m: m.family() for m in POD_METRICS}
+        for key in sorted(groups):
+            group = groups[key]
+            fams[POD_COUNT].add(key, len(group))
+            totals = sums.get(key)
+            if totals is not None:
+                for (metric, _), value in zip(POD_COUNTERS, totals):
+                    fams[metric].add(key, value)
+            mtus = [link.mtu for link in group if link.mtu is not None]
+            if mtus:
+                fams[POD_MTU_MIN].add(key, min(mtus))
+                fams[POD_MTU_MAX].add(key, max(mtus))
+                if overlay_mtu is not None:
+                    excess = [m - overlay_mtu for m in mtus if m > overlay_mtu]
+                    fams[POD_ABOVE].add(key, len(excess))
+                    fams[POD_ABOVE_MAX].add(key, max(excess, default=0))
+        hidden: set = set()
+        if not self._pods_full:
+            keep = {index for *_, index in self._rank_losses(losses)[: self._pods_top]}
+            hidden = {link.index for group in groups.values() for link in group
+                      if link.index not in keep}
+        return [f for f in fams.values() if f.samples], hidden

@@ -55,11 +55,23 @@ TOPOLOGY = [
 ]
 
 
+# Two pod interfaces (veths whose peer is in a namespace of its own, as a pod's), bridged, down:
+# summarised per master (nodenet_pod_interfaces...), no series of their own.
+POD_TOPOLOGY = [
+    "ip link add gold-p{i} mtu 1500 type veth peer name eth0 netns {pod}",
+    "ip link set gold-p{i} master gold-br",
+]
+
+
 @pytest.fixture(scope="module")
 def exposition():
-    with netns("nn-golden") as ns:
+    with netns("nn-golden") as ns, netns("nn-golden-pod") as pod0, \
+            netns("nn-golden-pod") as pod1:
         for cmd in TOPOLOGY:
             run(cmd, netns=ns)
+        for i, pod in enumerate((pod0, pod1)):
+            for cmd in POD_TOPOLOGY:
+                run(cmd.format(i=i, pod=pod), netns=ns)
         with ExporterProcess(FIXTURE_ARGS, netns=ns) as ex:
             return ex.scrape()
 

@@ -132,8 +132,18 @@ def test_metric_name_extraction():
 
 
 def _known_metrics() -> dict[str, tuple[str, ...]]:
+    """What the exporter declares, plus the series recorded by alerts/nodenet.rules.yaml (with
+    the labels of the metrics they are made of, minus the `cpu` they sum away)."""
     from exporter import docs
-    return {name: tuple(spec.labels) for name, (_, spec) in docs.all_metrics().items()}
+    known = {name: tuple(spec.labels) for name, (_, spec) in docs.all_metrics().items()}
+    with open(ALERTS) as fh:
+        groups = yaml.safe_load(fh)["groups"]
+    for rule in (r for g in groups for r in g["rules"] if "record" in r):
+        labels: set = set()
+        for name in dh.metric_names(rule["expr"]):
+            labels |= set(known.get(name, ())) - {"cpu"}
+        known[rule["record"]] = tuple(sorted(labels))
+    return known
 
 
 def _missing(used: dict[str, list[str]], known: dict[str, tuple]) -> list[str]:
@@ -346,11 +356,14 @@ def test_refids_unique_and_table_columns_named():
 # ------------------------------------------------------------------------------- thresholds
 CATEGORIES = {
     "conntrack": re.compile(r"nodenet_conntrack_entries\{[^}]*\}(\[30m\], 3600\))?\s*/\s*"
-                            r"nodenet_conntrack_entries_limit"),
+                            r"nodenet_conntrack_entries_limit"
+                            r"|nodenet:conntrack_utilisation:ratio\{"),   # recorded (issue 17)
     "steal": re.compile(r"nodenet_cpu_steal_seconds_total\{[^}]*\}\[[^\]]*\]\)\)\s*/\s*"
-                        r"nodenet_cpus"),
+                        r"nodenet_cpus|nodenet:cpu_steal:ratio_rate5m\{"),
     "drop_ratio": re.compile(r"_drops_total\{[^}]*\}\[[^\]]*\]\)\s*/\s*rate\("
-                             r"nodenet_interface_\w+_packets_total"),
+                             r"nodenet_interface_\w+_packets_total"
+                             r"|nodenet:interface_\w+_drops:rate5m\{[^}]*\}\s*/\s*"
+                             r"nodenet:interface_\w+_packets:rate5m"),     # recorded (issue 17)
     "headroom": re.compile(r"nodenet_overlay_mtu_headroom_bytes\{[^}]*\}( < 0)?$"),
 }
 

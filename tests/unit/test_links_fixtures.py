@@ -15,6 +15,8 @@ from exporter.sources import ParseError
 from exporter.sources.links import parse_link_dump
 from nlbuild_netdev import FIXTURES, load_hex
 
+from tests.helpers.families import by_metric
+
 SCENARIOS = ["veth", "vxlan4", "vxlan6", "bridge", "macvlan", "tun", "uml_tunnels"]
 
 RX = {"bytes": "rx_bytes", "packets": "rx_packets", "errors": "rx_errors",
@@ -164,7 +166,8 @@ def test_reader_over_the_replay_transport_equals_the_pure_decoder(scenario):
 
 
 def test_netdev_collector_over_the_replay_transport():
-    """The whole collector on a captured dump: one series per captured interface."""
+    """The whole collector on a captured dump, every interface exported one by one
+    (--collector.netdev.pod-interfaces=full): one series per captured interface."""
     import io
 
     from exporter import log as logmod
@@ -176,10 +179,10 @@ def test_netdev_collector_over_the_replay_transport():
     from exporter.sources.links import RTM_GETLINK
 
     data = load_hex("links_veth.hex")
-    settings = resolve(all_options(), [], "test", "0", set(REGISTRY))
+    settings = resolve(all_options(), ["--collector.netdev.pod-interfaces=full"], "test", "0", set(REGISTRY))
     coll = NetdevCollector(Context(settings=settings, log=logmod.setup(
         "error", "json", stream=io.StringIO()).bind(collector="netdev")))
     coll.transport_factory = lambda: nl.ReplayTransport({RTM_GETLINK: [data]})
-    fams = {f.spec.name: f for f in coll.collect()}
-    names = sorted(lv[0] for lv, _v in fams["nodenet_interface_mtu_bytes"].samples)
+    mtu = by_metric(coll.collect())["nodenet_interface_mtu_bytes"]
+    names = sorted(labels[0] for labels in mtu)
     assert names == sorted(link.name for link in parse_link_dump(data))

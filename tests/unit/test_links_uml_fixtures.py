@@ -19,9 +19,11 @@ import io
 import ipaddress
 import json
 import os
+import re
 import socket
 
 import pytest
+from nlbuild_netdev import FIXTURES, load_hex
 
 from exporter import log as logmod
 from exporter.cli import all_options
@@ -29,8 +31,8 @@ from exporter.collectors.base import REGISTRY, Context
 from exporter.collectors.netdev import NetdevCollector, UnderlayResolver, encap_overhead
 from exporter.config import resolve
 from exporter.sources.links import parse_link_dump, parse_route_messages
-from nlbuild_netdev import FIXTURES, load_hex
 from tests.helpers import iproute_tunnels as T
+from tests.helpers.families import samples as _samples
 
 GRE_CSUM, GRE_KEY, GRE_SEQ = 0x8000, 0x2000, 0x1000
 
@@ -136,6 +138,8 @@ def test_captured_route_replies_match_iproute2():
             ROUTES["default"][fam]["ip"][0]["dev"]
 
 
+
+
 def test_collector_on_the_capture_kinds_underlays_headroom():
     settings = resolve(all_options(), [], "test", "0", set(REGISTRY))
     log = logmod.setup("error", "json", stream=io.StringIO())
@@ -147,8 +151,8 @@ def test_collector_on_the_capture_kinds_underlays_headroom():
                  if link.tunnel is not None or (link.link and link.link != link.index)}
     out = {}
     for fam in c.families(links, underlays):
-        for labels, value in fam.samples:
-            out.setdefault(fam.spec.name, {})[labels] = value
+        for name, labels, value in _samples(fam):
+            out.setdefault(name, {})[labels] = value
     info = {labels[0]: (labels[1], labels[4]) for labels in out["nodenet_interface_info"]}
     assert info == T.DESIGN_INFO
     masters = {labels[0]: labels[3] for labels in out["nodenet_interface_info"] if labels[3]}
