@@ -76,23 +76,7 @@ def rules(sel: str = JOB_SELECTOR) -> list[dict]:
     # and appended to the list below; see exporter/health.py to turn one into a check.
 
     # ---- issue 17: drops below the kernel (ethtool collector): NIC driver and ENA allowances
-    driver = [
-        alert("NodenetCloudAllowanceExceeded",
-              f"increase(nodenet_interface_allowance_exceeded_total{{{sel}}}[5m]) > 0",
-              "5m", "warning",
-              "The cloud is throttling a node's network interface (ENA allowance exceeded).",
-              f"Interface {{{{ $labels.interface }}}} on node {NODE} exceeded its"
-              f" {{{{ $labels.allowance }}}} allowance: {{{{ printf \"%.0f\" $value }}}} packets"
-              f" queued or dropped by the hypervisor in the last 5 minutes."),
-        alert("NodenetDriverDrops",
-              f"rate(nodenet_interface_driver_drops_total{{{sel}}}[5m]) > 0",
-              "15m", "warning",
-              "A NIC driver is dropping packets.",
-              f"Driver counter {{{{ $labels.counter }}}} of interface {{{{ $labels.interface }}}}"
-              f" on node {NODE} has been rising for 15 minutes"
-              f" ({{{{ printf \"%.3g\" $value }}}} per second): packets are lost in the NIC or"
-              f" its driver, below the kernel's interface counters."),
-    ]
+    driver = health.rules("driver", sel)
 
     # ---- issue 17: the fleet view - per-node aggregates the overview dashboard reads. At
     # 5,000 nodes the overview's panels would otherwise sum per-CPU and per-interface series of

@@ -881,6 +881,37 @@ NETFILTER_CHECKS: tuple[Check, ...] = (
 )
 
 
+# ----------------------------------------------------------------------- driver (issue 17)
+# Drops below the kernel (ethtool collector): NIC driver counters and the ENA allowances.
+ALLOWANCE_EXCEEDED = "nodenet_interface_allowance_exceeded_total"
+DRIVER_DROPS = "nodenet_interface_driver_drops_total"
+
+DRIVER_CHECKS: tuple[Check, ...] = (
+    Check(
+        name="NodenetCloudAllowanceExceeded", group="driver", collector="ethtool",
+        inputs=(ALLOWANCE_EXCEEDED,), severity=WARNING, threshold=0, for_="5m",
+        expr=lambda sel, t: f"increase({ALLOWANCE_EXCEEDED}{{{sel}}}[5m]) > {t}",
+        summary="The cloud is throttling a node's network interface (ENA allowance exceeded).",
+        description="Interface {{ $labels.interface }} on node {node} exceeded its"
+                    " {{ $labels.allowance }} allowance: {{ printf \"%.0f\" $value }} packets"
+                    " queued or dropped by the hypervisor in the last 5 minutes.",
+        judge=increase_above(ALLOWANCE_EXCEEDED, "interface {interface} exceeded its "
+                                                 "{allowance} allowance: {value} packets "
+                                                 "queued or dropped")),
+    Check(
+        name="NodenetDriverDrops", group="driver", collector="ethtool",
+        inputs=(DRIVER_DROPS,), severity=WARNING, threshold=0, for_="15m",
+        expr=lambda sel, t: f"rate({DRIVER_DROPS}{{{sel}}}[5m]) > {t}",
+        summary="A NIC driver is dropping packets.",
+        description="Driver counter {{ $labels.counter }} of interface {{ $labels.interface }}"
+                    " on node {node} has been rising for 15 minutes"
+                    " ({{ printf \"%.3g\" $value }} per second): packets are lost in the NIC or"
+                    " its driver, below the kernel's interface counters.",
+        judge=rate_above(DRIVER_DROPS, "driver counter {counter} of {interface} dropping "
+                                       "{value} packets/s", without=())),
+)
+
+
 # ------------------------------------------------------------------------------- the table
 
 _CT_FILL = ("The conntrack table on node {node} is {{ $value | humanizePercentage }} full"
@@ -1034,6 +1065,7 @@ CHECKS: tuple[Check, ...] = (
     *LIMITS_CHECKS,
     *DROPREASON_CHECKS,
     *NETFILTER_CHECKS,
+    *DRIVER_CHECKS,
 )
 
 # Metric names Prometheus makes itself, not read from any collector.

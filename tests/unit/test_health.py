@@ -547,3 +547,29 @@ def test_netfilter_churn_is_the_nftables_commit_rate():
     legacy = Pair(reading(0, nodenet_netfilter_table_bytes=[(t, 1000)]),
                   reading(2, nodenet_netfilter_table_bytes=[(t, 2000)]))
     assert judge("NodenetNetfilterRulesetChurn", legacy) == []
+
+
+# ------------------------------------------------------------------ driver (ethtool)
+
+def test_cloud_allowance_exceeded_is_the_increase_per_interface_and_allowance():
+    pps = {"interface": "eth0", "allowance": "pps"}
+    bw = {"interface": "eth0", "allowance": "bw_in"}
+    got = judge("NodenetCloudAllowanceExceeded", counters(
+        "nodenet_interface_allowance_exceeded_total", [(pps, 100), (bw, 7)],
+        [(pps, 160), (bw, 7)]))
+    assert [(v.value, v.labels, v.message) for v in got] == [
+        (60.0, pps, "interface eth0 exceeded its pps allowance: 60 packets queued or dropped "
+                    "in 2 s, threshold 0")]
+
+
+def test_driver_drops_per_counter_and_interface():
+    rx = {"interface": "eth0", "counter": "rx_dropped"}
+    tx = {"interface": "eth0", "counter": "tx_queue_dropped"}
+    got = judge("NodenetDriverDrops", counters(
+        "nodenet_interface_driver_drops_total", [(rx, 0), (tx, 5)], [(rx, 9), (tx, 5)], dt=3))
+    assert [(v.value, v.labels, v.message) for v in got] == [
+        (3.0, rx, "driver counter rx_dropped of eth0 dropping 3 packets/s, threshold 0/s")]
+    # a counter that went back (driver reset): counted from 0, as rate() does
+    reset = judge("NodenetDriverDrops", counters(
+        "nodenet_interface_driver_drops_total", [(rx, 1000)], [(rx, 4)], dt=2))
+    assert [v.value for v in reset] == [2.0]
