@@ -32,38 +32,34 @@ def load(path):
 
 
 def install(path):
+    """Every IPVSReader made from now on answers from the replay (netlink.ReplayTransport,
+    the one seam): one datagram per recorded dump reply."""
+    from tests.helpers.ipvs_replay import IPVSKernel
+
     recs = load(path)
     services = ipvs.decode_services(recs[0])
-    by_key = {ipvs.service_key(s): recs[1 + i] for i, s in enumerate(services)}
+    kernel = IPVSKernel([recs[0]], {ipvs.service_key(s): [recs[1 + i]]
+                                    for i, s in enumerate(services)})
+    real_init = ipvs.IPVSReader.__init__
 
-    class ReplaySocket:
-        def __init__(self, timeout, recv_size):
-            pass
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.transport_factory = kernel.transport
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            pass
-
-        def family_id(self, name):
-            return 0x20
-
-        def dump(self, fam, cmd, attrs=b""):
-            yield (recs[0] if cmd == ipvs.IPVS_CMD_GET_SERVICE else by_key[attrs]), None
-
-    ipvs._GenlSocket = ReplaySocket
+    ipvs.IPVSReader.__init__ = init
 
 
 def capture(path):
     """Inside a kernel with IPVS: write the replay file."""
-    with ipvs._GenlSocket(30.0, 1 << 16) as sock, open(path, "wb") as f:
-        fam = sock.family_id("IPVS")
-        chunks = [c for c, _ in sock.dump(fam, ipvs.IPVS_CMD_GET_SERVICE)]
+    from exporter.sources import netlink as nl
+
+    with nl.NetlinkSocket(nl.NETLINK_GENERIC, timeout=30.0) as sock, open(path, "wb") as f:
+        fam = nl.resolve_family(sock, "IPVS").id
+        chunks = [c for c, _ in ipvs.dump(sock, fam, ipvs.IPVS_CMD_GET_SERVICE)]
         blob = b"".join(chunks)
         f.write(struct.pack("=I", len(blob)) + blob)
         for svc in ipvs.decode_services(blob):
-            blob = b"".join(c for c, _ in sock.dump(fam, ipvs.IPVS_CMD_GET_DEST,
+            blob = b"".join(c for c, _ in ipvs.dump(sock, fam, ipvs.IPVS_CMD_GET_DEST,
                                                     ipvs.service_key(svc)))
             f.write(struct.pack("=I", len(blob)) + blob)
 

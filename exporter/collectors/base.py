@@ -16,8 +16,12 @@ A collector is a class in ``exporter/collectors/<name>.py`` decorated with ``@re
 
 ``self.ctx`` gives ``procfs``/``sysfs`` paths, ``settings`` and ``log`` (structlog, bound with
 ``collector=<name>``).  Raise anything to fail (success 0 for this collector only).  A
-subsystem that is simply absent is not a failure: yield ``self.availability(METRIC, False,
-reason)``, which also logs the reason once (at info) whenever availability changes.
+subsystem that is simply absent is not a failure: set ``availability_metric`` (its
+``nodenet_<subsystem>_available`` gauge) and raise :class:`exporter.sources.Unavailable`
+from collect() or the reader it calls: the framework (:meth:`Collector.run`) then exports
+that gauge at 0, success 1, and logs the reason once (at info) whenever availability
+changes.  ``yield self.availability(METRIC, True)`` when present; a collector with a
+fallback of its own may also yield ``self.availability(METRIC, False, reason)`` itself.
 """
 from __future__ import annotations
 
@@ -27,12 +31,9 @@ from typing import Any, ClassVar, Iterable
 
 from ..config import Option, Settings
 from ..metrics import Family, Metric
+from ..sources import Unavailable
 
 REGISTRY: dict[str, type["Collector"]] = {}
-
-
-class NoData(Exception):
-    """Raised by readers when a subsystem is absent on this node (not a failure)."""
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Collector:
     source: ClassVar[str] = ""
     metrics: ClassVar[tuple[Metric, ...]] = ()
     options: ClassVar[tuple[Option, ...]] = ()
+    availability_metric: ClassVar[Metric | None] = None   # nodenet_<subsystem>_available
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
@@ -70,6 +72,17 @@ class Collector:
 
     def collect(self) -> Iterable[Family]:
         raise NotImplementedError
+
+    def run(self) -> list[Family]:
+        """One collection, materialised (what the scrape calls).  Unavailable raised by
+        collect() becomes ``availability_metric`` 0 (success 1), its reason logged once;
+        the families collected before it are dropped."""
+        try:
+            return list(self.collect())
+        except Unavailable as exc:
+            if self.availability_metric is None:
+                raise
+            return [self.availability(self.availability_metric, False, str(exc))]
 
     def close(self) -> None:
         """Release sockets or threads; called once at shutdown."""

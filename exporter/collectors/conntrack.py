@@ -40,6 +40,7 @@ import time
 
 from ..config import Option, parse_bool, parse_duration, parse_list, parse_positive_int
 from ..metrics import COUNTER, GAUGE, Metric
+from ..sources import ParseError, Unavailable
 from ..sources import conntrack as ct
 from ..sources import netns, procfs
 from .base import Collector, register
@@ -123,6 +124,7 @@ class ConntrackCollector(Collector):
               "/run/netns, /proc/<pid>/ns/net")
     metrics = (ENTRIES, LIMIT, BUCKETS, EXPECT, AVAILABLE, SOURCE_INFO, BY_STATE,
                BY_STATE_PARTIAL, NETNS_ENTRIES, NETNS_FOUND, *PER_CPU.values())
+    availability_metric = AVAILABLE   # Unavailable -> available 0, success 1 (base.py)
     options = (
         Option("collector.conntrack.per-cpu", parse_bool, False,
                "Export the conntrack *_total counters per CPU (label cpu) instead of summed"),
@@ -194,7 +196,7 @@ class ConntrackCollector(Collector):
         except (FileNotFoundError, NotADirectoryError):
             return None
         if len(values) != 1:
-            raise ct.ConntrackParseError(f"{path}: {len(values)} values, expected 1")
+            raise ParseError(f"{path}: {len(values)} values, expected 1")
         return values[0]
 
     def _buckets(self) -> int | None:
@@ -257,10 +259,8 @@ class ConntrackCollector(Collector):
         reason = None
         if not self._module_present():
             self._note_source(None)
-            yield self.availability(AVAILABLE, False, "nf_conntrack is not loaded (no "
-                                    "/proc/sys/net/netfilter/nf_conntrack_max, no "
-                                    "/sys/module/nf_conntrack)")
-            return
+            raise Unavailable("nf_conntrack is not loaded (no /proc/sys/net/netfilter/"
+                              "nf_conntrack_max, no /sys/module/nf_conntrack)")
         try:
             glob, cpus, expect = self._netlink()
             entries, limit, source = glob.entries, glob.max_entries, "netlink"
@@ -277,8 +277,7 @@ class ConntrackCollector(Collector):
             fallback = self._procfs()
             if fallback is None:
                 self._note_source(None)
-                yield self.availability(AVAILABLE, False, f"{reason} and no /proc conntrack files")
-                return
+                raise Unavailable(f"{reason} and no /proc conntrack files") from None
             entries, limit, cpus, expect, missing = fallback
             source = "procfs"
             if self.states:
@@ -347,7 +346,7 @@ class ConntrackCollector(Collector):
                 counter, partial = nl.state_counts(self.states_max, seconds)
             finally:
                 nl.close()
-        except (OSError, ct.ConntrackParseError) as exc:
+        except (OSError, ParseError) as exc:
             self._warn_once("states", f"conntrack state dump failed: {exc}")
             yield fam
             yield BY_STATE_PARTIAL.single(1)

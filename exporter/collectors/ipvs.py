@@ -110,6 +110,7 @@ class IPVSCollector(Collector):
     description = "IPVS services and backends: traffic, connections, weights (generic netlink)"
     source = "generic netlink IPVS family (presence: /proc/net/ip_vs, /sys/module/ip_vs)"
     metrics = (AVAILABLE, SERVICES, BACKENDS) + _SERVICE_METRICS + _BACKEND_METRICS
+    availability_metric = AVAILABLE
     options = (
         Option("collector.ipvs.backend-labels", _backend_labels, list(BACKEND_LABELS),
                "Labels kept on per-backend series; series that differ only in dropped labels "
@@ -157,11 +158,9 @@ class IPVSCollector(Collector):
 
     def collect(self):
         flt = None if self.include is None and self.exclude is None else self._wanted
-        try:
-            out = self._collect(self.reader.scan(backends=True, service_filter=flt))
-        except ipvs.IPVSUnavailable as e:
-            yield self.availability(AVAILABLE, False, str(e))
-            return
+        # IPVS absent: scan() raises sources.Unavailable, which the framework turns into
+        # nodenet_ipvs_available 0 (availability_metric), success 1
+        out = self._collect(self.reader.scan(backends=True, service_filter=flt))
         yield self.availability(AVAILABLE, True)
         yield from out
 

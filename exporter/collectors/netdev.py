@@ -287,6 +287,7 @@ class NetdevCollector(Collector):
         self._details = s["collector.netdev.detailed-errors"]
         self._geneve_options = s["collector.netdev.geneve-option-bytes"]
         self._timeout = float(s.get("collector.timeout", 4.0) or 4.0)
+        self.transport_factory = None   # tests: a netlink.ReplayTransport factory
 
     def _wanted(self, name: str) -> bool:
         if self._include is not None and not self._include.search(name):
@@ -295,7 +296,8 @@ class NetdevCollector(Collector):
 
     def read(self):
         """(links, {ifindex: underlay Link or None}) for this namespace."""
-        with RtNetlink(timeout=self._timeout, deadline=self._timeout) as nl:
+        transport = self.transport_factory() if self.transport_factory else None
+        with RtNetlink(timeout=self._timeout, deadline=self._timeout, transport=transport) as nl:
             links = nl.dump_links()
             by_index = {link.index: link for link in links}
             resolver = UnderlayResolver(nl, by_index)

@@ -7,13 +7,16 @@ Three layers, each usable alone:
    :func:`decode_stats`, :func:`decode_exp_stats_cpu`, :func:`count_messages` and
    :class:`StateCounter` (the minimal entry-dump decoder).  They take the bytes the kernel
    sent and return typed results; input they cannot understand raises
-   :class:`ConntrackParseError` (a :class:`exporter.sources.ParseError`), nothing else.  An
-   error *reply* from the kernel (e.g. EPERM) is a well-formed message, so decoders report it
-   in their result (``Reply.error``) instead of raising.
-2. The socket layer, :class:`CtNetlink`: a stdlib ``AF_NETLINK``/``NETLINK_NETFILTER`` socket
-   (no pyroute2: its decoders are ~30x slower on dumps and its import costs ~270 ms).  Kernel
-   refusals become :class:`NetlinkError` (an ``OSError`` with the kernel's errno), so callers
-   tell "not permitted" (EPERM, no CAP_NET_ADMIN) from "conntrack not in this kernel".
+   :class:`exporter.sources.ParseError`, nothing else.  An error *reply* from the kernel
+   (e.g. EPERM) is a well-formed message, so decoders report it in their result
+   (``Reply.error``) instead of raising.  Framing and attributes are
+   :mod:`exporter.sources.netlink`'s; :class:`StateCounter` is an accelerator over it (its
+   fast paths fall back to :func:`entry_state`, and a property test keeps them equal).
+2. The socket layer, :class:`CtNetlink`: a :class:`netlink.NetlinkSocket` on
+   NETLINK_NETFILTER (deadline, byte budget, sequence and truncation checks; ``transport=``
+   replays captured datagrams).  Kernel refusals are :class:`NetlinkError` (an ``OSError``
+   with the kernel's errno), so callers tell "not permitted" (EPERM, no CAP_NET_ADMIN) from
+   "conntrack not in this kernel".
 3. Per network namespace counting (:func:`count_in_namespaces`) over the namespaces that
    :mod:`exporter.sources.netns` discovers and enters.
 
@@ -26,17 +29,13 @@ state breakdown walks the table, and it does so under a hard budget.
 from __future__ import annotations
 
 import errno as errno_mod
-import socket
 import struct
 import time
 from dataclasses import dataclass
 
 from . import NetlinkError, ParseError
+from . import netlink as nl
 from .netns import Namespace, run_in_namespaces
-
-
-class ConntrackParseError(ParseError):
-    """Conntrack input (procfs text or netlink bytes) that cannot be understood."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,35 +108,35 @@ def parse_proc_stat(text: str) -> ProcStat:
     """
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
-        raise ConntrackParseError("nf_conntrack stat: empty file")
+        raise ParseError("nf_conntrack stat: empty file")
     first = lines[0].split()
     if all(_is_hex(f) for f in first):
         header, rows = _LEGACY_HEADER[: len(first)], lines
     else:
         header, rows = tuple(first), lines[1:]
         if header[0] != "entries":
-            raise ConntrackParseError(f"nf_conntrack stat: header starts with {header[0][:40]!r}")
+            raise ParseError(f"nf_conntrack stat: header starts with {header[0][:40]!r}")
     if len(header) < 16:
-        raise ConntrackParseError(f"nf_conntrack stat: {len(header)} columns, need >= 16")
+        raise ParseError(f"nf_conntrack stat: {len(header)} columns, need >= 16")
     if len(set(header)) != len(header):
-        raise ConntrackParseError("nf_conntrack stat: duplicate column names in header")
+        raise ParseError("nf_conntrack stat: duplicate column names in header")
     index = [(i, _PROC_COLUMNS[name]) for i, name in enumerate(header) if name in _PROC_COLUMNS]
     cpus, entries = [], 0
     for n, line in enumerate(rows):
         fields = line.split()
         if len(fields) != len(header):
-            raise ConntrackParseError(
+            raise ParseError(
                 f"nf_conntrack stat row {n}: {len(fields)} columns, header has {len(header)}")
         try:
             values = [int(f, 16) for f in fields]
         except ValueError:
-            raise ConntrackParseError(f"nf_conntrack stat row {n}: non-hex value") from None
+            raise ParseError(f"nf_conntrack stat row {n}: non-hex value") from None
         if any(v < 0 for v in values):  # int("-1", 16) parses
-            raise ConntrackParseError(f"nf_conntrack stat row {n}: negative value")
+            raise ParseError(f"nf_conntrack stat row {n}: negative value")
         entries = values[0]  # the same table count on every row
         cpus.append(CpuStats(n, **{name: values[i] for i, name in index}))
     if not cpus:
-        raise ConntrackParseError("nf_conntrack stat: no CPU rows")
+        raise ParseError("nf_conntrack stat: no CPU rows")
     return ProcStat(entries=entries, cpus=cpus, columns=header)
 
 
@@ -149,10 +148,11 @@ def _is_hex(text: str) -> bool:
 # Netlink wire format
 # --------------------------------------------------------------------------------------------
 
-NETLINK_NETFILTER = 12
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x2, 0x4, 0x300
-NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
+NETLINK_NETFILTER = nl.NETLINK_NETFILTER
+NLMSG_ERROR, NLMSG_DONE = nl.NLMSG_ERROR, nl.NLMSG_DONE
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = (nl.NLM_F_REQUEST, nl.NLM_F_MULTI,
+                                                     nl.NLM_F_ACK, nl.NLM_F_DUMP)
+NLA_TYPE_MASK = nl.NLA_TYPE_MASK
 
 NFNL_SUBSYS_CTNETLINK, NFNL_SUBSYS_CTNETLINK_EXP = 1, 2
 IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_GET_STATS_CPU, IPCTNL_MSG_CT_GET_STATS = 1, 4, 5
@@ -185,11 +185,11 @@ CTA_TUPLE_ORIG, CTA_PROTOINFO = 1, 4
 CTA_TUPLE_PROTO, CTA_PROTO_NUM = 2, 1
 CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
 
-_NLMSGHDR = struct.Struct("=IHHII")   # len, type, flags, seq, pid (host order)
 _NFGEN = struct.Struct("!BBH")        # family, version, res_id (network order)
-_NLA = struct.Struct("=HH")           # len, type (host order)
 _BE32 = struct.Struct("!I")
-_HDR_LEN = _NLMSGHDR.size + _NFGEN.size  # 20: where a ctnetlink message's attributes start
+_HDR_LEN = nl.HDR_LEN + _NFGEN.size   # 20: where a ctnetlink message's attributes start
+_NLMSGHDR = nl.HDR
+iter_attrs = nl.iter_attrs
 
 
 @dataclass(frozen=True)
@@ -202,70 +202,34 @@ class Reply:
     error: int | None = None  # positive errno from an NLMSG_ERROR; None if no error
 
 
-def iter_messages(buf: bytes):
-    """Yields (type, flags, seq, payload_start, payload_end) for each netlink message.
-
-    Raises ConntrackParseError on a header that does not fit the buffer.
-    """
-    off, size = 0, len(buf)
-    while off < size:
-        if size - off < _NLMSGHDR.size:
-            raise ConntrackParseError(f"netlink: {size - off} trailing bytes at offset {off}")
-        length, mtype, flags, seq, _pid = _NLMSGHDR.unpack_from(buf, off)
-        if length < _NLMSGHDR.size or off + length > size:
-            raise ConntrackParseError(f"netlink: message length {length} at offset {off} "
-                                      f"does not fit {size} bytes")
-        yield mtype, flags, seq, off + _NLMSGHDR.size, off + length
-        off += (length + 3) & ~3
-
-
-def _error_code(buf: bytes, start: int, end: int) -> int:
-    if end - start < 4:
-        raise ConntrackParseError("netlink: truncated NLMSG_ERROR")
-    (code,) = struct.unpack_from("=i", buf, start)
-    return -code
-
-
-def iter_attrs(buf: bytes, start: int, end: int):
-    """Yields (type without flags, value_start, value_end) for attributes in [start, end)."""
-    off = start
-    while off + 4 <= end:
-        alen, atype = _NLA.unpack_from(buf, off)
-        if alen < 4 or off + alen > end:
-            raise ConntrackParseError(f"netlink: attribute length {alen} at offset {off} "
-                                      f"overruns its container")
-        yield atype & NLA_TYPE_MASK, off + 4, off + alen
-        off += (alen + 3) & ~3
-
-
 def _be32(buf: bytes, start: int, end: int, what: str) -> int:
     if end - start != 4:
-        raise ConntrackParseError(f"netlink: {what} is {end - start} bytes, expected 4")
+        raise ParseError(f"netlink: {what} is {end - start} bytes, expected 4")
     return _BE32.unpack_from(buf, start)[0]
 
 
-def _decode(buf: bytes, want_type, record) -> Reply:
-    """Generic loop: messages of want_type (an int or a tuple of ints) go through
-    record(buf, res_id, attr_start, end)."""
+def _records(msgs: list[nl.Message], want_type, record) -> list:
+    """record(buf, res_id, attr_start, end) of every message, of want_type (int or tuple)."""
     wanted = want_type if isinstance(want_type, tuple) else (want_type,)
-    records, done, error = [], False, None
-    for mtype, _flags, _seq, start, end in iter_messages(buf):
-        if mtype == NLMSG_DONE:
-            done = True
-            break
-        if mtype == NLMSG_ERROR:
-            code = _error_code(buf, start, end)
-            done = True
-            if code:
-                error = code
-            break
-        if mtype not in wanted:
-            raise ConntrackParseError(f"netlink: unexpected message type {mtype:#x}")
-        if end - start < _NFGEN.size:
-            raise ConntrackParseError("netlink: message shorter than nfgenmsg")
-        _family, _version, res_id = _NFGEN.unpack_from(buf, start)
-        records.append(record(buf, res_id, start + _NFGEN.size, end))
-    return Reply(records, done, error)
+    out = []
+    for m in msgs:
+        if m.type not in wanted:
+            raise ParseError(f"netlink: unexpected message type {m.type:#x}")
+        if m.end - m.start < _NFGEN.size:
+            raise ParseError("netlink: message shorter than nfgenmsg")
+        _family, _version, res_id = _NFGEN.unpack_from(m.data, m.start)
+        out.append(record(m.data, res_id, m.start + _NFGEN.size, m.end))
+    return out
+
+
+def _decode(buf: bytes, want_type, record) -> Reply:
+    """The pure form over captured bytes: every message of want_type through record."""
+    reply = nl.Reply(None, context="ctnetlink")
+    try:
+        msgs = reply.messages(buf)
+    except NetlinkError as exc:
+        return Reply([], True, exc.errno)
+    return Reply(_records(msgs, want_type, record), reply.done)
 
 
 def _cpu_stats_record(buf, res_id, start, end) -> CpuStats:
@@ -296,7 +260,7 @@ def _global_record(buf, _res_id, start, end) -> GlobalStats:
         elif atype == CTA_STATS_GLOBAL_MAX_ENTRIES:
             max_entries = _be32(buf, vs, ve, "CTA_STATS_GLOBAL_MAX_ENTRIES")
     if entries is None:
-        raise ConntrackParseError("netlink: stats reply without CTA_STATS_GLOBAL_ENTRIES")
+        raise ParseError("netlink: stats reply without CTA_STATS_GLOBAL_ENTRIES")
     return GlobalStats(entries, max_entries)
 
 
@@ -333,19 +297,15 @@ def count_messages(buf: bytes, want_type) -> Reply:
     records holds a single int: the number of messages in this buffer.
     """
     wanted = want_type if isinstance(want_type, tuple) else (want_type,)
-    n, done, error = 0, False, None
-    for mtype, _flags, _seq, start, end in iter_messages(buf):
-        if mtype == NLMSG_DONE:
-            done = True
-            break
-        if mtype == NLMSG_ERROR:
-            code = _error_code(buf, start, end)
-            done, error = True, (code or None)
-            break
-        if mtype not in wanted:
-            raise ConntrackParseError(f"netlink: unexpected message type {mtype:#x}")
-        n += 1
-    return Reply([n], done, error)
+    reply = nl.Reply(None, context="ctnetlink")
+    try:
+        msgs = reply.messages(buf)
+    except NetlinkError as exc:
+        return Reply([0], True, exc.errno)
+    for m in msgs:
+        if m.type not in wanted:
+            raise ParseError(f"netlink: unexpected message type {m.type:#x}")
+    return Reply([len(msgs)], reply.done)
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,7 +330,7 @@ class StateCounter:
     the first attribute, CTA_TUPLE_IP its first member; CTA_PROTOINFO usually the last one),
     accepting a value only if every attribute header on the way has exactly the expected
     length and type; anything else (a helper, labels or seqadj after PROTOINFO, a future
-    layout) goes through a full walk of the attributes.  ~1-1.5 us per entry here.
+    layout) goes through a full walk of the attributes.  Cost per entry: docs/performance.md.
     """
 
     def __init__(self):
@@ -378,8 +338,18 @@ class StateCounter:
         self.entries = 0
         self.done = False
         self.error: int | None = None
+        self._reply = nl.Reply(None, context="ctnetlink dump")
 
-    def feed(self, buf: bytes, limit: int | None = None) -> int:
+    def _control(self, buf, off: int) -> None:
+        """A control message (DONE, ERROR, NOOP, OVERRUN): netlink.Reply's rules."""
+        try:
+            self._reply.control(buf, off)
+        except NetlinkError as exc:
+            self.done, self.error = True, exc.errno
+            return
+        self.done = self._reply.done
+
+    def feed(self, buf: bytes, limit: int | None = None) -> int:  # noqa: C901 - one inlined hot loop
         """Decodes one receive buffer; returns the entries counted from it.
 
         Stops early (returns) once ``self.entries`` reaches ``limit``.  Sets ``done`` on
@@ -397,24 +367,22 @@ class StateCounter:
         remaining = None if limit is None else limit - self.entries
         while off < size:
             if size - off < 16:
-                raise ConntrackParseError(f"netlink dump: {size - off} trailing bytes")
+                raise ParseError(f"netlink dump: {size - off} trailing bytes")
             length, mtype, _f, _s, _p = unpack_hdr(buf, off)
             end = off + length
             if length < 16 or end > size:
-                raise ConntrackParseError(f"netlink dump: message length {length} at {off}")
+                raise ParseError(f"netlink dump: message length {length} at {off}")
             if mtype != MSG_CT_NEW and mtype != MSG_CT_GET:
-                if mtype == NLMSG_DONE:
-                    self.done = True
+                if mtype >= nl.NLMSG_MIN_TYPE:
+                    raise ParseError(f"netlink dump: unexpected message type {mtype:#x}")
+                self._control(buf, off)
+                if self.done:
                     break
-                if mtype == NLMSG_ERROR:
-                    code = _error_code(buf, off + 16, end)
-                    self.done = True
-                    self.error = code or None
-                    break
-                raise ConntrackParseError(f"netlink dump: unexpected message type {mtype:#x}")
+                off = (end + 3) & ~3   # NLMSG_NOOP
+                continue
             a = off + _HDR_LEN
             if a > end:
-                raise ConntrackParseError("netlink dump: message shorter than nfgenmsg")
+                raise ParseError("netlink dump: message shorter than nfgenmsg")
             proto = -1
             # fast path: ORIG(first) > IP(first) then PROTO > PROTO_NUM(u8)
             if a + 8 <= end:
@@ -437,7 +405,7 @@ class StateCounter:
                             and stype & mask == CTA_PROTOINFO_TCP_STATE):
                         state = value
                 if state < 0:
-                    proto, state = _walk_entry(buf, a, end)
+                    proto, state = entry_state(buf, a, end)
             key = (proto, state)
             counts[key] = counts.get(key, 0) + 1
             counted += 1
@@ -467,8 +435,9 @@ _FAST_PROTO = struct.Struct("=HHHHB")    # CTA_TUPLE_PROTO header, CTA_PROTO_NUM
 _FAST_TCP = struct.Struct("=HHHHHHB")    # PROTOINFO, PROTOINFO_TCP, TCP_STATE headers, u8
 
 
-def _walk_entry(buf: bytes, start: int, end: int) -> tuple[int, int]:
-    """(protocol, TCP state or -1) of one entry by walking its top-level attributes."""
+def entry_state(buf: bytes, start: int, end: int) -> tuple[int, int]:
+    """(protocol, TCP state or -1) of one entry (its attributes in buf[start:end]) by walking
+    its attributes: the generic decoder StateCounter's fast paths must equal."""
     proto = state = -1
     for atype, vs, ve in iter_attrs(buf, start, end):
         if atype == CTA_TUPLE_ORIG:
@@ -479,7 +448,7 @@ def _walk_entry(buf: bytes, start: int, end: int) -> tuple[int, int]:
             state = _find_u8(buf, vs, ve, CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE)
             break
     if proto < 0:
-        raise ConntrackParseError(f"netlink dump: entry at {start} without protocol")
+        raise ParseError(f"netlink dump: entry at {start} without protocol")
     return proto, state
 
 
@@ -490,7 +459,8 @@ def _find_u8(buf: bytes, start: int, end: int, outer: int, inner: int) -> int:
             for itype, ivs, ive in iter_attrs(buf, vs, ve):
                 if itype == inner:
                     if ive - ivs != 1:
-                        raise ConntrackParseError(f"netlink dump: u8 attribute is {ive - ivs} bytes")
+                        raise ParseError(f"netlink dump: u8 attribute is {ive - ivs} "
+                                         f"bytes")
                     return buf[ivs]
             return -1
     return -1
@@ -506,22 +476,16 @@ RECV_BUFSIZE = 1 << 16
 class CtNetlink:
     """One NETLINK_NETFILTER socket in the namespace of the thread that created it.
 
-    Requests are synchronous; ``timeout`` bounds every receive.  Not thread-safe: use one
-    instance per thread or serialise (the collector holds a lock).
+    Requests are synchronous; ``timeout`` bounds every receive, ``deadline`` every request
+    (:class:`netlink.NetlinkSocket`).  Not thread-safe: use one instance per thread or
+    serialise (the collector holds a lock).  ``transport``: a netlink.ReplayTransport in tests.
     """
 
-    def __init__(self, timeout: float = 2.0, sock: socket.socket | None = None):
-        if sock is None:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                 NETLINK_NETFILTER)
-            try:
-                sock.bind((0, 0))
-            except OSError:
-                sock.close()
-                raise
-        sock.settimeout(timeout)
-        self.sock = sock
-        self._seq = int(time.time()) & 0xFFFF
+    def __init__(self, timeout: float = 2.0, deadline: float = 10.0,
+                 transport: nl.Transport | None = None):
+        self.timeout = timeout
+        self.sock = nl.NetlinkSocket(NETLINK_NETFILTER, timeout=timeout, deadline=deadline,
+                                     recv_size=RECV_BUFSIZE, transport=transport)
 
     def close(self) -> None:
         self.sock.close()
@@ -532,40 +496,29 @@ class CtNetlink:
     def __exit__(self, *exc):
         self.close()
 
-    def send(self, mtype: int, flags: int, family: int = 0, payload: bytes = b"") -> int:
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        body = _NFGEN.pack(family, 0, 0) + payload
-        msg = _NLMSGHDR.pack(16 + len(body), mtype, flags, self._seq, 0) + body
-        self.sock.sendto(msg, (0, 0))
-        return self._seq
+    def _send(self, mtype: int, flags: int, family: int = 0) -> nl.Reply:
+        return self.sock.send(mtype, flags, _NFGEN.pack(family, 0, 0), f"ctnetlink {mtype:#x}")
 
-    def recv(self) -> bytes:
-        return self.sock.recv(RECV_BUFSIZE)
-
-    def _transact(self, mtype: int, flags: int, decode, family: int = 0):
-        """Sends one request and decodes receive buffers until the reply is complete."""
-        self.send(mtype, flags, family)
-        records = []
-        while True:
-            reply = decode(self.recv())
-            records.extend(reply.records)
-            if reply.error:
-                raise NetlinkError(reply.error, f"ctnetlink {mtype:#x}")
-            if reply.done:
-                return records
+    def _transact(self, mtype: int, flags: int, want_type, record, family: int = 0) -> list:
+        """Sends one request and decodes its answer's messages through record."""
+        reply = self._send(mtype, flags, family)
+        records: list = []
+        for data in self.sock.datagrams(reply):
+            records.extend(_records(reply.messages(data), want_type, record))
+        return records
 
     def stats_cpu(self) -> list[CpuStats]:
-        return self._transact(MSG_CT_STATS_CPU, NLM_F_REQUEST | NLM_F_DUMP, decode_stats_cpu)
+        return self._transact(MSG_CT_STATS_CPU, NLM_F_DUMP, MSG_CT_STATS_CPU, _cpu_stats_record)
 
     def stats(self) -> GlobalStats:
-        records = self._transact(MSG_CT_STATS, NLM_F_REQUEST | NLM_F_ACK, decode_stats)
+        records = self._transact(MSG_CT_STATS, NLM_F_ACK, MSG_CT_STATS, _global_record)
         if len(records) != 1:
-            raise ConntrackParseError(f"netlink: {len(records)} global stats replies")
+            raise ParseError(f"netlink: {len(records)} global stats replies")
         return records[0]
 
     def exp_stats_cpu(self) -> list[ExpectCpuStats]:
-        return self._transact(MSG_EXP_STATS_CPU, NLM_F_REQUEST | NLM_F_DUMP,
-                              decode_exp_stats_cpu)
+        return self._transact(MSG_EXP_STATS_CPU, NLM_F_DUMP, MSG_EXP_STATS_CPU_REPLY,
+                              _exp_record)
 
     def expect_count(self) -> int:
         """Number of expectations (all families): a dump counted, never decoded.
@@ -573,8 +526,14 @@ class CtNetlink:
         The expectation table is small by construction (nf_conntrack_expect_max, a few
         thousand at most), so this stays cheap.
         """
-        return sum(self._transact(MSG_EXP_GET, NLM_F_REQUEST | NLM_F_DUMP,
-                                  lambda b: count_messages(b, (MSG_EXP_NEW, MSG_EXP_GET))))
+        reply = self._send(MSG_EXP_GET, NLM_F_DUMP)
+        n = 0
+        for data in self.sock.datagrams(reply):
+            for m in reply.messages(data):
+                if m.type not in (MSG_EXP_NEW, MSG_EXP_GET):
+                    raise ParseError(f"netlink: unexpected message type {m.type:#x}")
+                n += 1
+        return n
 
     def state_counts(self, max_entries: int, max_seconds: float) -> tuple[StateCounter, bool]:
         """Dumps the table, counting entries by protocol/TCP state within a budget.
@@ -585,13 +544,16 @@ class CtNetlink:
         """
         counter = StateCounter()
         deadline = time.monotonic() + max_seconds
-        self.send(MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP)
+        reply = self._send(MSG_CT_GET, NLM_F_DUMP)
         partial = False
-        while not counter.done:
-            if counter.entries >= max_entries or time.monotonic() >= deadline:
+        # the budget ends the dump as partial; the socket's own deadline stays a backstop
+        for data in self.sock.datagrams(reply, deadline=max_seconds + self.timeout):
+            counter.feed(data, max_entries)
+            if counter.done:
+                reply.done = True
+            elif counter.entries >= max_entries or time.monotonic() >= deadline:
                 partial = True
                 break
-            counter.feed(self.recv(), max_entries)
         if counter.error:
             raise NetlinkError(counter.error, "ctnetlink dump")
         if partial:

@@ -3,14 +3,17 @@
 Two layers, as in the rest of `exporter.sources`:
 
 * a pure decoder of the kernel's IPVS_CMD_GET_SERVICE / IPVS_CMD_GET_DEST dump replies
-  (raw netlink bytes -> typed dataclasses), struct-based and fast; every malformed input
-  raises `IPVSParseError` and nothing else;
-* `IPVSReader`: opens a raw AF_NETLINK/NETLINK_GENERIC socket (stdlib only), resolves the
-  "IPVS" family, dumps the services and then each service's destinations.
+  (raw netlink bytes -> typed dataclasses); every malformed input raises `ParseError` and
+  nothing else, a kernel refusal in the bytes `NetlinkError`.  The generic decoder walks
+  the attributes (:mod:`.netlink`); :class:`Layouts` is its accelerator (compiled message
+  layouts), held by the reader and kept equal to the generic decoder by property tests;
+* `IPVSReader`: a :class:`netlink.NetlinkSocket` on NETLINK_GENERIC (``transport_factory``
+  replays captured datagrams in tests); resolves the "IPVS" family by dump, dumps the
+  services and then each service's destinations.
 
 Opening the IPVS family makes the kernel request the ip_vs module when it is absent, so the
 reader first checks that IPVS is present (`<procfs>/net/ip_vs` or `<sysfs>/module/ip_vs`) and
-otherwise reports it unavailable without touching netlink.
+otherwise raises :class:`exporter.sources.Unavailable` without touching netlink.
 
 Statistics come from the 64-bit nest (IPVS_SVC_ATTR_STATS64 / IPVS_DEST_ATTR_STATS64, all
 IPVS_STATS_ATTR_* fields); the 32-bit nest is only a fallback for kernels without it.
@@ -18,26 +21,24 @@ Attribute numbers: include/uapi/linux/ip_vs.h.
 """
 from __future__ import annotations
 
-import errno
 import operator
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import ParseError, recvmmsg
+from . import NetlinkError, ParseError, Unavailable
+from . import netlink as nl
 
-# --- netlink / generic netlink constants --------------------------------------------------
-NETLINK_GENERIC = 16
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
-NLM_F_DUMP = 0x300
-NLM_F_DUMP_INTR = 0x10
-NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
-GENL_ID_CTRL = 0x10
-CTRL_CMD_GETFAMILY = 3
-CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 1, 2
-NLA_F_NESTED = 0x8000
-NLA_TYPE_MASK = 0x3FFF
+# --- netlink / generic netlink constants (from sources/netlink) ----------------------------
+NETLINK_GENERIC = nl.NETLINK_GENERIC
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = nl.NLM_F_REQUEST, nl.NLM_F_MULTI, nl.NLM_F_ACK
+NLM_F_DUMP = nl.NLM_F_DUMP
+NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = nl.NLMSG_NOOP, nl.NLMSG_ERROR, nl.NLMSG_DONE
+GENL_ID_CTRL, CTRL_CMD_GETFAMILY = nl.GENL_ID_CTRL, nl.CTRL_CMD_GETFAMILY
+CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = nl.CTRL_ATTR_FAMILY_ID, nl.CTRL_ATTR_FAMILY_NAME
+NLA_F_NESTED, NLA_TYPE_MASK = nl.NLA_F_NESTED, nl.NLA_TYPE_MASK
 
 IPVS_GENL_NAME = "IPVS"
 IPVS_GENL_VERSION = 1
@@ -57,7 +58,7 @@ STATS_FIELDS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes",
                 "cps", "inpps", "outpps", "inbps", "outbps")
 
 AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
-FAMILY_NAMES = {AF_INET: "ipv4", AF_INET6: "ipv6"}
+FAMILY_NAMES: dict[int, str] = {AF_INET: "ipv4", AF_INET6: "ipv6"}
 PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
 # IP_VS_CONN_F_FWD_MASK values
 FWD_NAMES = {0: "masq", 1: "local", 2: "tunnel", 3: "route", 4: "bypass"}
@@ -68,22 +69,6 @@ _SCHED_FLAG_NAMES = {
     "sh": ("sh-fallback", "sh-port", "flag-3"),
     "mh": ("mh-fallback", "mh-port", "flag-3"),
 }
-
-
-class IPVSError(Exception):
-    """Base of this module's errors."""
-
-
-class IPVSParseError(IPVSError, ParseError):
-    """Malformed IPVS netlink data (truncated, bad lengths, bad attribute payloads)."""
-
-
-class IPVSKernelError(IPVSError, OSError):
-    """The kernel answered a request with an NLMSG_ERROR (errno set)."""
-
-
-class IPVSUnavailable(IPVSError):
-    """IPVS is not in the kernel (or went away during a read)."""
 
 
 @dataclass(slots=True)
@@ -165,43 +150,29 @@ class Service:
         if f & SVC_F_ONEPACKET:
             out.append("ops")
         names = _SCHED_FLAG_NAMES.get(self.scheduler, ("flag-1", "flag-2", "flag-3"))
-        for bit, name in zip((SVC_F_SCHED1, SVC_F_SCHED2, SVC_F_SCHED3), names):
+        for bit, name in zip((SVC_F_SCHED1, SVC_F_SCHED2, SVC_F_SCHED3), names, strict=True):
             if f & bit:
                 out.append(name)
         return tuple(out)
 
 
 # --- decoding -----------------------------------------------------------------------------
-_NLMSGHDR = struct.Struct("=IHHII")
-_NLA = struct.Struct("=HH")
+_NLMSGHDR = nl.HDR
 _U16 = struct.Struct("=H")
 _BE16 = struct.Struct("!H")
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
-_I32 = struct.Struct("=i")
 _FLAGS = struct.Struct("=II")
 
 _inet_ntop = socket.inet_ntop
 _inet_ntoa = socket.inet_ntoa
-
-
-def _nlas(buf, off: int, end: int) -> dict:
-    """Attribute type -> (payload start, payload end) of the NLAs in buf[off:end]."""
-    out = {}
-    unpack = _NLA.unpack_from
-    while off + 4 <= end:
-        ln, typ = unpack(buf, off)
-        if ln < 4 or off + ln > end:
-            raise IPVSParseError(f"bad attribute length {ln} at offset {off} (end {end})")
-        out[typ & NLA_TYPE_MASK] = (off + 4, off + ln)
-        off += (ln + 3) & ~3
-    return out
+_nlas = nl.attrs      # type -> (payload start, payload end)
 
 
 def _need(a: dict, typ: int, size: int, what: str):
     s, e = a[typ]
     if e - s < size:
-        raise IPVSParseError(f"{what}: payload {e - s} bytes, need {size}")
+        raise ParseError(f"{what}: payload {e - s} bytes, need {size}")
     return s
 
 
@@ -217,20 +188,20 @@ def decode_stats(buf, start: int, end: int, wide: bool = True) -> Stats:
             elif n >= 4:
                 vals[t - 1] = _U32.unpack_from(buf, s)[0]
             else:
-                raise IPVSParseError(f"stats attribute {t}: {n} bytes")
+                raise ParseError(f"stats attribute {t}: {n} bytes")
     return Stats(*vals)
 
 
 def _addr(buf, s: int, e: int, af: int) -> str:
     if af == AF_INET:
         if e - s < 4:
-            raise IPVSParseError("IPv4 address attribute shorter than 4 bytes")
+            raise ParseError("IPv4 address attribute shorter than 4 bytes")
         return _inet_ntoa(bytes(buf[s:s + 4]))
     if af == AF_INET6:
         if e - s < 16:
-            raise IPVSParseError("IPv6 address attribute shorter than 16 bytes")
+            raise ParseError("IPv6 address attribute shorter than 16 bytes")
         return _inet_ntop(AF_INET6, bytes(buf[s:s + 16]))
-    raise IPVSParseError(f"unknown address family {af}")
+    raise ParseError(f"unknown address family {af}")
 
 
 def _stats_of(buf, a: dict, t64: int, t32: int) -> Stats:
@@ -248,7 +219,7 @@ def _u32(buf, a, typ, default=0):
         return default
     s, e = a[typ]
     if e - s < 4:
-        raise IPVSParseError(f"attribute {typ}: {e - s} bytes, need 4")
+        raise ParseError(f"attribute {typ}: {e - s} bytes, need 4")
     return _U32.unpack_from(buf, s)[0]
 
 
@@ -263,17 +234,17 @@ def decode_service_attrs(buf, start: int, end: int) -> Service:
     """One IPVS_CMD_ATTR_SERVICE nest (its payload) -> Service."""
     a = _nlas(buf, start, end)
     if SVC_AF not in a:
-        raise IPVSParseError("service without IPVS_SVC_ATTR_AF")
+        raise ParseError("service without IPVS_SVC_ATTR_AF")
     af = _U16.unpack_from(buf, _need(a, SVC_AF, 2, "af"))[0]
     if af not in FAMILY_NAMES:
-        raise IPVSParseError(f"service address family {af}")
+        raise ParseError(f"service address family {af}")
     fwmark = _u32(buf, a, SVC_FWMARK)
     if SVC_FWMARK in a and SVC_ADDR not in a:
         proto, address, port, raw = 0, "", 0, b""
     else:
         for t, w in ((SVC_PROTOCOL, "protocol"), (SVC_ADDR, "addr"), (SVC_PORT, "port")):
             if t not in a:
-                raise IPVSParseError(f"service without {w} and without fwmark")
+                raise ParseError(f"service without {w} and without fwmark")
         proto = _U16.unpack_from(buf, _need(a, SVC_PROTOCOL, 2, "protocol"))[0]
         s, e = a[SVC_ADDR]
         address = _addr(buf, s, e, af)
@@ -303,7 +274,7 @@ def decode_dest_attrs(buf, start: int, end: int, service_family: int) -> Backend
     if DST_ADDR_FAMILY in a:
         af = _U16.unpack_from(buf, _need(a, DST_ADDR_FAMILY, 2, "dest af"))[0]
     if DST_ADDR not in a or DST_PORT not in a:
-        raise IPVSParseError("destination without address or port")
+        raise ParseError("destination without address or port")
     s, e = a[DST_ADDR]
     address = _addr(buf, s, e, af)
     u32 = _U32.unpack_from
@@ -314,7 +285,7 @@ def decode_dest_attrs(buf, start: int, end: int, service_family: int) -> Backend
         if se is None:
             vals.append(0)
         elif se[1] - se[0] < 4:
-            raise IPVSParseError(f"destination attribute {t}: {se[1] - se[0]} bytes")
+            raise ParseError(f"destination attribute {t}: {se[1] - se[0]} bytes")
         else:
             vals.append(u32(buf, se[0])[0])
     tun_type = tun_port = tun_flags = 0
@@ -335,8 +306,8 @@ def decode_dest_attrs(buf, start: int, end: int, service_family: int) -> Backend
 # compiled into one struct format covering the whole message; later messages of the same
 # length are unpacked with one call and accepted only if their netlink/genetlink headers and
 # all their (length, type) words equal the compiled ones (its _Skeleton, which also checks a
-# whole datagram of such messages at once).  Anything else (other kernels, PAD attributes placed differently, garbage)
-# goes through the generic decoder above, which stays the reference.
+# whole datagram of such messages at once).  Anything else (other kernels, PAD attributes
+# placed differently, garbage) goes through the generic decoder above, the reference.
 _LEAF_CODES = {
     "svc": {SVC_AF: "H", SVC_PROTOCOL: "H", SVC_ADDR: "16s", SVC_PORT: "BB", SVC_FWMARK: "I",
             SVC_FLAGS: "II", SVC_TIMEOUT: "I", SVC_NETMASK: "4s", SVC_SCHED_NAME: "s",
@@ -352,15 +323,12 @@ _STATS_TYPES = {"svc": {SVC_STATS: "s32", SVC_STATS64: "s64"},
                 "dst": {DST_STATS: "s32", DST_STATS64: "s64"}}
 _TOP_ATTR = {"svc": IPVS_CMD_ATTR_SERVICE, "dst": IPVS_CMD_ATTR_DEST}
 _MAX_TEMPLATES = 64
-FAST = True                  # tests turn this off to compare with the generic decoder
-_templates: dict = {}        # (kind, message length) -> [(struct, builder, _Skeleton)]
-_ntemplates = 0
 
 
-def _compile(data, off: int, ln: int, kind: str):
+def _compile(data, off: int, ln: int, kind: str, names: dict):  # noqa: C901 - one walk
     """Walk one message and compile its layout; None if it has no decodable shape."""
     fmt = ["=IHHIIBBH"]
-    idx = {}
+    idx: dict = {}
     n = 8
     codes, stypes = _LEAF_CODES[kind], _STATS_TYPES[kind]
     heads = [(0, 8), (16, 20)]   # nlmsghdr len/type/flags, genl cmd/version/reserved
@@ -370,7 +338,7 @@ def _compile(data, off: int, ln: int, kind: str):
         while pos < end:
             if end - pos < 4:
                 return False
-            alen, atyp = _NLA.unpack_from(data, pos)
+            alen, atyp = nl.ATTR.unpack_from(data, pos)
             heads.append((pos - off, pos - off + 4))
             padded = (alen + 3) & ~3
             if alen < 4 or pos + padded > end:
@@ -413,7 +381,7 @@ def _compile(data, off: int, ln: int, kind: str):
     st = struct.Struct("".join(fmt))
     if st.size != ln:
         return None
-    builder = (_service_builder if kind == "svc" else _dest_builder)(idx, n)
+    builder = (_service_builder(idx, n, names) if kind == "svc" else _dest_builder(idx, n))
     if builder is None:
         return None
     return st, builder, _Skeleton(bytes(data[off:off + ln]), heads)
@@ -431,7 +399,7 @@ class _Skeleton:
         for a, b in heads:
             mask[a:b] = b"\xff" * (b - a)
         self.mask = bytes(mask)
-        self.skel = bytes(x & y for x, y in zip(message, mask))
+        self.skel = bytes(x & y for x, y in zip(message, mask, strict=True))
         self._k: dict = {}
 
     def matches(self, data, k: int) -> bool:
@@ -473,7 +441,7 @@ def _dest_builder(idx: dict, n: int):
         elif af == AF_INET6:
             address = _inet_ntop(AF_INET6, a)
         else:
-            raise IPVSParseError(f"destination address family {af}")
+            raise ParseError(f"destination address family {af}")
         fwd, w, u, lo, act, inact, pers, tt, tf = ints(v)
         return Backend(af, address, (v[i_port] << 8) | v[i_port + 1], fwd & 0x7, w, u, lo, act,
                        inact, pers, Stats(*stats(v)), tt,
@@ -481,27 +449,23 @@ def _dest_builder(idx: dict, n: int):
     return build
 
 
-_names: dict = {}
+def _service_builder(idx: dict, n: int, names: dict):
+    def _name(b: bytes) -> str:
+        s = names.get(b)
+        if s is None:
+            s = b.split(b"\0", 1)[0].decode("ascii", "replace")
+            if len(names) < 256:
+                names[b] = s
+        return s
 
-
-def _name(b: bytes) -> str:
-    s = _names.get(b)
-    if s is None:
-        s = b.split(b"\0", 1)[0].decode("ascii", "replace")
-        if len(_names) < 256:
-            _names[b] = s
-    return s
-
-
-def _service_builder(idx: dict, n: int):
     if SVC_AF not in idx:
         return None
     fw = SVC_FWMARK in idx and SVC_ADDR not in idx
     if not fw and not all(t in idx for t in (SVC_PROTOCOL, SVC_ADDR, SVC_PORT)):
         return None
     i_af = idx[SVC_AF]
-    i_fw, i_proto, i_addr, i_port = (idx.get(t) for t in (SVC_FWMARK, SVC_PROTOCOL, SVC_ADDR,
-                                                          SVC_PORT))
+    i_fw, i_proto, i_addr = (idx.get(t) for t in (SVC_FWMARK, SVC_PROTOCOL, SVC_ADDR))
+    i_port: int = idx.get(SVC_PORT, 0)
     i_sched, i_pe, i_flags, i_timeout, i_mask = (
         idx.get(t) for t in (SVC_SCHED_NAME, SVC_PE_NAME, SVC_FLAGS, SVC_TIMEOUT, SVC_NETMASK))
     stats, pad = _stats_getter(idx, n)
@@ -511,7 +475,7 @@ def _service_builder(idx: dict, n: int):
             v = v + (0,)
         af = v[i_af]
         if af not in FAMILY_NAMES:
-            raise IPVSParseError(f"service address family {af}")
+            raise ParseError(f"service address family {af}")
         fwmark = v[i_fw] if i_fw is not None else 0
         if fw:
             proto, address, port, raw = 0, "", 0, b""
@@ -532,142 +496,131 @@ def _service_builder(idx: dict, n: int):
     return build
 
 
-def _fast(data, off: int, ln: int, kind: str, family: int):
-    """Decode the message at `off` through a compiled layout; None when none applies."""
-    global _ntemplates
-    if not FAST:
-        return None
-    key = (kind, ln)
-    tpls = _templates.get(key)
-    if tpls:
-        msg = memoryview(data)[off:off + ln]
+class Layouts:
+    """The accelerator of the decoders: message layouts compiled from the first message of
+    each shape, with their skeletons and the scheduler-name cache.  One per reader (it lives
+    as long as the reader, so a scrape reuses the last one's layouts); a decoder given none
+    uses the generic attribute walker only."""
+
+    def __init__(self, max_templates: int = _MAX_TEMPLATES):
+        self.templates: dict = {}   # (kind, message length) -> [(struct, builder, _Skeleton)]
+        self.count = 0
+        self.max = max_templates
+        self.names: dict = {}
+
+    def message(self, data, off: int, ln: int, kind: str, family: int):
+        """Decode the message at `off` through a compiled layout; None when none applies."""
+        key = (kind, ln)
+        tpls = self.templates.get(key)
+        if tpls:
+            msg = memoryview(data)[off:off + ln]
+            for st, build, skeleton in tpls:
+                if skeleton.matches(msg, 1):
+                    return build(st.unpack_from(msg), family)
+        if self.count >= self.max:
+            return None
+        t = _compile(data, off, ln, kind, self.names)
+        if t is None:
+            return None
+        self.templates.setdefault(key, []).append(t)
+        self.count += 1
+        return t[1](t[0].unpack_from(data, off), family)
+
+    def uniform_dests(self, data, service_family: int, seq):
+        """The common case in one pass: a chunk made only of destination messages of one
+        compiled shape (the kernel writes every IPv4 or IPv6 destination alike), unpacked
+        with iter_unpack and checked all at once; None when the chunk is anything else."""
+        if len(data) < 20:
+            return None
+        ln = _NLMSGHDR.unpack_from(data, 0)[0]
+        tpls = self.templates.get(("dst", ln))
+        if not tpls or ln % 4:
+            return None
+        n = len(data)
+        if n % ln:
+            # the dump's NLMSG_DONE may end the same chunk (one buffer holding a whole reply)
+            if n % ln != 20 or n < ln + 20:
+                return None
+            _l, typ, _f, mseq, _p = _NLMSGHDR.unpack_from(data, n - 20)
+            if _l != 20 or typ != NLMSG_DONE or (seq is not None and mseq != seq):
+                return None
+            data = memoryview(data)[:n - 20]
+        k = len(data) // ln
+        if seq is not None and memoryview(data).cast("I")[2::ln // 4].tolist().count(seq) != k:
+            return None     # a message of another request: the general path skips it
         for st, build, skeleton in tpls:
-            if skeleton.matches(msg, 1):
-                return build(st.unpack_from(msg), family)
-    if _ntemplates >= _MAX_TEMPLATES:
+            if skeleton.matches(data, k):
+                return [build(v, service_family) for v in st.iter_unpack(data)]
         return None
-    t = _compile(data, off, ln, kind)
-    if t is None:
-        return None
-    _templates.setdefault(key, []).append(t)
-    _ntemplates += 1
-    return t[1](t[0].unpack_from(data, off), family)
 
 
 def iter_genl_payloads(data, seq: int | None = None):
     """Yield (start, end) of each generic-netlink message's attribute block in `data`
-    (concatenated netlink messages).  Stops at NLMSG_DONE; raises OSError for an
-    NLMSG_ERROR with an error code, IPVSParseError for malformed framing."""
-    off, n = 0, len(data)
-    unpack = _NLMSGHDR.unpack_from
-    while off < n:
-        if n - off < 16:
-            raise IPVSParseError(f"truncated netlink header at offset {off}")
-        ln, typ, flags, mseq, _pid = unpack(data, off)
-        if ln < 16 or off + ln > n:
-            raise IPVSParseError(f"bad netlink message length {ln} at offset {off}")
-        if seq is not None and mseq != seq:
-            off += (ln + 3) & ~3
-            continue
-        if typ == NLMSG_DONE:
-            return
-        if typ == NLMSG_ERROR:
-            if ln < 20:
-                raise IPVSParseError("truncated NLMSG_ERROR")
-            err = _I32.unpack_from(data, off + 16)[0]
-            if err:
-                raise IPVSKernelError(-err, "netlink: " + os.strerror(-err))
-            return
-        if typ in (NLMSG_NOOP, NLMSG_OVERRUN):
-            off += (ln + 3) & ~3
-            continue
-        if ln < 20:
-            raise IPVSParseError("generic netlink message shorter than its header")
-        yield off + 20, off + ln
-        off += (ln + 3) & ~3
+    (concatenated netlink messages) of request `seq` (None: any).  netlink.Reply's rules:
+    stops at NLMSG_DONE, NetlinkError for an NLMSG_ERROR with an error code, ParseError for
+    malformed framing."""
+    for m in nl.Reply(seq, context="IPVS reply").messages(data):
+        if m.end - m.start < 4:
+            raise ParseError("generic netlink message shorter than its header")
+        yield m.start + 4, m.end
 
 
 _DECODE_ERRORS = (struct.error, IndexError, ValueError, KeyError, TypeError, UnicodeError)
 
 
-def decode_services(data, seq: int | None = None) -> list:
+def decode_services(data, seq: int | None = None, layouts: Layouts | None = None) -> list:
     """Bytes of an IPVS_CMD_GET_SERVICE dump reply (one or more netlink messages) ->
-    [Service].  Raises IPVSParseError on malformed data, IPVSKernelError for a kernel
-    NLMSG_ERROR in the reply."""
+    [Service].  Raises ParseError on malformed data, NetlinkError for a kernel
+    NLMSG_ERROR in the reply.  `layouts`: the accelerator (None: generic walker only)."""
     out = []
     try:
         for s, e in iter_genl_payloads(data, seq):
-            svc = _fast(data, s - 20, e - s + 20, "svc", 0)
-            if svc is not None:
-                out.append(svc)
-                continue
+            if layouts is not None:
+                svc = layouts.message(data, s - 20, e - s + 20, "svc", 0)
+                if svc is not None:
+                    out.append(svc)
+                    continue
             a = _nlas(data, s, e)
             if IPVS_CMD_ATTR_SERVICE in a:
                 ss, se = a[IPVS_CMD_ATTR_SERVICE]
                 out.append(decode_service_attrs(data, ss, se))
-    except IPVSError:
+    except (ParseError, NetlinkError):
         raise
     except _DECODE_ERRORS as e:
-        raise IPVSParseError(f"{type(e).__name__}: {e}") from e
+        raise ParseError(f"{type(e).__name__}: {e}") from e
     return out
 
 
-def _uniform_dests(data, service_family: int, seq):
-    """The common case in one pass: a chunk made only of destination messages of one compiled
-    shape (the kernel writes every IPv4 or IPv6 destination alike), unpacked with
-    iter_unpack and checked all at once; None when the chunk is anything else."""
-    if not FAST or len(data) < 20:
-        return None
-    ln = _NLMSGHDR.unpack_from(data, 0)[0]
-    tpls = _templates.get(("dst", ln))
-    if not tpls or ln % 4:
-        return None
-    n = len(data)
-    if n % ln:
-        # the dump's NLMSG_DONE may end the same chunk (one buffer holding a whole reply)
-        if n % ln != 20 or n < ln + 20:
-            return None
-        _l, typ, _f, mseq, _p = _NLMSGHDR.unpack_from(data, n - 20)
-        if _l != 20 or typ != NLMSG_DONE or (seq is not None and mseq != seq):
-            return None
-        data = memoryview(data)[:n - 20]
-    k = len(data) // ln
-    if seq is not None and memoryview(data).cast("I")[2::ln // 4].tolist().count(seq) != k:
-        return None     # a message of another request: the general path skips it
-    for st, build, skeleton in tpls:
-        if skeleton.matches(data, k):
-            return [build(v, service_family) for v in st.iter_unpack(data)]
-    return None
-
-
-def decode_dests(data, service_family: int, seq: int | None = None) -> list:
+def decode_dests(data, service_family: int, seq: int | None = None,
+                 layouts: Layouts | None = None) -> list:
     """Bytes of an IPVS_CMD_GET_DEST dump reply -> [Backend] (addresses default to the
     service's family when the kernel omits IPVS_DEST_ATTR_ADDR_FAMILY).  Raises
-    IPVSParseError on malformed data, IPVSKernelError for a kernel NLMSG_ERROR."""
+    ParseError on malformed data, NetlinkError for a kernel NLMSG_ERROR.  `layouts`: the
+    accelerator (None: generic walker only)."""
     out = []
     try:
-        fast = _uniform_dests(data, service_family, seq)
-        if fast is not None:
-            return fast
+        if layouts is not None:
+            fast = layouts.uniform_dests(data, service_family, seq)
+            if fast is not None:
+                return fast
         for s, e in iter_genl_payloads(data, seq):
-            b = _fast(data, s - 20, e - s + 20, "dst", service_family)
-            if b is not None:
-                out.append(b)
-                continue
+            if layouts is not None:
+                b = layouts.message(data, s - 20, e - s + 20, "dst", service_family)
+                if b is not None:
+                    out.append(b)
+                    continue
             a = _nlas(data, s, e)
             if IPVS_CMD_ATTR_DEST in a:
                 ds, de = a[IPVS_CMD_ATTR_DEST]
                 out.append(decode_dest_attrs(data, ds, de, service_family))
-    except IPVSError:
+    except (ParseError, NetlinkError):
         raise
     except _DECODE_ERRORS as e:
-        raise IPVSParseError(f"{type(e).__name__}: {e}") from e
+        raise ParseError(f"{type(e).__name__}: {e}") from e
     return out
 
 
-def _nla(typ: int, payload: bytes) -> bytes:
-    ln = 4 + len(payload)
-    return _NLA.pack(ln, typ) + payload + b"\0" * (-ln & 3)
+_nla = nl.attr
 
 
 def service_key(svc: Service) -> bytes:
@@ -704,35 +657,45 @@ class IPVSReader:
 
     `read()` returns IPVSTable(available=False) when IPVS is absent, without opening the
     IPVS family.  One netlink socket per `read()`; the kernel's dump skbs are <= 32 KiB, so
-    memory stays bounded by the decoded table."""
+    memory stays bounded by the decoded table.  The compiled layouts (`self.layouts`) live
+    as long as the reader."""
 
     RECV_SIZE = 1 << 16
 
-    def __init__(self, procfs: str = "/proc", sysfs: str = "/sys", timeout: float = 10.0):
+    def __init__(self, procfs: str = "/proc", sysfs: str = "/sys", timeout: float = 10.0,
+                 transport_factory: Callable[[], nl.Transport] | None = None):
         self.procfs = procfs
         self.sysfs = sysfs
         self.timeout = timeout
+        self.transport_factory = transport_factory
+        self.layouts = Layouts()
 
     def available(self) -> bool:
         return ipvs_present(self.procfs, self.sysfs)
 
+    def socket(self) -> nl.NetlinkSocket:
+        transport = self.transport_factory() if self.transport_factory else None
+        return nl.NetlinkSocket(NETLINK_GENERIC, timeout=self.timeout, deadline=self.timeout,
+                                recv_size=self.RECV_SIZE, transport=transport)
+
     def scan(self, backends: bool = True, service_filter=None):
         """Yield each Service (with .backends when `backends`), one destination dump at a
         time, so only one service's backends are decoded at once.  `service_filter(Service)
-        -> bool` drops services before their destinations are dumped.  Raises
-        IPVSUnavailable when IPVS is absent (checked before touching netlink) or goes away
-        during the read; IPVSError/OSError on other failures."""
+        -> bool` drops services before their destinations are dumped.  Raises Unavailable
+        when IPVS is absent (checked before touching netlink) or goes away during the read;
+        ParseError/OSError on other failures."""
         if not self.available():
-            raise IPVSUnavailable("IPVS not present (no net/ip_vs in procfs, no module/ip_vs "
-                                  "in sysfs)")
+            raise Unavailable("IPVS not present (no net/ip_vs in procfs, no module/ip_vs "
+                              "in sysfs)")
+        layouts = self.layouts
         try:
-            with _GenlSocket(self.timeout, self.RECV_SIZE) as sock:
-                fam = sock.family_id(IPVS_GENL_NAME)
+            with self.socket() as sock:
+                fam = nl.resolve_family(sock, IPVS_GENL_NAME)
                 if fam is None:
-                    raise IPVSUnavailable("no IPVS generic-netlink family")
+                    raise Unavailable("no IPVS generic-netlink family")
                 services = []
-                for chunk, seq in sock.dump(fam, IPVS_CMD_GET_SERVICE):
-                    services.extend(decode_services(chunk, seq))
+                for chunk, seq in dump(sock, fam.id, IPVS_CMD_GET_SERVICE):
+                    services.extend(decode_services(chunk, seq, layouts))
                 if service_filter is not None:
                     services = [s for s in services if service_filter(s)]
                 for i, svc in enumerate(services):
@@ -741,108 +704,33 @@ class IPVSReader:
                     services[i] = None
                     if backends:
                         dests = []
-                        for chunk, seq in sock.dump(fam, IPVS_CMD_GET_DEST, service_key(svc)):
-                            dests.extend(decode_dests(chunk, svc.family, seq))
+                        for chunk, seq in dump(sock, fam.id, IPVS_CMD_GET_DEST, service_key(svc)):
+                            dests.extend(decode_dests(chunk, svc.family, seq, layouts))
                         svc.backends = dests
                     yield svc
                     del svc
-        except IPVSUnavailable:
+        except Unavailable:
             raise
         except OSError as e:
             # the module went away between the presence check and the dump
             if not self.available():
-                raise IPVSUnavailable(f"IPVS went away during the read ({e})") from e
+                raise Unavailable(f"IPVS went away during the read ({e})") from e
             raise
 
     def read(self, backends: bool = True, service_filter=None) -> IPVSTable:
         """The whole table at once; IPVSTable(available=False) when IPVS is absent."""
         try:
             return IPVSTable(True, list(self.scan(backends, service_filter)))
-        except IPVSUnavailable:
+        except Unavailable:
             return IPVSTable(False)
 
 
-class _GenlSocket:
-    def __init__(self, timeout: float, recv_size: int):
-        self.s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                               NETLINK_GENERIC)
-        try:
-            # A kernel-side receive timeout, not socket.settimeout(): with a Python timeout
-            # every send/recv is preceded by a poll(), doubling the syscalls of a dump that
-            # makes three per service (expensive where syscalls are, e.g. under UML).
-            sec = int(timeout)
-            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                              struct.pack("@ll", sec, int((timeout - sec) * 1e6)))
-            self.s.bind((0, 0))
-        except BaseException:
-            self.s.close()
-            raise
-        self.rx = recvmmsg.receiver(self.s, recv_size)
-        self.pending: list = []      # received datagrams not consumed yet
-        self.seq = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.s.close()
-
-    def _send(self, typ: int, flags: int, cmd: int, version: int, attrs: bytes = b"") -> int:
-        self.seq += 1
-        payload = bytes((cmd, version, 0, 0)) + attrs
-        self.s.send(_NLMSGHDR.pack(16 + len(payload), typ, flags, self.seq, 0) + payload)
-        return self.seq
-
-    def _replies(self, seq: int):
-        """Yield each received chunk (bytes, only this request's messages' framing checked)
-        until NLMSG_DONE / a non-multipart reply / an error.  Datagrams come in batches
-        (recvmmsg: a dump's last part and its NLMSG_DONE in one system call)."""
-        pending = self.pending
-        while True:
-            if not pending:
-                try:
-                    pending.extend(self.rx.recv())
-                except BlockingIOError as e:   # SO_RCVTIMEO expired
-                    raise TimeoutError(errno.ETIMEDOUT,
-                                       "netlink: no answer from the kernel") from e
-            data, fl = pending.pop(0)
-            if fl & socket.MSG_TRUNC:
-                raise IPVSParseError("netlink message larger than the receive buffer")
-            n = len(data)
-            off, done = 0, False
-            while off + 16 <= n:
-                ln, typ, flags, mseq, _ = _NLMSGHDR.unpack_from(data, off)
-                if ln < 16:
-                    raise IPVSParseError(f"bad netlink length {ln}")
-                if mseq == seq and (typ in (NLMSG_DONE, NLMSG_ERROR) or not flags & NLM_F_MULTI):
-                    done = True
-                off += (ln + 3) & ~3
-            yield data
-            if done:
-                return
-
-    def family_id(self, name: str):
-        """The generic-netlink family id of `name`, or None.
-
-        Resolved with a DUMP of all families, not with CTRL_CMD_GETFAMILY by name: the
-        by-name request makes the kernel try to load the module providing the family
-        (request_module "net-pf-16-proto-16-family-IPVS"), the dump never does.  So even
-        if ip_vs is unloaded between the presence check and this call, it stays unloaded."""
-        want = name.encode() + b"\0"
-        found = None
-        seq = self._send(GENL_ID_CTRL, NLM_F_REQUEST | NLM_F_DUMP, CTRL_CMD_GETFAMILY, 1)
-        for data in self._replies(seq):
-            for s, e in iter_genl_payloads(data, seq):
-                a = _nlas(data, s, e)
-                nm = a.get(CTRL_ATTR_FAMILY_NAME)
-                fid = a.get(CTRL_ATTR_FAMILY_ID)
-                if nm and fid and found is None and data[nm[0]:nm[1]] == want \
-                        and fid[1] - fid[0] >= 2:
-                    found = _U16.unpack_from(data, fid[0])[0]
-        return found
-
-    def dump(self, fam: int, cmd: int, attrs: bytes = b""):
-        """Yield (chunk, seq) for each received part of a dump reply."""
-        seq = self._send(fam, NLM_F_REQUEST | NLM_F_DUMP, cmd, IPVS_GENL_VERSION, attrs)
-        for c in self._replies(seq):
-            yield c, seq
+def dump(sock: nl.NetlinkSocket, family_id: int, cmd: int, attrs: bytes = b""):
+    """Yield (datagram, seq) for each received part of one IPVS dump reply; the socket
+    layer's checks (deadline, budget, truncation, sequence) apply, the reply's end and any
+    kernel refusal are read from the headers (netlink.Reply.scan)."""
+    reply = sock.send(family_id, NLM_F_DUMP, nl.genl_header(cmd, IPVS_GENL_VERSION) + attrs,
+                      "IPVS dump")
+    for data in sock.datagrams(reply):
+        reply.scan(data)
+        yield data, reply.seq

@@ -1,51 +1,43 @@
 """Network links over rtnetlink: one RTM_GETLINK dump, decoded straight from the bytes.
 
-Why not pyroute2's ``get_links()``: its generic attribute decoding costs ~0.7 ms per link
-(~1.5 s for 2,000 links, issue 8); this module walks the attributes with ``struct`` and keeps
-only what the netdev collector needs (~15 us per link).  The socket is the standard library's
-``AF_NETLINK`` socket, opened per dump in the caller's network namespace.
+Why not pyroute2's ``get_links()``: its generic attribute decoding is far slower per link
+(figures in docs/performance.md); this module walks the attributes with :mod:`.netlink`'s
+walker and keeps only what the netdev collector needs.  Framing, the socket and its bounds
+(deadline, byte budget, truncation, sequence numbers, the one retry of a dump the kernel
+flags as interrupted, NLM_F_DUMP_INTR) are :mod:`exporter.sources.netlink`'s.
 
 Pure decoders (no I/O, fuzzed by the tests):
 
 - :func:`parse_link_dump` - the concatenated reply bytes of an RTM_GETLINK dump -> ``[Link]``.
 - :func:`parse_route_messages` - RTM_NEWROUTE replies (a ``route get`` or a dump) -> ``[Route]``.
 
-Both raise :class:`LinkParseError` (a :class:`exporter.sources.ParseError`) on bytes they
-cannot understand and :class:`NetlinkError` when the bytes carry a kernel error (NLMSG_ERROR).
+Both raise :class:`ParseError` on bytes they cannot understand and :class:`NetlinkError`
+when the bytes carry a kernel error (NLMSG_ERROR).
 
 Readers (I/O): :class:`RtNetlink` - ``dump_links()``, ``route_get(address)``,
-``dump_routes(family)``.
+``dump_routes(family)``; ``transport=`` replays captured datagrams (netlink.ReplayTransport).
 
 The dump request sets ``IFLA_EXT_MASK = RTEXT_FILTER_SKIP_STATS``: no SR-IOV VF information
 (``RTEXT_FILTER_VF`` is not asked for) and no per-interface inet6 statistics in IFLA_AF_SPEC
 (roughly halves the bytes per link).  The link counters (IFLA_STATS64) are not affected by
-that flag.  Interfaces created or deleted while the dump runs are simply present or absent;
-if the kernel flags the dump as interrupted (NLM_F_DUMP_INTR) it is repeated once.
+that flag.  Interfaces created or deleted while the dump runs are simply present or absent.
 """
 from __future__ import annotations
 
 import errno as _errno
 import socket
 import struct
-import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from . import NetlinkError, ParseError
-
-
-class LinkParseError(ParseError):
-    """Bytes that are not a well-formed rtnetlink link/route reply; the message says where."""
-
+from . import netlink as nl
+from .netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR  # noqa: F401 - re-exported
 
 # --- netlink / rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h) ---
-NETLINK_ROUTE = 0
-NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_DUMP_INTR = 0x1, 0x2, 0x10
-NLM_F_DUMP = 0x300
+NETLINK_ROUTE = nl.NETLINK_ROUTE
 RTM_NEWLINK, RTM_GETLINK = 16, 18
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
-NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_STATS = 3, 4, 5, 7
 IFLA_MASTER, IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_STATS64 = 10, 16, 18, 23
@@ -90,14 +82,10 @@ STATS_FIELDS = (
 )
 _STATS_MIN = 23  # fields every kernel since 2.6.35 reports
 
-_NLMSG = struct.Struct("=IHHII")
+_NLMSG = nl.HDR
 _IFINFO = struct.Struct("=BxHiII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
-_RTA = struct.Struct("=HH")
-_U16 = struct.Struct("=H")
-_BE16 = struct.Struct(">H")
 _U32 = struct.Struct("=I")
-_S32 = struct.Struct("=i")
 _STATS64 = {n: struct.Struct(f"={n}Q") for n in range(_STATS_MIN, len(STATS_FIELDS) + 1)}
 _STATS32 = {n: struct.Struct(f"={n}I") for n in range(_STATS_MIN, len(STATS_FIELDS) + 1)}
 
@@ -134,7 +122,8 @@ class LinkStats(NamedTuple):
 
 
 STATS_INDEX = {name: i for i, name in enumerate(STATS_FIELDS)}
-_STATS_PAD = {n: (None,) * (len(STATS_FIELDS) - n) for n in range(_STATS_MIN, len(STATS_FIELDS) + 1)}
+_STATS_PAD = {n: (None,) * (len(STATS_FIELDS) - n)
+              for n in range(_STATS_MIN, len(STATS_FIELDS) + 1)}
 
 
 @dataclass(slots=True, frozen=True)
@@ -151,7 +140,7 @@ class TunnelInfo:
     remote: bytes | None = None
     local: bytes | None = None
     external: bool = False        # collect_metadata / flow-based mode
-    gre_oflags: int = 0           # GRE output flags (GRE_CSUM 0x8000, GRE_KEY 0x2000, GRE_SEQ 0x1000)
+    gre_oflags: int = 0           # GRE output flags (CSUM 0x8000, KEY 0x2000, SEQ 0x1000)
     encap_type: int = 0           # 0 none, 1 FOU, 2 GUE, 3 MPLS
     encap_flags: int = 0
     encap_limit_option: bool = False  # ip6 tunnels: an 8-byte encapsulation limit option is sent
@@ -194,88 +183,93 @@ class Route:
 
 # --------------------------------------------------------------------------- decoding
 
-
-def _attr_offsets(data, pos: int, end: int, where: str) -> dict:
-    """type -> offset of the attribute header (last one wins), for attributes in [pos, end)."""
-    out = {}
-    unpack = _RTA.unpack_from
-    while end - pos >= 4:
-        alen, atype = unpack(data, pos)
-        if alen < 4 or pos + alen > end:
-            raise LinkParseError(f"{where}: attribute type {atype & NLA_TYPE_MASK} at offset "
-                                 f"{pos} has length {alen}, {end - pos} bytes left")
-        out[atype & NLA_TYPE_MASK] = pos
-        pos += (alen + 3) & ~3
-    return out
+Span = tuple[int, int]
+_u8, _u16, _be16, _u32, _s32 = nl.u8, nl.u16, nl.be16, nl.u32, nl.s32
+_string = nl.string
+_span, _u8_at, _u32_at, _s32_at = nl.span, nl.u8_at, nl.u32_at, nl.s32_at
 
 
-def _payload_len(data, off: int) -> int:
-    return _U16.unpack_from(data, off)[0] - 4
-
-
-def _u32(data, off: int, what: str) -> int:
-    if _payload_len(data, off) < 4:
-        raise LinkParseError(f"{what}: attribute shorter than 4 bytes")
-    return _U32.unpack_from(data, off + 4)[0]
-
-
-def _u8(data, off: int, what: str) -> int:
-    if _payload_len(data, off) < 1:
-        raise LinkParseError(f"{what}: empty attribute")
-    return data[off + 4]
-
-
-def _u16(data, off: int, what: str, big_endian: bool = False) -> int:
-    if _payload_len(data, off) < 2:
-        raise LinkParseError(f"{what}: attribute shorter than 2 bytes")
-    return (_BE16 if big_endian else _U16).unpack_from(data, off + 4)[0]
-
-
-def _string(data, off: int) -> str:
-    raw = bytes(data[off + 4: off + 4 + _payload_len(data, off)])
-    return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
-
-
-def _address(data, off: int, what: str) -> bytes | None:
-    raw = bytes(data[off + 4: off + 4 + _payload_len(data, off)])
+def _address(data, span: Span, what: str) -> bytes | None:
+    raw = nl.raw(data, span)
     if len(raw) not in (4, 16):
-        raise LinkParseError(f"{what}: address of {len(raw)} bytes")
+        raise ParseError(f"{what}: address of {len(raw)} bytes")
     return None if not any(raw) else raw
 
 
-def _stats(data, off: int, table: dict, size: int, what: str) -> LinkStats:
-    n = min(_payload_len(data, off) // size, len(STATS_FIELDS))
+def _stats(data, span: Span, table: dict, size: int, what: str) -> LinkStats:
+    plen = span[1] - span[0]
+    n = min(plen // size, len(STATS_FIELDS))
     if n < _STATS_MIN:
-        raise LinkParseError(f"{what}: {_payload_len(data, off)} bytes, need {_STATS_MIN * size}")
-    return tuple.__new__(LinkStats, table[n].unpack_from(data, off + 4) + _STATS_PAD[n])
+        raise ParseError(f"{what}: {plen} bytes, need {_STATS_MIN * size}")
+    return tuple.__new__(LinkStats, table[n].unpack_from(data, span[0]) + _STATS_PAD[n])
 
 
-def _tunnel_info(kind: str, data, pos: int, end: int, where: str) -> TunnelInfo | None:
+def _vxlan(data, a: dict, w: str) -> TunnelInfo:
+    remote = local = None
+    family = None
+    if VXLAN_GROUP6 in a or VXLAN_LOCAL6 in a:
+        family = 6
+    elif VXLAN_GROUP in a or VXLAN_LOCAL in a:
+        family = 4
+    for key in (VXLAN_GROUP, VXLAN_GROUP6):
+        if key in a:
+            remote = _address(data, a[key], w + " group")
+    for key in (VXLAN_LOCAL, VXLAN_LOCAL6):
+        if key in a:
+            local = _address(data, a[key], w + " local")
+    return TunnelInfo(
+        link=_u32(data, a[VXLAN_LINK], w + " link") if VXLAN_LINK in a else 0,
+        family=family, remote=remote, local=local,
+        external=bool(_u8(data, a[VXLAN_COLLECT_METADATA], w + " collect_metadata"))
+        if VXLAN_COLLECT_METADATA in a else False)
+
+
+def _iptun(kind: str, data, a: dict, w: str) -> TunnelInfo:
+    family = 6 if kind == "ip6tnl" else 4
+    flags = 0
+    if IPTUN_FLAGS in a:
+        span = a[IPTUN_FLAGS]
+        flags = (_u32(data, span, w + " flags") if span[1] - span[0] >= 4
+                 else _u16(data, span, w + " flags"))
+    return TunnelInfo(
+        link=_u32(data, a[IPTUN_LINK], w + " link") if IPTUN_LINK in a else 0,
+        family=family,
+        remote=_address(data, a[IPTUN_REMOTE], w + " remote") if IPTUN_REMOTE in a else None,
+        local=_address(data, a[IPTUN_LOCAL], w + " local") if IPTUN_LOCAL in a else None,
+        external=IPTUN_COLLECT_METADATA in a,
+        encap_type=_u16(data, a[IPTUN_ENCAP_TYPE], w + " encap_type")
+        if IPTUN_ENCAP_TYPE in a else 0,
+        encap_flags=_u16(data, a[IPTUN_ENCAP_FLAGS], w + " encap_flags")
+        if IPTUN_ENCAP_FLAGS in a else 0,
+        encap_limit_option=kind == "ip6tnl" and not flags & IP6_TNL_F_IGN_ENCAP_LIMIT)
+
+
+def _gre(kind: str, data, a: dict, w: str) -> TunnelInfo:
+    family = 6 if kind.startswith("ip6") else 4
+    flags = _u32(data, a[GRE_FLAGS], w + " flags") if GRE_FLAGS in a else 0
+    return TunnelInfo(
+        link=_u32(data, a[GRE_LINK], w + " link") if GRE_LINK in a else 0,
+        family=family,
+        remote=_address(data, a[GRE_REMOTE], w + " remote") if GRE_REMOTE in a else None,
+        local=_address(data, a[GRE_LOCAL], w + " local") if GRE_LOCAL in a else None,
+        external=GRE_COLLECT_METADATA in a,
+        gre_oflags=_be16(data, a[GRE_OFLAGS], w + " oflags") if GRE_OFLAGS in a else 0,
+        encap_type=_u16(data, a[GRE_ENCAP_TYPE], w + " encap_type") if GRE_ENCAP_TYPE in a else 0,
+        encap_flags=_u16(data, a[GRE_ENCAP_FLAGS], w + " encap_flags")
+        if GRE_ENCAP_FLAGS in a else 0,
+        encap_limit_option=family == 6 and not flags & IP6_TNL_F_IGN_ENCAP_LIMIT)
+
+
+def _tunnel_info(kind: str, data, span: Span, where: str) -> TunnelInfo | None:
     """IFLA_INFO_DATA of the encapsulating kinds; None for every other kind."""
     if kind == "wireguard":
         return TunnelInfo()  # configured over genetlink; rtnetlink says nothing more
     if kind not in _TUNNEL_KINDS:
         return None
-    a = _attr_offsets(data, pos, end, f"{where} {kind} data")
+    a = nl.attrs(data, span[0], span[1], f"{where} {kind} data")
     w = f"{where} {kind}"
     if kind == "vxlan":
-        remote = local = None
-        family = None
-        if VXLAN_GROUP6 in a or VXLAN_LOCAL6 in a:
-            family = 6
-        elif VXLAN_GROUP in a or VXLAN_LOCAL in a:
-            family = 4
-        for key in (VXLAN_GROUP, VXLAN_GROUP6):
-            if key in a:
-                remote = _address(data, a[key], w + " group")
-        for key in (VXLAN_LOCAL, VXLAN_LOCAL6):
-            if key in a:
-                local = _address(data, a[key], w + " local")
-        return TunnelInfo(
-            link=_u32(data, a[VXLAN_LINK], w + " link") if VXLAN_LINK in a else 0,
-            family=family, remote=remote, local=local,
-            external=bool(_u8(data, a[VXLAN_COLLECT_METADATA], w + " collect_metadata"))
-            if VXLAN_COLLECT_METADATA in a else False)
+        return _vxlan(data, a, w)
     if kind == "geneve":
         remote, family = None, None
         if GENEVE_REMOTE6 in a:
@@ -286,113 +280,68 @@ def _tunnel_info(kind: str, data, pos: int, end: int, where: str) -> TunnelInfo 
                           external=GENEVE_COLLECT_METADATA in a,
                           inner_l3=GENEVE_INNER_PROTO_INHERIT in a)
     if kind in ("ipip", "sit", "ip6tnl"):
-        family = 6 if kind == "ip6tnl" else 4
-        flags = 0
-        if IPTUN_FLAGS in a:
-            flags = (_u32(data, a[IPTUN_FLAGS], w + " flags")
-                     if _payload_len(data, a[IPTUN_FLAGS]) >= 4
-                     else _u16(data, a[IPTUN_FLAGS], w + " flags"))
-        return TunnelInfo(
-            link=_u32(data, a[IPTUN_LINK], w + " link") if IPTUN_LINK in a else 0,
-            family=family,
-            remote=_address(data, a[IPTUN_REMOTE], w + " remote") if IPTUN_REMOTE in a else None,
-            local=_address(data, a[IPTUN_LOCAL], w + " local") if IPTUN_LOCAL in a else None,
-            external=IPTUN_COLLECT_METADATA in a,
-            encap_type=_u16(data, a[IPTUN_ENCAP_TYPE], w + " encap_type")
-            if IPTUN_ENCAP_TYPE in a else 0,
-            encap_flags=_u16(data, a[IPTUN_ENCAP_FLAGS], w + " encap_flags")
-            if IPTUN_ENCAP_FLAGS in a else 0,
-            encap_limit_option=kind == "ip6tnl" and not flags & IP6_TNL_F_IGN_ENCAP_LIMIT)
-    # the GRE family
-    family = 6 if kind.startswith("ip6") else 4
-    flags = _u32(data, a[GRE_FLAGS], w + " flags") if GRE_FLAGS in a else 0
-    return TunnelInfo(
-        link=_u32(data, a[GRE_LINK], w + " link") if GRE_LINK in a else 0,
-        family=family,
-        remote=_address(data, a[GRE_REMOTE], w + " remote") if GRE_REMOTE in a else None,
-        local=_address(data, a[GRE_LOCAL], w + " local") if GRE_LOCAL in a else None,
-        external=GRE_COLLECT_METADATA in a,
-        gre_oflags=_u16(data, a[GRE_OFLAGS], w + " oflags", big_endian=True)
-        if GRE_OFLAGS in a else 0,
-        encap_type=_u16(data, a[GRE_ENCAP_TYPE], w + " encap_type") if GRE_ENCAP_TYPE in a else 0,
-        encap_flags=_u16(data, a[GRE_ENCAP_FLAGS], w + " encap_flags")
-        if GRE_ENCAP_FLAGS in a else 0,
-        encap_limit_option=family == 6 and not flags & IP6_TNL_F_IGN_ENCAP_LIMIT)
+        return _iptun(kind, data, a, w)
+    return _gre(kind, data, a, w)   # the GRE family
 
 
 _TUNNEL_KINDS = frozenset({"vxlan", "geneve", "ipip", "sit", "ip6tnl", "gre", "gretap",
                            "ip6gre", "ip6gretap"})
 TUNNEL_KINDS = _TUNNEL_KINDS | {"wireguard"}  # the kinds that get a TunnelInfo
 
-
-_ATTR_U32 = struct.Struct("=HHI").unpack_from
-_ATTR_S32 = struct.Struct("=HHi").unpack_from
-_ATTR_U8 = struct.Struct("=HHB").unpack_from
+_U32_ATTRS = tuple((attr, slot, f"IFLA {slot}") for attr, slot in (
+    (IFLA_MTU, "mtu"), (IFLA_MIN_MTU, "min_mtu"), (IFLA_MAX_MTU, "max_mtu"),
+    (IFLA_MASTER, "master"), (IFLA_LINK, "link")))
 
 
 def decode_link_message(data, start: int, end: int) -> Link:
     """One RTM_NEWLINK message body (after the nlmsghdr) in ``data[start:end]``."""
     if end - start < _IFINFO.size:
-        raise LinkParseError(f"RTM_NEWLINK at {start - _NLMSG.size}: {end - start} bytes, "
-                             f"shorter than ifinfomsg")
+        raise ParseError(f"RTM_NEWLINK at {start - _NLMSG.size}: {end - start} bytes, "
+                         f"shorter than ifinfomsg")
     _family, itype, index, flags, _change = _IFINFO.unpack_from(data, start)
-    # the attribute walk, inlined: this loop runs ~60 times per link
-    a = {}
-    pos = start + _IFINFO.size
-    unpack = _RTA.unpack_from
-    while end - pos >= 4:
-        alen, atype = unpack(data, pos)
-        if alen < 4 or pos + alen > end:
-            raise LinkParseError(f"link {index}: attribute type {atype & NLA_TYPE_MASK} at "
-                                 f"offset {pos} has length {alen}, {end - pos} bytes left")
-        a[atype & NLA_TYPE_MASK] = pos
-        pos += (alen + 3) & ~3
+    try:
+        return _decode_link_attrs(data, start + _IFINFO.size, end, index, itype, flags)
+    except ParseError as exc:  # the getters name the attribute; this adds the link
+        raise ParseError(f"link {index}: {exc}") from None
+
+
+def _decode_link_attrs(data, start: int, end: int, index: int, itype: int, flags: int) -> Link:
+    a = nl.attr_index(data, start, end, "attributes")   # ~60 attributes per link: offsets
     get = a.get
     off = get(IFLA_IFNAME)
     if off is None:
-        raise LinkParseError(f"link {index}: no IFLA_IFNAME")
-    link = Link(index, _string(data, off), itype, flags)
-    for attr, slot in _U32_ATTRS:
+        raise ParseError("no IFLA_IFNAME")
+    link = Link(index, _string(data, _span(data, off)), itype, flags)
+    for attr, slot, what in _U32_ATTRS:
         off = get(attr)
         if off is not None:
-            alen, _t, value = _ATTR_U32(data, off)
-            if alen < 8:
-                raise LinkParseError(f"link {index}: attribute {attr} shorter than 4 bytes")
-            setattr(link, slot, value)
+            setattr(link, slot, _u32_at(data, off, what))
     off = get(IFLA_OPERSTATE)
     if off is not None:
-        alen, _t, state = _ATTR_U8(data, off)
-        if alen < 5:
-            raise LinkParseError(f"link {index}: empty operstate")
+        state = _u8_at(data, off, "operstate")
         link.operstate = OPERSTATES[state] if state < len(OPERSTATES) else str(state)
     off = get(IFLA_LINK_NETNSID)
     if off is not None:
-        alen, _t, link.link_netnsid = _ATTR_S32(data, off)
-        if alen < 8:
-            raise LinkParseError(f"link {index}: link_netnsid shorter than 4 bytes")
+        link.link_netnsid = _s32_at(data, off, "link_netnsid")
     off = get(IFLA_PARENT_DEV_NAME)
     if off is not None:
-        link.parent_dev = _string(data, off)
+        link.parent_dev = _string(data, _span(data, off))
     off = get(IFLA_STATS64)
     if off is not None:
-        link.stats = _stats(data, off, _STATS64, 8, f"link {index} stats64")
+        link.stats = _stats(data, _span(data, off), _STATS64, 8, "stats64")
     else:
         off = get(IFLA_STATS)
         if off is not None:  # a kernel without 64-bit stats
-            link.stats = _stats(data, off, _STATS32, 4, f"link {index} stats")
+            link.stats = _stats(data, _span(data, off), _STATS32, 4, "stats")
     off = get(IFLA_LINKINFO)
     if off is not None:
-        _decode_linkinfo(link, data, off + 4, off + _U16.unpack_from(data, off)[0])
+        _decode_linkinfo(link, data, _span(data, off))
     return link
 
 
-_U32_ATTRS = ((IFLA_MTU, "mtu"), (IFLA_MIN_MTU, "min_mtu"), (IFLA_MAX_MTU, "max_mtu"),
-              (IFLA_MASTER, "master"), (IFLA_LINK, "link"))
-
-
-def _decode_linkinfo(link: Link, data, pos: int, end: int) -> None:
-    where = f"link {link.index}"
-    info = _attr_offsets(data, pos, end, where + " linkinfo")
+def _decode_linkinfo(link: Link, data, span: Span) -> None:
+    where = "linkinfo"
+    info = nl.attrs(data, span[0], span[1], where)
     if IFLA_INFO_KIND in info:
         link.kind = _string(data, info[IFLA_INFO_KIND])
     if IFLA_INFO_SLAVE_KIND in info:
@@ -400,145 +349,122 @@ def _decode_linkinfo(link: Link, data, pos: int, end: int) -> None:
     kind = link.kind
     if kind not in TUNNEL_KINDS:
         return
-    doff = info.get(IFLA_INFO_DATA)
-    if doff is None:
+    dspan = info.get(IFLA_INFO_DATA)
+    if dspan is None:
         link.tunnel = TunnelInfo()  # no data from the kernel: nothing more is known
     else:
-        link.tunnel = _tunnel_info(kind, data, doff + 4, doff + _U16.unpack_from(data, doff)[0],
-                                   where)
+        link.tunnel = _tunnel_info(kind, data, dspan, where)
 
 
-def _messages(data, handle, context: str) -> tuple[bool, bool]:
-    """Walks netlink messages, calling ``handle(type, body_start, end)`` for each data message.
+def _link(m: nl.Message) -> Link:
+    if m.type != RTM_NEWLINK:
+        raise ParseError(f"link dump: unexpected message type {m.type}")
+    return decode_link_message(m.data, m.start, m.end)
 
-    Returns (done, interrupted).  NLMSG_ERROR with a non-zero error raises NetlinkError.
-    """
-    pos, n = 0, len(data)
-    interrupted = False
-    unpack = _NLMSG.unpack_from
-    while pos < n:
-        if n - pos < _NLMSG.size:
-            raise LinkParseError(f"{context}: {n - pos} trailing bytes at offset {pos}, "
-                                 f"shorter than a netlink header")
-        mlen, mtype, mflags, _seq, _pid = unpack(data, pos)
-        if mlen < _NLMSG.size or pos + mlen > n:
-            raise LinkParseError(f"{context}: message at offset {pos} has length {mlen}, "
-                                 f"{n - pos} bytes left")
-        if mflags & NLM_F_DUMP_INTR:
-            interrupted = True
-        if mtype == NLMSG_DONE:
-            return True, interrupted
-        if mtype == NLMSG_ERROR:
-            if mlen - _NLMSG.size < 4:
-                raise LinkParseError(f"{context}: truncated NLMSG_ERROR at offset {pos}")
-            err = -_S32.unpack_from(data, pos + _NLMSG.size)[0]
-            if err != 0:
-                raise NetlinkError(err, context)
-        elif mtype != NLMSG_NOOP:
-            try:
-                handle(mtype, pos + _NLMSG.size, pos + mlen)
-            except struct.error as exc:  # an attribute too short for its type at the end
-                raise LinkParseError(f"{context}: message at offset {pos}: {exc}") from None
-        pos += (mlen + 3) & ~3
-    return False, interrupted
+
+def _route(m: nl.Message) -> Route:
+    if m.type != RTM_NEWROUTE:
+        raise ParseError(f"route reply: unexpected message type {m.type}")
+    data, start, end = m.data, m.start, m.end
+    if end - start < _RTMSG.size:
+        raise ParseError(f"route reply: {end - start} bytes, shorter than rtmsg")
+    family, dst_len, _src_len, _tos, table, _proto, _scope, rtype, _flags = \
+        _RTMSG.unpack_from(data, start)
+    a = nl.attrs(data, start + _RTMSG.size, end, "route")
+    if RTA_TABLE in a:
+        table = _u32(data, a[RTA_TABLE], "route table")
+    oif = _u32(data, a[RTA_OIF], "route oif") if RTA_OIF in a else 0
+    if not oif and RTA_MULTIPATH in a:
+        s, e = a[RTA_MULTIPATH]
+        if e - s >= 8:  # struct rtnexthop: len, flags, hops, ifindex
+            oif = _U32.unpack_from(data, s + 4)[0]
+    prio = _u32(data, a[RTA_PRIORITY], "route priority") if RTA_PRIORITY in a else 0
+    return Route(family, dst_len, table, rtype, oif, prio)
+
+
+def _decoded(decode, context: str):
+    def run(m: nl.Message):
+        try:
+            return decode(m)
+        except struct.error as exc:  # defensive: a size the getters did not check
+            raise ParseError(f"{context}: message at offset {m.start - 16}: {exc}") from None
+    return run
+
+
+_decode_link = _decoded(_link, "link dump")
+_decode_route = _decoded(_route, "route reply")
 
 
 def parse_link_messages(data) -> tuple[list[Link], bool, bool]:
     """Decodes one or more RTM_NEWLINK messages; returns (links, done, interrupted)."""
-    links: list[Link] = []
-
-    def handle(mtype, start, end):
-        if mtype != RTM_NEWLINK:
-            raise LinkParseError(f"link dump: unexpected message type {mtype}")
-        links.append(decode_link_message(data, start, end))
-
-    done, interrupted = _messages(data, handle, "link dump")
-    return links, done, interrupted
+    reply = nl.Reply(None, context="link dump")
+    links = [_decode_link(m) for m in reply.messages(data)]
+    return links, reply.done, reply.interrupted
 
 
 def parse_link_dump(data) -> list[Link]:
     """The complete reply of an RTM_GETLINK dump (all datagrams concatenated)."""
     links, done, _ = parse_link_messages(data)
     if not done:
-        raise LinkParseError("link dump: ended without NLMSG_DONE")
+        raise ParseError("link dump: ended without NLMSG_DONE")
     return links
-
-
-def _route_messages(data) -> tuple[list[Route], bool]:
-    routes: list[Route] = []
-
-    def handle(mtype, start, end):
-        if mtype != RTM_NEWROUTE:
-            raise LinkParseError(f"route reply: unexpected message type {mtype}")
-        if end - start < _RTMSG.size:
-            raise LinkParseError(f"route reply: {end - start} bytes, shorter than rtmsg")
-        family, dst_len, _src_len, _tos, table, _proto, _scope, rtype, _flags = \
-            _RTMSG.unpack_from(data, start)
-        a = _attr_offsets(data, start + _RTMSG.size, end, "route")
-        if RTA_TABLE in a:
-            table = _u32(data, a[RTA_TABLE], "route table")
-        oif = _u32(data, a[RTA_OIF], "route oif") if RTA_OIF in a else 0
-        if not oif and RTA_MULTIPATH in a:
-            off = a[RTA_MULTIPATH]
-            if _payload_len(data, off) >= 8:  # struct rtnexthop: len, flags, hops, ifindex
-                oif = _U32.unpack_from(data, off + 8)[0]
-        prio = _u32(data, a[RTA_PRIORITY], "route priority") if RTA_PRIORITY in a else 0
-        routes.append(Route(family, dst_len, table, rtype, oif, prio))
-
-    done, _ = _messages(data, handle, "route reply")
-    return routes, done
 
 
 def parse_route_messages(data) -> list[Route]:
     """RTM_NEWROUTE messages (a ``route get`` answer or a dump, NLMSG_DONE optional)."""
-    return _route_messages(data)[0]
+    reply = nl.Reply(None, context="route reply")
+    return [_decode_route(m) for m in reply.messages(data)]
 
 
 # --------------------------------------------------------------------------- requests
 
 
+def link_dump_payload() -> bytes:
+    return (_IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+            + nl.attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS))
+
+
+def route_get_payload(address: bytes) -> bytes:
+    family = socket.AF_INET if len(address) == 4 else socket.AF_INET6
+    return (_RTMSG.pack(family, len(address) * 8, 0, 0, 0, 0, 0, 0, 0)
+            + nl.attr(RTA_DST, address))
+
+
+def route_dump_payload(family: int) -> bytes:
+    return _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
 def link_dump_request(seq: int) -> bytes:
-    body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-    body += _RTA.pack(8, IFLA_EXT_MASK) + _U32.pack(RTEXT_FILTER_SKIP_STATS)
-    return _NLMSG.pack(_NLMSG.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP,
-                       seq, 0) + body
+    return nl.message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, link_dump_payload())
 
 
 def route_get_request(seq: int, address: bytes) -> bytes:
-    family = socket.AF_INET if len(address) == 4 else socket.AF_INET6
-    body = _RTMSG.pack(family, len(address) * 8, 0, 0, 0, 0, 0, 0, 0)
-    body += _RTA.pack(4 + len(address), RTA_DST) + address
-    return _NLMSG.pack(_NLMSG.size + len(body), RTM_GETROUTE, NLM_F_REQUEST, seq, 0) + body
+    return nl.message(RTM_GETROUTE, NLM_F_REQUEST, seq, route_get_payload(address))
 
 
 def route_dump_request(seq: int, family: int) -> bytes:
-    body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
-    return _NLMSG.pack(_NLMSG.size + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP,
-                       seq, 0) + body
+    return nl.message(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, route_dump_payload(family))
+
+
+_ROUTE_GET_ABSENT = (_errno.ENETUNREACH, _errno.EHOSTUNREACH, _errno.EINVAL, _errno.ENETDOWN,
+                     _errno.EACCES, _errno.EPERM, _errno.ENODEV, _errno.EAFNOSUPPORT,
+                     _errno.ESRCH)
 
 
 class RtNetlink:
     """One NETLINK_ROUTE socket in the caller's network namespace (use as a context manager).
 
     Every read is bounded: ``timeout`` seconds per recv, ``deadline`` seconds and
-    ``max_bytes`` per request, so a misbehaving kernel or namespace cannot hang a scrape.
+    ``max_bytes`` per request (:class:`netlink.NetlinkSocket`).
     """
 
-    RECV_SIZE = 1 << 18  # dump datagrams are at most 32 KiB; one link without VFs ~1-3 KiB
+    RECV_SIZE = 1 << 16  # dump datagrams are at most 32 KiB; one link without VFs ~1-3 KiB
 
-    def __init__(self, timeout: float = 2.0, deadline: float = 10.0, max_bytes: int = 1 << 28):
-        self.timeout, self.deadline, self.max_bytes = timeout, deadline, max_bytes
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  NETLINK_ROUTE)
-        try:
-            self.sock.settimeout(timeout)
-            self.sock.bind((0, 0))
-        except BaseException:
-            self.sock.close()
-            raise
-        self._seq = int(time.monotonic()) & 0xFFFF
-        self._buf = bytearray(self.RECV_SIZE)
-        self._view = memoryview(self._buf)
+    def __init__(self, timeout: float = 2.0, deadline: float = 10.0, max_bytes: int = 1 << 28,
+                 transport: nl.Transport | None = None):
+        self.sock = nl.NetlinkSocket(NETLINK_ROUTE, timeout=timeout, deadline=deadline,
+                                     max_bytes=max_bytes, recv_size=self.RECV_SIZE,
+                                     transport=transport)
 
     def close(self) -> None:
         self.sock.close()
@@ -549,97 +475,46 @@ class RtNetlink:
     def __exit__(self, *exc):
         self.close()
 
-    def _next_seq(self) -> int:
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        return self._seq
-
-    def _exchange(self, request: bytes, seq: int, handle_chunk) -> None:
-        """Sends a request and feeds reply datagrams to ``handle_chunk(bytes) -> done``."""
-        self.sock.send(request)
-        t_end = time.monotonic() + self.deadline
-        total = 0
-        while True:
-            if time.monotonic() > t_end:
-                raise TimeoutError(f"netlink reply not complete after {self.deadline:g}s")
-            size, _anc, flags, _addr = self.sock.recvmsg_into([self._buf])
-            if flags & socket.MSG_TRUNC:
-                raise LinkParseError(f"netlink datagram larger than {len(self._buf)} bytes")
-            chunk = self._view[:size]  # valid until the next receive: decoded at once
-            total += size
-            if total > self.max_bytes:
-                raise LinkParseError(f"netlink reply larger than {self.max_bytes} bytes")
-            if len(chunk) >= _NLMSG.size and _NLMSG.unpack_from(chunk, 0)[3] != seq:
-                continue  # a stale answer to an abandoned request
-            if handle_chunk(chunk):
-                return
-
     def dump_links(self) -> list[Link]:
-        for attempt in (1, 2):
-            links: list[Link] = []
-            state = {"intr": False}
-
-            def chunk(data):
-                got, done, intr = parse_link_messages(data)
-                links.extend(got)
-                state["intr"] |= intr
-                return done
-
-            self._exchange(link_dump_request(seq := self._next_seq()), seq, chunk)
-            if not state["intr"]:
-                break
-        return links
+        return list(self.sock.dump(RTM_GETLINK, link_dump_payload(), _decode_link,
+                                   context="link dump"))
 
     def dump_links_raw(self) -> bytes:
         """The reply datagrams of one link dump, concatenated (for fixtures and bug reports)."""
+        reply = self.sock.send(RTM_GETLINK, NLM_F_DUMP, link_dump_payload(), "link dump")
         chunks: list[bytes] = []
-
-        def chunk(data):
+        for data in self.sock.datagrams(reply):
+            reply.scan(data)
             chunks.append(bytes(data))
-            return _messages(data, lambda *_: None, "link dump")[0]
-
-        self._exchange(link_dump_request(seq := self._next_seq()), seq, chunk)
         return b"".join(chunks)
 
     def route_get(self, address: bytes) -> Route | None:
         """The kernel's route to ``address`` (packed, 4 or 16 bytes); None if unreachable."""
-        routes: list[Route] = []
-
-        def chunk(data):
-            routes.extend(parse_route_messages(data))
-            return True
-
         try:
-            self._exchange(route_get_request(seq := self._next_seq(), address), seq, chunk)
+            msgs = self.sock.request(RTM_GETROUTE, route_get_payload(address),
+                                     context="route reply")
         except NetlinkError as exc:
-            if exc.errno in (_errno.ENETUNREACH, _errno.EHOSTUNREACH, _errno.EINVAL,
-                             _errno.ENETDOWN, _errno.EACCES, _errno.EPERM, _errno.ENODEV,
-                             _errno.EAFNOSUPPORT, _errno.ESRCH):
+            if exc.errno in _ROUTE_GET_ABSENT:
                 return None
             raise
+        routes = [_decode_route(m) for m in msgs]
         return routes[0] if routes else None
 
     def dump_routes(self, family: int) -> list[Route]:
-        routes: list[Route] = []
-
-        def chunk(data):
-            got, done = _route_messages(data)
-            routes.extend(got)
-            return done
-
         try:
-            self._exchange(route_dump_request(seq := self._next_seq(), family), seq, chunk)
+            return list(self.sock.dump(RTM_GETROUTE, route_dump_payload(family), _decode_route,
+                                       context="route reply"))
         except NetlinkError as exc:
             if exc.errno == _errno.EAFNOSUPPORT:  # IPv6 disabled
                 return []
             raise
-        return routes
 
 
 def default_route(routes: list[Route]) -> Route | None:
     """The main table's default unicast route with the lowest metric, or None."""
     best = None
     for r in routes:
-        if r.dst_len == 0 and r.table == RT_TABLE_MAIN and r.type == RTN_UNICAST and r.oif:
-            if best is None or r.priority < best.priority:
-                best = r
+        if (r.dst_len == 0 and r.table == RT_TABLE_MAIN and r.type == RTN_UNICAST and r.oif
+                and (best is None or r.priority < best.priority)):
+            best = r
     return best

@@ -22,10 +22,13 @@ Attributes (pure, one walker)
     :func:`attrs` ``(data, start, end) -> {type: (start, end)}`` (payload spans, the
     NLA_F_NESTED / NLA_F_NET_BYTEORDER bits masked off, the last of a repeated type wins),
     :func:`iter_attrs` for repeated types (lists).  Checked getters take a payload span and
-    raise ParseError when it is too short: :func:`u8`, :func:`u16`, :func:`u32`, :func:`u64`,
-    :func:`s32`, :func:`be16`, :func:`be32`, :func:`be64`, :func:`uint` (NLA_UINT: 4 or 8
-    bytes), :func:`string` (up to the first NUL), :func:`raw`.  The ``get_*`` variants take
-    the dict from :func:`attrs` and a type, returning ``default`` when it is absent.
+    raise ParseError when it is too short: :func:`u8`, :func:`u16`, :func:`u32`,
+    :func:`u64`, :func:`s32`, :func:`be16`, :func:`be32`, :func:`be64`, :func:`uint`
+    (NLA_UINT: 4 or 8 bytes), :func:`string` (up to the first NUL), :func:`raw`.  The
+    ``get_*`` variants take the dict from :func:`attrs` and a type, returning ``default``
+    when it is absent.  For hot decoders, the same walk as :func:`attr_index` ``-> {type:
+    payload offset}`` (no tuple per attribute), :func:`span` ``(data, off)`` and the
+    host-order getters ``u8_at/u16_at/u32_at/s32_at/u64_at(data, off)``.
 
 Requests (pure)
     :func:`message` (an nlmsghdr and payload), :func:`attr` / :func:`nested` (padded TLVs),
@@ -70,6 +73,7 @@ Replay (the one test seam)
 """
 from __future__ import annotations
 
+import array
 import errno as _errno
 import socket
 import struct
@@ -169,11 +173,12 @@ class Reply:
 
     ``ack``: the request asked for an acknowledgement (NLM_F_ACK), so it ends at the
     NLMSG_ERROR(0) that follows the answer, not at the first non-multipart message.
+    ``seq`` None takes messages of any sequence (pure decoders of captured bytes).
     """
 
     __slots__ = ("seq", "ack", "done", "interrupted", "context")
 
-    def __init__(self, seq: int, ack: bool = False, context: str = "netlink"):
+    def __init__(self, seq: int | None, ack: bool = False, context: str = "netlink"):
         self.seq, self.ack, self.context = seq, ack, context
         self.done = False
         self.interrupted = False
@@ -213,7 +218,7 @@ class Reply:
             if ln < HDR_LEN or off + ln > n:
                 raise ParseError(f"{self.context}: message at offset {off} has length {ln}, "
                                  f"{n - off} bytes left")
-            if seq == seq_want:
+            if seq == seq_want or seq_want is None:
                 if mtype < NLMSG_MIN_TYPE:
                     self.control(data, off)
                     if self.done:
@@ -237,7 +242,7 @@ class Reply:
             ln, mtype, flags, seq, _pid = unpack(data, off)
             if ln < HDR_LEN:
                 raise ParseError(f"{self.context}: message at offset {off} has length {ln}")
-            if seq == seq_want:
+            if seq == seq_want or seq_want is None:
                 if mtype < NLMSG_MIN_TYPE:
                     self.control(data, off)
                     if self.done:
@@ -259,12 +264,36 @@ def attrs(data, start: int, end: int, context: str = "netlink") -> dict[int, tup
     pos = start
     while end - pos >= 4:
         ln, atype = unpack(data, pos)
-        if ln < 4 or pos + ln > end:
+        nxt = pos + ln
+        if ln < 4 or nxt > end:
             raise ParseError(f"{context}: attribute type {atype & NLA_TYPE_MASK} at offset "
                              f"{pos} has length {ln}, {end - pos} bytes left")
-        out[atype & NLA_TYPE_MASK] = (pos + 4, pos + ln)
-        pos += (ln + 3) & ~3
+        out[atype & NLA_TYPE_MASK] = (pos + 4, nxt)
+        pos = (nxt + 3) & ~3
     return out
+
+
+def attr_index(data, start: int, end: int, context: str = "netlink") -> dict[int, int]:
+    """The same walk as :func:`attrs`, giving each type's *payload offset* only (no tuple per
+    attribute, for decoders on a hot path: docs/performance.md).  :func:`span` turns an offset into
+    the span the getters take; the ``*_at`` getters read header and value in one unpack."""
+    out = {}
+    unpack = ATTR.unpack_from
+    pos = start
+    while end - pos >= 4:
+        ln, atype = unpack(data, pos)
+        nxt = pos + ln
+        if ln < 4 or nxt > end:
+            raise ParseError(f"{context}: attribute type {atype & NLA_TYPE_MASK} at offset "
+                             f"{pos} has length {ln}, {end - pos} bytes left")
+        out[atype & NLA_TYPE_MASK] = pos + 4
+        pos = (nxt + 3) & ~3
+    return out
+
+
+def span(data, off: int) -> tuple[int, int]:
+    """(start, end) of the payload at ``off`` (an :func:`attr_index` value)."""
+    return off, off - 4 + _U16.unpack_from(data, off - 4)[0]
 
 
 def iter_attrs(data, start: int, end: int,
@@ -303,6 +332,27 @@ def _checked(st: struct.Struct, name: str):
     return get, get_in
 
 
+def _checked_at(code: str, name: str):
+    """A host-order getter at a payload offset: one unpack reads (len, type, value)."""
+    st = struct.Struct("=HH" + code)
+    need = st.size
+    unpack = st.unpack_from
+
+    def get_at(data, off: int, what: str = name) -> int:
+        try:
+            ln, _t, value = unpack(data, off - 4)
+        except struct.error:     # a short attribute at the very end of the buffer
+            ln = 0
+        if ln < need:
+            raise ParseError(f"{what}: attribute payload of {ln - 4} bytes, {name} needs "
+                             f"{need - 4}")
+        return value
+
+    get_at.__name__ = name + "_at"
+    get_at.__doc__ = f"The {name} at payload offset ``off`` (header checked in the same unpack)."
+    return get_at
+
+
 u8, get_u8 = _checked(_U8, "u8")
 u16, get_u16 = _checked(_U16, "u16")
 u32, get_u32 = _checked(_U32, "u32")
@@ -311,6 +361,11 @@ s32, get_s32 = _checked(_S32, "s32")
 be16, get_be16 = _checked(_BE16, "be16")
 be32, get_be32 = _checked(_BE32, "be32")
 be64, get_be64 = _checked(_BE64, "be64")
+u8_at = _checked_at("B", "u8")
+u16_at = _checked_at("H", "u16")
+u32_at = _checked_at("I", "u32")
+s32_at = _checked_at("i", "s32")
+u64_at = _checked_at("Q", "u64")
 
 
 def uint(data, span: tuple[int, int], what: str = "uint") -> int:
@@ -440,7 +495,21 @@ Answers = Mapping[Any, Sequence[bytes]] | Callable[[bytes], Sequence[bytes]]
 
 def _with_seq(datagram: bytes, seq: int) -> bytes:
     buf = bytearray(datagram)
-    off, n = 0, len(buf)
+    n = len(buf)
+    if n >= HDR_LEN and n % 4 == 0:
+        # equal-length messages (a dump part), perhaps with a 20-byte NLMSG_DONE after them:
+        # all their seq words in one slice
+        ln = _U32.unpack_from(buf, 0)[0]
+        body = n - 20 if ln and n % ln == 20 and _U32.unpack_from(buf, n - 20)[0] == 20 else n
+        if ln >= HDR_LEN and ln % 4 == 0 and body % ln == 0:
+            words = memoryview(buf).cast("I")
+            k = body // ln
+            if words[0:body // 4:ln // 4].tolist().count(ln) == k:
+                words[2:body // 4:ln // 4] = array.array("I", [seq]) * k
+                if body != n:
+                    words[body // 4 + 2] = seq
+                return bytes(buf)
+    off = 0
     while off + HDR_LEN <= n:
         ln = _U32.unpack_from(buf, off)[0]
         if ln < HDR_LEN:

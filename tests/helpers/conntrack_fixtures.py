@@ -5,6 +5,8 @@ import json
 import os
 import struct
 
+from exporter.sources.netlink import ReplayTransport
+
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")  # tests/fixtures
 NETLINK = os.path.join(FIXTURES, "netlink")
 PROC = os.path.join(FIXTURES, "proc", "conntrack")
@@ -36,26 +38,15 @@ def proc_expected(layout: str) -> dict:
         return json.load(fh)[layout]
 
 
-class ReplaySocket:
-    """Stands in for the netlink socket: answers each request with the buffers the kernel
-    sent for the same request type when the fixtures were captured."""
+class ReplaySocket(ReplayTransport):
+    """The kernel, replayed: answers each request with the buffers the kernel sent for the
+    same request type when the fixtures were captured (exporter.sources.netlink's transport).
+    ``sent`` here lists the request types, for assertions."""
 
     def __init__(self, replies: dict[int, list[bytes]]):
-        self.replies = replies
-        self.queue: list[bytes] = []
-        self.sent: list[int] = []
-        self.closed = False
+        super().__init__(replies)
+        self.requests: list[bytes] = []
 
-    def settimeout(self, _t):
-        pass
-
-    def sendto(self, msg: bytes, _addr):
-        (mtype,) = struct.unpack_from("=H", msg, 4)
-        self.sent.append(mtype)
-        self.queue.extend(self.replies[mtype])
-
-    def recv(self, _n):
-        return self.queue.pop(0)
-
-    def close(self):
-        self.closed = True
+    @property
+    def sent_types(self) -> list[int]:
+        return [struct.unpack_from("=H", r, 4)[0] for r in self.sent]

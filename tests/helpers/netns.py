@@ -30,7 +30,7 @@ def netns(prefix: str = "nn-test"):
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def _setns(fd: int, what: str) -> None:
+def _enter(fd: int, what: str) -> None:
     """setns(fd, CLONE_NEWNET) for the calling thread (the exporter's own call), the error
     saying `what` was attempted."""
     try:
@@ -43,7 +43,7 @@ def enter_netns(name: str) -> None:
     """Moves the calling thread into network namespace `name` (/run/netns) for good."""
     fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
     try:
-        _setns(fd, f"setns into {name}")
+        _enter(fd, f"setns into {name}")
     finally:
         os.close(fd)
 
@@ -58,7 +58,7 @@ def inside_netns(name: str):
         try:
             yield
         finally:
-            _setns(own, f"setns back from {name}")
+            _enter(own, f"setns back from {name}")
     finally:
         os.close(own)
 

@@ -1,18 +1,23 @@
 """exporter.sources.recvmmsg against the real kernel: a generic-netlink family dump (the
 request the IPVS reader starts with) read with recvmmsg batches and with one recvmsg per
-datagram gives the same datagrams; the receive timeout surfaces as BlockingIOError on both."""
+datagram gives the same datagrams; the receive timeout surfaces as BlockingIOError on both.
+The sockets are netlink.KernelTransport's (the exporter's one netlink socket)."""
 import socket
 import struct
 
 import pytest
 
-from exporter.sources import ipvs, recvmmsg
+from exporter.sources import ParseError, ipvs, recvmmsg
+from exporter.sources import netlink as nl
+
+
+def _raw(timeout: float = 2.0) -> socket.socket:
+    return nl.KernelTransport(nl.NETLINK_GENERIC, timeout).sock
 
 
 def _dump_families(batched: bool, size: int = 4096) -> list:
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, ipvs.NETLINK_GENERIC)
+    s = _raw()
     try:
-        s.bind((0, 0))
         rx = recvmmsg.receiver(s, size, batched=batched)
         req = bytes((ipvs.CTRL_CMD_GETFAMILY, 1, 0, 0))
         s.send(struct.pack("=IHHII", 16 + len(req), ipvs.GENL_ID_CTRL,
@@ -58,32 +63,37 @@ def test_batched_and_single_receive_the_same_dump():
 
 @pytest.mark.parametrize("batched", [True, False])
 def test_receive_timeout_raises_blocking_io_error(batched):
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, ipvs.NETLINK_GENERIC)
+    s = _raw(0.05)
     try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, 50_000))
-        s.bind((0, 0))
         with pytest.raises(BlockingIOError):
             recvmmsg.receiver(s, 4096, batched=batched).recv()
     finally:
         s.close()
 
 
-def test_ipvs_socket_resolves_families_with_either_receiver(monkeypatch):
+def test_netlink_socket_resolves_families_with_either_receiver(monkeypatch):
     ids = {}
     for batched in (True, False):
         monkeypatch.setattr(recvmmsg, "BATCHED", batched)
-        with ipvs._GenlSocket(2.0, 1 << 16) as sock:
-            assert isinstance(sock.rx, recvmmsg._Single) != batched
-            ids[batched] = (sock.family_id("nlctrl"), sock.family_id("no-such-family"))
+        with nl.NetlinkSocket(nl.NETLINK_GENERIC) as sock:
+            assert isinstance(sock.transport.rx, recvmmsg._Single) != batched
+            got = nl.resolve_family(sock, "nlctrl")
+            ids[batched] = (got.id if got else None, nl.resolve_family(sock, "no-such-family"))
     assert ids[True] == ids[False] == (ipvs.GENL_ID_CTRL, None)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_netlink_socket_refuses_a_truncated_datagram(batched):
+    with nl.NetlinkSocket(nl.NETLINK_GENERIC, recv_size=64, batched=batched) as sock:
+        with pytest.raises(ParseError, match="larger than the receive buffer"):
+            nl.genl_families(sock)
 
 
 @pytest.mark.parametrize("batched", [True, False])
 def test_a_datagram_larger_than_the_buffer_is_flagged_truncated(batched):
     """The IPVS reader refuses truncated replies (MSG_TRUNC): both receivers must report it."""
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, ipvs.NETLINK_GENERIC)
+    s = _raw()
     try:
-        s.bind((0, 0))
         req = bytes((ipvs.CTRL_CMD_GETFAMILY, 1, 0, 0))
         s.send(struct.pack("=IHHII", 16 + len(req), ipvs.GENL_ID_CTRL,
                            ipvs.NLM_F_REQUEST | ipvs.NLM_F_DUMP, 1, 0) + req)

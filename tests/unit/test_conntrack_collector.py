@@ -15,6 +15,7 @@ from exporter.cli import PROG, all_options, build
 from exporter.collectors.base import REGISTRY
 from exporter.config import resolve
 from exporter.sources import conntrack as ct
+from exporter.sources import netlink as nl
 
 from tests.helpers.conntrack_fixtures import FIXTURES, ReplaySocket, expected, hex_buffers, proc_expected
 
@@ -36,7 +37,7 @@ def make(argv, replies=None, factory=None, procfs=FALLBACK):
     coll = gatherer.collectors["conntrack"]
     if factory is None:
         table = {t: hex_buffers(name) for t, name in replies.items()}
-        factory = lambda: ct.CtNetlink(sock=ReplaySocket(table))  # noqa: E731
+        factory = lambda: ct.CtNetlink(transport=ReplaySocket(table))  # noqa: E731
     coll.netlink_factory = factory
     return gatherer, stream
 
@@ -191,13 +192,13 @@ def test_states_time_budget_hit_says_partial():
     table[ct.MSG_CT_GET] = [m for b in table[ct.MSG_CT_GET] for m in _split_messages(b)]
 
     class SlowSocket(ReplaySocket):
-        def recv(self, n):
-            if self.sent[-1] == ct.MSG_CT_GET:
+        def recv(self):
+            if self.sent_types[-1] == ct.MSG_CT_GET:
                 time.sleep(0.01)
-            return super().recv(n)
+            return super().recv()
 
     g, _ = make(["--collector.conntrack.states", "--collector.conntrack.states.timeout=1ms"],
-                factory=lambda: ct.CtNetlink(sock=SlowSocket(table)))
+                factory=lambda: ct.CtNetlink(transport=SlowSocket(table)))
     s = scrape(g)
     assert value(s, "nodenet_conntrack_entries_by_state_partial") == 1
     total = sum(v for (n, _l), v in s.items() if n == "nodenet_conntrack_entries_by_state")
@@ -205,7 +206,7 @@ def test_states_time_budget_hit_says_partial():
 
 
 def _split_messages(buf: bytes) -> list[bytes]:
-    return [buf[start - 16:end] for _t, _f, _s, start, end in ct.iter_messages(buf)]
+    return [buf[start - 16:end] for _t, _f, _s, start, end in nl.iter_messages(buf)]
 
 
 def test_module_not_loaded_never_touches_netlink():

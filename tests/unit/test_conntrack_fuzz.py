@@ -1,4 +1,4 @@
-"""Fuzzing the conntrack parsers: any input gives a typed result or ConntrackParseError.
+"""Fuzzing the conntrack parsers: any input gives a typed result or ParseError.
 
 Inputs: random bytes/text, the captured kernel replies truncated, extended with garbage or
 with bytes flipped, and random (but well-framed) netlink messages with random attributes.
@@ -9,7 +9,9 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from exporter.sources import ParseError
 from exporter.sources import conntrack as ct
+from exporter.sources import netlink as nl
 from exporter.sources import netns
 
 from tests.helpers.conntrack_fixtures import hex_buffers, proc_text
@@ -30,7 +32,7 @@ def _decoders():
     yield ct.decode_stats
     yield ct.decode_exp_stats_cpu
     yield lambda b: ct.count_messages(b, (ct.MSG_EXP_NEW, ct.MSG_EXP_GET))
-    yield lambda b: list(ct.iter_messages(b))
+    yield lambda b: list(nl.iter_messages(b))
 
     def dump(b):
         c = ct.StateCounter()
@@ -50,7 +52,7 @@ def check_bytes(buf: bytes):
     for decode in _decoders():
         try:
             result = decode(buf)
-        except ct.ConntrackParseError:
+        except ParseError:
             continue
         assert isinstance(result, (ct.Reply, ct.StateCounter, list))
         if isinstance(result, ct.Reply):
@@ -62,7 +64,7 @@ def check_bytes(buf: bytes):
 def check_text(text: str):
     try:
         stat = ct.parse_proc_stat(text)
-    except ct.ConntrackParseError:
+    except ParseError:
         return
     assert isinstance(stat, ct.ProcStat) and stat.cpus
     for c in stat.cpus:

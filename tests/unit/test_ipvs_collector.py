@@ -18,6 +18,7 @@ from exporter.cli import PROG, all_options, build
 from exporter.collectors.base import REGISTRY
 from exporter.config import ConfigError, resolve
 from exporter.sources import ipvs
+from tests.helpers import ipvs_replay
 from tests.helpers.exporter_proc import parse_samples, sample
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,42 +33,24 @@ def chunks(name):
     return [bytes.fromhex(x) for x in (FIX / name).read_text().split()]
 
 
-class ReplaySocket:
-    """Stands in for exporter.sources.ipvs._GenlSocket, answering from the captured bytes."""
-    opened = 0
-
-    def __init__(self, timeout, recv_size):
-        ReplaySocket.opened += 1
-        self.services = [s for c in chunks("ipvs_services.hex") for s in ipvs.decode_services(c)]
-        self.by_key = {ipvs.service_key(s): i for i, s in enumerate(self.services)}
-        self.dest_requests = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def family_id(self, name):
-        assert name == "IPVS"
-        return 0x20
-
-    def dump(self, fam, cmd, attrs=b""):
-        assert fam == 0x20
-        if cmd == ipvs.IPVS_CMD_GET_SERVICE:
-            assert attrs == b""
-            for c in chunks("ipvs_services.hex"):
-                yield c, None
-        else:
-            assert cmd == ipvs.IPVS_CMD_GET_DEST
-            i = self.by_key[attrs]   # the request must name a service exactly as captured
-            for c in chunks("ipvs_dests_%02d.hex" % i):
-                yield c, None
+def kernel():
+    return ipvs_replay.from_fixtures(chunks)
 
 
-class NoSocket:
-    def __init__(self, *a, **k):
-        raise AssertionError("the IPVS family was opened although IPVS is absent")
+class Factories:
+    """Transport factories handed to the reader; counts the sockets opened."""
+
+    def __init__(self, make=None):
+        self.opened = 0
+        self.make = make or (lambda: kernel().transport())
+
+    def __call__(self):
+        self.opened += 1
+        return self.make()
+
+
+def no_socket():
+    raise AssertionError("the IPVS family was opened although IPVS is absent")
 
 
 @pytest.fixture
@@ -78,12 +61,12 @@ def present_tree(tmp_path):
     return tmp_path
 
 
-def scrape(tree, monkeypatch, sock=ReplaySocket, *flags):
-    monkeypatch.setattr(ipvs, "_GenlSocket", sock)
+def scrape(tree, monkeypatch, factory=None, *flags):
     argv = ["--collector.disable-defaults", "--collector.ipvs", f"--path.procfs={tree}/proc",
             f"--path.sysfs={tree}/sys", *flags]
     settings = resolve(all_options(), argv, PROG, __version__, set(REGISTRY))
     g = build(settings, log)
+    g.collectors["ipvs"].reader.transport_factory = factory or Factories()
     try:
         text = g.scrape().decode()
     finally:
@@ -107,7 +90,7 @@ def witness(name):
 def test_absent_ipvs_is_available_0_without_opening_netlink(tmp_path, monkeypatch):
     (tmp_path / "proc" / "net").mkdir(parents=True)
     (tmp_path / "sys" / "module").mkdir(parents=True)
-    text, s = scrape(tmp_path, monkeypatch, NoSocket)
+    text, s = scrape(tmp_path, monkeypatch, no_socket)
     assert sample(s, "nodenet_ipvs_available") == 0
     assert [n for (n, _) in s if n.startswith("nodenet_ipvs")] == ["nodenet_ipvs_available"]
 
@@ -180,7 +163,7 @@ def test_empty_service_and_weight_zero_backend(present_tree, monkeypatch):
 
 def test_backend_labels_sum_dropped_labels(present_tree, monkeypatch):
     _, full = scrape(present_tree, monkeypatch)
-    _, s = scrape(present_tree, monkeypatch, ReplaySocket,
+    _, s = scrape(present_tree, monkeypatch, None,
                   "--collector.ipvs.backend-labels=protocol,address,port,fwmark,family")
     for key, cols, dests in witness("ipvs_ipvsadm_stats.txt"):
         L = lbl(key)
@@ -202,7 +185,7 @@ def test_backend_labels_sum_dropped_labels(present_tree, monkeypatch):
 
 def test_backend_labels_only_backend_address(present_tree, monkeypatch):
     """Dropping the service labels sums a backend across the services it serves."""
-    _, s = scrape(present_tree, monkeypatch, ReplaySocket,
+    _, s = scrape(present_tree, monkeypatch, None,
                   "--collector.ipvs.backend-labels=backend_address")
     want = sum(int(d[0]) for _, _, ds in witness("ipvs_ipvsadm_stats.txt")
                for (a, _), d in ds if a == "127.20.0.1")
@@ -216,7 +199,7 @@ def test_unknown_backend_label_is_a_config_error():
 
 
 def test_per_service_only(present_tree, monkeypatch):
-    _, s = scrape(present_tree, monkeypatch, ReplaySocket, "--no-collector.ipvs.backends")
+    _, s = scrape(present_tree, monkeypatch, None, "--no-collector.ipvs.backends")
     assert not [k for k in s if k[0].startswith("nodenet_ipvs_backend_")]
     assert sample(s, "nodenet_ipvs_backends") == 22
     assert sample(s, "nodenet_ipvs_service_backends_available",
@@ -224,8 +207,8 @@ def test_per_service_only(present_tree, monkeypatch):
 
 
 def test_service_include_exclude(present_tree, monkeypatch):
-    ReplaySocket.opened = 0
-    _, s = scrape(present_tree, monkeypatch, ReplaySocket,
+    k = kernel()
+    _, s = scrape(present_tree, monkeypatch, Factories(k.transport),
                   r"--collector.ipvs.service-include=^(tcp/127\.|fwmark/)",
                   r"--collector.ipvs.service-exclude=:9999$|/ipv6$")
     services = {dict(ls)["address"] + "|" + dict(ls)["fwmark"] for (n, ls) in s
@@ -233,6 +216,8 @@ def test_service_include_exclude(present_tree, monkeypatch):
     assert services == {"127.10.0.1|", "127.10.0.2|", "127.10.0.3|", "|1"}
     assert sample(s, "nodenet_ipvs_services") == 4
     assert sample(s, "nodenet_ipvs_backends") == 4 + 2 + 2 + 2
+    # dropped services' destinations are never dumped
+    assert sum(1 for _t, cmd in k.requests if cmd == ipvs.IPVS_CMD_GET_DEST) == 4
 
 
 def test_ipv6_and_fwmark_labels(present_tree, monkeypatch):
@@ -248,22 +233,27 @@ def test_ipv6_and_fwmark_labels(present_tree, monkeypatch):
 
 
 def test_parse_error_fails_only_the_collector(present_tree, monkeypatch):
-    class Broken(ReplaySocket):
-        def dump(self, fam, cmd, attrs=b""):
-            for c, seq in super().dump(fam, cmd, attrs):
-                # a netlink length running past the end of the received data
-                yield struct.pack("=I", len(c) + 64) + c[4:], seq
-    monkeypatch.setattr(ipvs, "_GenlSocket", Broken)
+    k = kernel()
+
+    def broken(request):
+        got = k(request)
+        if request[16] != ipvs.IPVS_CMD_GET_DEST:
+            return got
+        # a netlink length running past the end of the received data
+        return [struct.pack("=I", len(c) + 64) + c[4:] for c in got]
+
     settings = resolve(all_options(), ["--collector.disable-defaults", "--collector.ipvs",
                                        f"--path.procfs={present_tree}/proc"], PROG, __version__,
                        set(REGISTRY))
     g = build(settings, log)
+    g.collectors["ipvs"].reader.transport_factory = lambda: ipvs_replay.nl.ReplayTransport(broken)
     try:
         s = parse_samples(g.scrape().decode())
     finally:
         g.close()
     assert sample(s, "nodenet_scrape_collector_success", collector="ipvs") == 0
-    assert g.status["ipvs"].last_error.startswith("IPVSParseError: bad netlink message length")
+    assert g.status["ipvs"].last_error.startswith("ParseError: IPVS reply: message at offset 0 "
+                                                  "has length")
 
 
 def test_exposition_equals_what_ipvsadm_implies(present_tree, monkeypatch):
@@ -278,8 +268,8 @@ def test_scan_lets_go_of_each_service_once_yielded(present_tree, monkeypatch):
     """Streaming consumers keep one service's decoded backends alive at a time (RSS at
     5,000 x 10, issue 8); read() still returns every service with its backends."""
     import gc
-    monkeypatch.setattr(ipvs, "_GenlSocket", ReplaySocket)
-    reader = ipvs.IPVSReader(str(present_tree / "proc"), str(present_tree / "sys"))
+    reader = ipvs.IPVSReader(str(present_tree / "proc"), str(present_tree / "sys"),
+                             transport_factory=lambda: kernel().transport())
     refs = []
     for svc in reader.scan():
         # a service yielded before this one is referred to by the test's list only

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings, strategies as st, HealthCheck
 
-from exporter.sources import ipvs
+from exporter.sources import NetlinkError, ParseError, ipvs
+
+DECODE_ERRORS = (ParseError, NetlinkError)
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures" / "netlink"
@@ -28,12 +30,14 @@ def chunks(name):
     return [bytes.fromhex(x) for x in (FIX / name).read_text().split()]
 
 
-def load_table():
-    """services with .backends, decoded from the captured bytes."""
-    services = [s for c in chunks("ipvs_services.hex") for s in ipvs.decode_services(c)]
+def load_table(layouts=None):
+    """services with .backends, decoded from the captured bytes (with the accelerator when
+    `layouts` is an ipvs.Layouts, else by the generic walker)."""
+    services = [s for c in chunks("ipvs_services.hex")
+                for s in ipvs.decode_services(c, layouts=layouts)]
     for i, s in enumerate(services):
         s.backends = [d for c in chunks("ipvs_dests_%02d.hex" % i)
-                      for d in ipvs.decode_dests(c, s.family)]
+                      for d in ipvs.decode_dests(c, s.family, layouts=layouts)]
     return services
 
 
@@ -244,7 +248,7 @@ def test_dest_without_addr_family_uses_service_family():
 
 def test_kernel_error_message_raises_kernel_error():
     msg = struct.pack("=IHHII", 36, ipvs.NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", -2) + bytes(16)
-    with pytest.raises(ipvs.IPVSKernelError) as ei:
+    with pytest.raises(NetlinkError) as ei:
         ipvs.decode_services(msg)
     assert ei.value.errno == 2
 
@@ -257,7 +261,7 @@ def test_every_truncation_is_a_parse_error_or_a_prefix(name):
     for n in range(len(data)):
         try:
             got = dec(data[:n])
-        except ipvs.IPVSParseError:
+        except ParseError:
             continue
         # a cut exactly on a message boundary decodes the messages before it
         assert got == full[:len(got)], n
@@ -276,10 +280,13 @@ def test_fuzz_mutated_replies(seed, flips, cut, tail):
         if pos < len(data):
             data[pos] = val
     data = bytes(data[:cut]) + tail
-    for dec in (ipvs.decode_services, lambda b: ipvs.decode_dests(b, 10)):
+    lay = ipvs.Layouts()
+    for dec in (ipvs.decode_services, lambda b: ipvs.decode_dests(b, 10),
+                lambda b: ipvs.decode_services(b, layouts=lay),
+                lambda b: ipvs.decode_dests(b, 10, layouts=lay)):
         try:
             res = dec(data)
-        except ipvs.IPVSError:
+        except DECODE_ERRORS:
             continue
         assert isinstance(res, list)
 
@@ -287,19 +294,23 @@ def test_fuzz_mutated_replies(seed, flips, cut, tail):
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=512))
 def test_fuzz_garbage(data):
-    for dec in (ipvs.decode_services, lambda b: ipvs.decode_dests(b, 2)):
+    lay = ipvs.Layouts()
+    load_table(lay)   # with the kernel's layouts compiled
+    for dec in (ipvs.decode_services, lambda b: ipvs.decode_dests(b, 2),
+                lambda b: ipvs.decode_services(b, layouts=lay),
+                lambda b: ipvs.decode_dests(b, 2, layouts=lay)):
         try:
             assert isinstance(dec(data), list)
-        except ipvs.IPVSError:
+        except DECODE_ERRORS:
             pass
 
 
 def test_compiled_layouts_equal_generic_decoder(monkeypatch):
     """The fast path (compiled layouts) must decode every captured message exactly as the
     generic attribute walker does, and must actually be used for the kernel's messages."""
-    fast = load_table()
-    assert any(k[0] == "dst" for k in ipvs._templates) and any(k[0] == "svc" for k in ipvs._templates)
-    monkeypatch.setattr(ipvs, "FAST", False)
+    lay = ipvs.Layouts()
+    fast = load_table(lay)
+    assert any(k[0] == "dst" for k in lay.templates) and any(k[0] == "svc" for k in lay.templates)
     slow = load_table()
     assert fast == slow
     assert sum(len(s.backends) for s in slow) == 22
@@ -308,45 +319,47 @@ def test_compiled_layouts_equal_generic_decoder(monkeypatch):
 def test_layout_mismatch_falls_back_to_generic():
     """A message with the compiled length but other attribute types is not misread."""
     data = chunks("ipvs_dests_04.hex")[0]
-    want = ipvs.decode_dests(data, 2)                # compiles the layout
+    lay = ipvs.Layouts()
+    want = ipvs.decode_dests(data, 2, layouts=lay)   # compiles the layout
     k = next(i for i, b in enumerate(want) if b.weight)
     s, e = list(ipvs.iter_genl_payloads(data))[k]
     a = ipvs._nlas(data, s + 4, e)                   # inside the DEST nest
     ws, we = a[ipvs.DST_WEIGHT]
     mutated = bytearray(data)
     struct.pack_into("=H", mutated, ws - 2, 0x3F00)  # unknown attribute type, same length
-    got = ipvs.decode_dests(bytes(mutated), 2)
+    got = ipvs.decode_dests(bytes(mutated), 2, layouts=lay)
     assert got[k].weight == 0
     assert got[:k] + got[k + 1:] == want[:k] + want[k + 1:]
     got[k].weight = want[k].weight
     assert got[k] == want[k]
 
 
-# --- the whole-chunk fast path (_uniform_dests: one skeleton check for k messages) -----------
+# --- the whole-chunk fast path (Layouts.uniform_dests: one skeleton check for k messages) ---
 UNIFORM = chunks("ipvs_dests_04.hex")[0]            # 4 destinations of one shape, seq 8
+LAYOUTS = ipvs.Layouts()                            # compiled from UNIFORM below
 DONE_8 = chunks("ipvs_dests_04.hex")[1]             # its NLMSG_DONE
 
 
 def _decode_both(data, seq, monkeypatch):
     """(result or exception type) of decode_dests with and without the fast paths."""
     out = []
-    for fast in (True, False):
-        monkeypatch.setattr(ipvs, "FAST", fast)
+    for layouts in (LAYOUTS, None):
         try:
-            out.append(ipvs.decode_dests(data, 2, seq))
-        except ipvs.IPVSError as e:
+            out.append(ipvs.decode_dests(data, 2, seq, layouts))
+        except DECODE_ERRORS as e:
             out.append(type(e))
     return out
 
 
 def test_uniform_chunk_takes_the_whole_chunk_path(monkeypatch):
-    ipvs.decode_dests(UNIFORM, 2)                   # compiles the layout
+    lay = ipvs.Layouts()
+    ipvs.decode_dests(UNIFORM, 2, layouts=lay)      # compiles the layout
     calls = []
-    real = ipvs._uniform_dests
-    monkeypatch.setattr(ipvs, "_uniform_dests", lambda *a: calls.append(real(*a)) or calls[-1])
-    got = ipvs.decode_dests(UNIFORM, 2, 8)
+    real = lay.uniform_dests
+    monkeypatch.setattr(lay, "uniform_dests", lambda *a: calls.append(real(*a)) or calls[-1])
+    got = ipvs.decode_dests(UNIFORM, 2, 8, lay)
     assert calls and calls[0] is not None and len(got) == 4
-    assert ipvs.decode_dests(UNIFORM + DONE_8, 2, 8) == got      # a reply held in one buffer
+    assert ipvs.decode_dests(UNIFORM + DONE_8, 2, 8, lay) == got   # a reply held in one buffer
     assert calls[-1] is not None
 
 
@@ -362,7 +375,7 @@ def test_uniform_chunk_takes_the_whole_chunk_path(monkeypatch):
 def test_uniform_path_equals_generic_decoder(monkeypatch, flips, other_seq, tail, seq):
     """Whatever is changed in a uniform chunk (a header word, a value, padding, one message's
     seq, what ends the chunk), the whole-chunk path decodes it as the generic walker does."""
-    ipvs.decode_dests(UNIFORM, 2)
+    ipvs.decode_dests(UNIFORM, 2, layouts=LAYOUTS)
     data = bytearray(UNIFORM)
     for pos, val in flips:
         data[pos] = val

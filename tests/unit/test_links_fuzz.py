@@ -1,5 +1,5 @@
 """Fuzzing the rtnetlink decoders (issue 7): garbage, truncated, mutated and attribute-soup input
-either decodes to typed results or raises the module's own errors (LinkParseError for bytes it
+either decodes to typed results or raises the module's own errors (ParseError for bytes it
 cannot understand, NetlinkError when the bytes carry a kernel error) - never anything else.
 Whatever decodes must also go through the collector and the exposition writer.
 """
@@ -19,7 +19,7 @@ from exporter.collectors.netdev import NetdevCollector, UnderlayResolver
 from exporter.config import resolve
 from exporter.metrics import ExpositionWriter
 from exporter.sources import ParseError
-from exporter.sources.links import (Link, LinkParseError, NetlinkError, Route,
+from exporter.sources.links import (Link, NetlinkError, Route,
                                     parse_link_dump, parse_link_messages, parse_route_messages)
 from nlbuild_netdev import attr, done, load_hex, nest, nlmsg, string
 
@@ -52,7 +52,7 @@ class NoRoutes:
 def check_links(data):
     try:
         links = parse_link_dump(data)
-    except (LinkParseError, NetlinkError) as exc:
+    except (ParseError, NetlinkError) as exc:
         assert isinstance(exc, (ParseError, OSError))
         return None
     assert all(isinstance(link, Link) for link in links)
@@ -71,11 +71,11 @@ def test_garbage(data):
     check_links(data)
     try:
         parse_route_messages(data)
-    except (LinkParseError, NetlinkError):
+    except (ParseError, NetlinkError):
         pass
     try:
         parse_link_messages(data)
-    except (LinkParseError, NetlinkError):
+    except (ParseError, NetlinkError):
         pass
 
 
@@ -173,7 +173,7 @@ def test_attribute_soup(messages):
 def test_route_soup(messages):
     try:
         routes = parse_route_messages(b"".join(messages))
-    except (LinkParseError, NetlinkError):
+    except (ParseError, NetlinkError):
         return
     assert all(isinstance(r, Route) for r in routes)
 

@@ -286,3 +286,80 @@ def test_hex_round_trip(tmp_path):
     p = tmp_path / "x.hex"
     p.write_text(nl.format_hex(data, "captured\nby a test"))
     assert nl.load_hex(str(p)) == data
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(st.tuples(st.integers(1, 40), st.binary(max_size=12)), max_size=12))
+def test_attr_index_and_at_getters_agree_with_attrs_and_span_getters(items):
+    data = b"".join(nl.attr(t, p) for t, p in items)
+    spans = nl.attrs(data, 0, len(data))
+    index = nl.attr_index(data, 0, len(data))
+    assert {t: nl.span(data, off) for t, off in index.items()} == spans
+    for t, off in index.items():
+        for at, plain in ((nl.u8_at, nl.u8), (nl.u16_at, nl.u16), (nl.u32_at, nl.u32),
+                          (nl.s32_at, nl.s32), (nl.u64_at, nl.u64)):
+            try:
+                want = plain(data, spans[t])
+            except ParseError:
+                with pytest.raises(ParseError):
+                    at(data, off)
+            else:
+                assert at(data, off) == want
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.lists(st.binary(max_size=24), min_size=1, max_size=6), st.booleans(), st.booleans(),
+       st.integers(0, 2**32 - 1))
+def test_replay_sets_every_sequence_number(payloads, same_length, with_done, seq):
+    """Equal-length messages (rewritten in one slice, a trailing DONE too) and mixed ones
+    (walked) alike."""
+    if same_length:
+        payloads = [payloads[0]] * len(payloads)
+    data = b"".join(msg(20, seq=1, payload=p) for p in payloads)
+    if with_done:
+        data += done(1)
+    got = nl._with_seq(data, seq)
+    n = len(payloads) + with_done
+    assert [q for _t, _f, q, _s, _e in nl.iter_messages(got)] == [seq] * n
+    assert [got[s:e] for *_x, s, e in nl.iter_messages(got)][:len(payloads)] == payloads
+
+
+# --- the shape of the code: one netlink socket, one error vocabulary -------------------------
+
+EXPORTER = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "exporter")
+
+
+def _sources():
+    for dirpath, _dirs, files in os.walk(EXPORTER):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(dirpath, f)
+                with open(path) as fh:
+                    yield os.path.relpath(path, EXPORTER), fh.read()
+
+
+def test_no_netlink_socket_outside_sources_netlink():
+    import ast
+    offenders = []
+    for rel, text in _sources():
+        for node in ast.walk(ast.parse(text)):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "socket"
+                    and any("AF_NETLINK" in ast.dump(a) for a in node.args)):
+                offenders.append(f"{rel}:{node.lineno}")
+    assert offenders == ["sources/netlink.py:" + offenders[0].split(":")[1]], offenders
+
+
+def test_sources_define_no_error_types_of_their_own():
+    """ParseError, NetlinkError and Unavailable (exporter/sources/__init__.py) are the
+    readers' whole vocabulary: no per-family alias comes back."""
+    import ast
+    extra = []
+    for rel, text in _sources():
+        if not rel.startswith("sources/") or rel == "sources/__init__.py":
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and any(
+                    isinstance(b, ast.Name) and (b.id.endswith("Error") or b.id == "Exception")
+                    for b in node.bases):
+                extra.append(f"{rel}: {node.name}")
+    assert extra == []

@@ -132,3 +132,57 @@ def test_a_scrape_s_families_are_freed_once_it_is_rendered():
         assert b't_value{who="x"} 1' in g.scrape()
     gc.collect()
     assert len(refs) == 3 and all(r() is None for r in refs)
+
+
+AVAIL = Metric("t_subsystem_available", GAUGE, "1 if the test subsystem is present.")
+
+
+class Flaky(Collector):
+    """Absent (sources.Unavailable, raised after a family was already yielded) until told
+    otherwise; the framework must report availability 0 with success 1, log once."""
+
+    availability_metric = AVAIL
+
+    def __init__(self, events):
+        class Log:
+            def info(self, event, **kw):
+                events.append((event, kw))
+        self.ctx, self.log, self._available = None, Log(), None
+        self.present = False
+
+    def collect(self):
+        from exporter.sources import Unavailable
+        yield VALUE.single(1, "partial")
+        if not self.present:
+            raise Unavailable("module not loaded")
+        yield self.availability(AVAIL, True)
+
+
+def test_unavailable_is_available_0_success_1_logged_once():
+    events = []
+    flaky = Flaky(events)
+    g = make(flaky=flaky)
+    for _ in range(3):
+        s = parse_samples(g.scrape().decode())
+        assert sample(s, "nodenet_scrape_collector_success", collector="flaky") == 1
+        assert sample(s, "t_subsystem_available") == 0
+        assert sample(s, "t_value", who="partial") is None   # nothing of a half collection
+    assert events == [("subsystem not available on this node", {"reason": "module not loaded"})]
+    flaky.present = True
+    s = parse_samples(g.scrape().decode())
+    assert sample(s, "t_subsystem_available") == 1 and sample(s, "t_value", who="partial") == 1
+    assert events[-1] == ("subsystem available again", {})
+
+
+def test_unavailable_without_an_availability_metric_is_a_failure():
+    from exporter.sources import Unavailable
+
+    class Bare(Fixed):
+        def collect(self):
+            raise Unavailable("nothing here")
+            yield
+
+    g = make(bare=Bare())
+    s = parse_samples(g.scrape().decode())
+    assert sample(s, "nodenet_scrape_collector_success", collector="bare") == 0
+    assert g.status["bare"].last_error == "Unavailable: nothing here"

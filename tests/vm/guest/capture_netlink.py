@@ -5,7 +5,7 @@
 Writes OUTDIR/ipvs_services.hex (the IPVS_CMD_GET_SERVICE dump: one received chunk per line,
 hex) and OUTDIR/ipvs_dests_<n>.hex per service (IPVS_CMD_GET_DEST), plus
 OUTDIR/ipvs_ctrl_getfamily.hex, and OUTDIR/index.json naming each file's service.
-Uses only the socket layer of exporter.sources.ipvs (no decoding is trusted here beyond
+Uses only exporter.sources.netlink and ipvs.dump (no decoding is trusted here beyond
 what is needed to send the per-service requests).
 """
 import json
@@ -13,6 +13,7 @@ import os
 import sys
 
 from exporter.sources import ipvs
+from exporter.sources import netlink as nl
 
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
@@ -24,12 +25,17 @@ def write(name, chunks):
             f.write(c.hex() + "\n")
 
 
-with ipvs._GenlSocket(10.0, 1 << 16) as sock:
-    seq = sock._send(ipvs.GENL_ID_CTRL, ipvs.NLM_F_REQUEST, ipvs.CTRL_CMD_GETFAMILY, 1,
-                     ipvs._nla(ipvs.CTRL_ATTR_FAMILY_NAME, b"IPVS\0"))
-    write("ipvs_ctrl_getfamily.hex", list(sock._replies(seq)))
-    fam = sock.family_id("IPVS")
-    chunks = [c for c, _ in sock.dump(fam, ipvs.IPVS_CMD_GET_SERVICE)]
+with nl.NetlinkSocket(nl.NETLINK_GENERIC, timeout=10.0) as sock:
+    # the by-name request, for the fixture only (the reader resolves by dump)
+    reply = sock.send(nl.GENL_ID_CTRL, 0, nl.genl_header(nl.CTRL_CMD_GETFAMILY)
+                      + nl.attr_str(nl.CTRL_ATTR_FAMILY_NAME, "IPVS"))
+    got = []
+    for d in sock.datagrams(reply):
+        reply.scan(d)
+        got.append(d)
+    write("ipvs_ctrl_getfamily.hex", got)
+    fam = nl.resolve_family(sock, "IPVS").id
+    chunks = [c for c, _ in ipvs.dump(sock, fam, ipvs.IPVS_CMD_GET_SERVICE)]
     write("ipvs_services.hex", chunks)
     services = []
     for c in chunks:
@@ -37,7 +43,8 @@ with ipvs._GenlSocket(10.0, 1 << 16) as sock:
     index = []
     for i, svc in enumerate(services):
         name = "ipvs_dests_%02d.hex" % i
-        write(name, [c for c, _ in sock.dump(fam, ipvs.IPVS_CMD_GET_DEST, ipvs.service_key(svc))])
+        write(name, [c for c, _ in ipvs.dump(sock, fam, ipvs.IPVS_CMD_GET_DEST,
+                                             ipvs.service_key(svc))])
         index.append({"file": name, "family": svc.family, "protocol": svc.protocol_name,
                       "address": svc.address, "port": svc.port, "fwmark": svc.fwmark})
 with open(os.path.join(out, "index.json"), "w") as f:

@@ -188,18 +188,18 @@ def absent_scenario():
     write("absent/exporter.prom", scrapes[-1])
     res["modules_after_scrapes"] = modules()
     # the reader's family resolution alone (bypassing the presence check) must not load it
-    from exporter.sources import ipvs
-    with ipvs._GenlSocket(5.0, 1 << 16) as s:
-        res["dump_resolution_id"] = s.family_id("IPVS")
+    from exporter.sources import netlink as nl
+    with nl.NetlinkSocket(nl.NETLINK_GENERIC, timeout=5.0) as s:
+        fam = nl.resolve_family(s, "IPVS")
+        res["dump_resolution_id"] = fam.id if fam else None
     res["modules_after_dump_resolution"] = modules()
     ex.send_signal(signal.SIGTERM)
     res["exporter_rc"] = ex.wait(timeout=30)
     # control: the by-name request (what pyroute2's IPVS() does) does load it in this guest
-    with ipvs._GenlSocket(5.0, 1 << 16) as s:
-        seq = s._send(ipvs.GENL_ID_CTRL, ipvs.NLM_F_REQUEST, ipvs.CTRL_CMD_GETFAMILY, 1,
-                      ipvs._nla(ipvs.CTRL_ATTR_FAMILY_NAME, b"IPVS\0"))
+    with nl.NetlinkSocket(nl.NETLINK_GENERIC, timeout=5.0) as s:
         try:
-            list(s._replies(seq))
+            s.request(nl.GENL_ID_CTRL, nl.genl_header(nl.CTRL_CMD_GETFAMILY)
+                      + nl.attr_str(nl.CTRL_ATTR_FAMILY_NAME, "IPVS"))
             res["control_request"] = "answered"
         except OSError as e:
             res["control_request"] = f"error {e}"
