@@ -1,0 +1,265 @@
+"""The pod view: refusal counters of every other network namespace (pods), read from outside.
+
+Enabled with ``--collector.netns`` (default off).  Discovery (:func:`sources.netns.discover_pods`)
+lists the namespaces under ``--collector.netns.dirs`` (default /run/netns) and, with hostPID,
+those of every process in ``/proc/<pid>/ns/net``, distinct by nsfs inode, the exporter's own
+left out, at most ``--collector.netns.max`` (default 200).  Each is read through one member
+process's ``/proc/<pid>/net/{snmp,netstat,snmp6,sockstat,sockstat6,dev}`` (no setns, tens of
+microseconds); one known only as a bind mount (no member process) is read by entering it
+(setns, CAP_SYS_ADMIN) from a short-lived thread, else counted in ``nodenet_netns_unread``.
+
+Series per namespace at default flags (labels netns, netns_inode, pod_uid as
+``nodenet_conntrack_netns_entries``): 3 TCP counters + 3 x 2 UDP/IP counters per family
++ 2 TCP in-use + 1 TIME_WAIT + 4 per interface (lo excluded): 16 with one eth0.
+``--collector.netns.counters`` (a regex over the ``netstat`` collector's metric names) adds
+more of that allowlist.
+
+Privilege (docs/podview.md): hostPID for /proc discovery.  Without CAP_SYS_PTRACE, the ns link
+of a process of another uid (a pod's pause process runs as 65535) is refused while its
+/proc/<pid>/net files are readable: such namespaces are still found (grouped by the inode of
+/proc/<pid>/net/dev, one per namespace) and read, with ``netns_inode`` "" (counted in
+``nodenet_netns_inode_unknown``, said once in the log); one without a pod UID either cannot
+be told apart honestly and is counted as unread (reason ``identity``).
+
+A namespace that vanishes mid-read (its process exited, the pid now names another namespace)
+is simply absent.  The time budget (``--collector.netns.timeout``) stops the walk:
+``nodenet_netns_partial`` 1 and the rest counted as unread (reason ``time_budget``).
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from ..config import (
+    Option,
+    parse_bool,
+    parse_duration,
+    parse_list,
+    parse_positive_int,
+    parse_regex,
+)
+from ..metrics import COUNTER, GAUGE, Metric
+from ..sources import netns, procfs
+from ..sources import sockstat as ss
+from ..sources.procnetdev import parse_net_dev
+from . import netstat
+from .base import Collector, register
+
+NS_LABELS = ("netns", "netns_inode", "pod_uid")
+_WHERE = (" In a pod's (or any other) network namespace, read from outside through a member "
+          "process's /proc/<pid>/net; netns is the name under /run/netns if any, netns_inode "
+          "the namespace's inode (\"\" without CAP_SYS_PTRACE), pod_uid from its cgroup.")
+
+
+def pod_metric(m: Metric) -> Metric:
+    """The pod-view twin of a node metric: nodenet_x -> nodenet_netns_x, namespace labels first."""
+    help_ = m.help.replace(" Per network namespace.", "")
+    return Metric("nodenet_netns_" + m.name[len("nodenet_"):], m.type, help_ + _WHERE,
+                  NS_LABELS + m.labels)
+
+
+POD_COUNTERS = {m.name: pod_metric(m) for m in netstat.METRICS}
+DEFAULT_COUNTERS = ("nodenet_tcp_listen_overflows_total", "nodenet_tcp_listen_drops_total",
+                    "nodenet_tcp_retransmitted_segments_total",
+                    "nodenet_udp_receive_buffer_errors_total", "nodenet_udp_in_errors_total",
+                    "nodenet_ip_reassembly_failures_total")
+TCP_INUSE = Metric("nodenet_netns_tcp_sockets_in_use", GAUGE,
+                   "TCP sockets in use (not TIME_WAIT), by family (sockstat TCP/TCP6 inuse)."
+                   + _WHERE, NS_LABELS + ("family",))
+TW = Metric("nodenet_netns_tcp_timewait_sockets", GAUGE,
+            "TCP sockets in TIME_WAIT, IPv4 and IPv6 (sockstat tw)." + _WHERE, NS_LABELS)
+_IF = NS_LABELS + ("interface",)
+_DEV = " of the namespace's own interface (/proc/<pid>/net/dev; lo excluded)."
+IF_RX_DROPS = Metric("nodenet_netns_interface_receive_drops_total", COUNTER,
+                     "Received packets dropped" + _DEV + _WHERE, _IF)
+IF_RX_ERRORS = Metric("nodenet_netns_interface_receive_errors_total", COUNTER,
+                      "Receive errors" + _DEV + _WHERE, _IF)
+IF_TX_DROPS = Metric("nodenet_netns_interface_transmit_drops_total", COUNTER,
+                     "Packets dropped on transmit" + _DEV + _WHERE, _IF)
+IF_TX_ERRORS = Metric("nodenet_netns_interface_transmit_errors_total", COUNTER,
+                      "Transmit errors" + _DEV + _WHERE, _IF)
+FOUND = Metric("nodenet_netns_namespaces", GAUGE,
+               "Network namespaces found other than the exporter's own (/run/netns and, with "
+               "hostPID, /proc/<pid>/ns/net, distinct), read or not.")
+UNREAD = Metric("nodenet_netns_unread", GAUGE,
+                "Namespaces found but not exported, by reason: setns (only a bind mount, and "
+                "entering it was refused: CAP_SYS_ADMIN), identity (no readable ns link and no "
+                "pod UID: CAP_SYS_PTRACE), max (over --collector.netns.max), time_budget.",
+                ("reason",))
+PARTIAL = Metric("nodenet_netns_partial", GAUGE,
+                 "1 if the last walk stopped at its time budget (--collector.netns.timeout): "
+                 "the namespace series cover only the namespaces read before it.")
+INODE_UNKNOWN = Metric("nodenet_netns_inode_unknown", GAUGE,
+                       "Namespaces exported with netns_inode \"\": their processes' "
+                       "/proc/<pid>/ns/net was refused (another uid, no CAP_SYS_PTRACE).")
+REASONS = ("setns", "identity", "max", "time_budget")
+OWN_NET = "/proc/thread-self/net"
+
+
+def read_namespace(net_dir: str, rows, want) -> list[tuple[Metric, tuple, int]]:
+    """(metric, label values without the namespace labels, value) from one namespace's net
+    directory.  OSError (the process is gone) propagates: the caller drops the namespace."""
+    out: list[tuple[Metric, tuple, int]] = []
+    mibs, _ = netstat.read_mibs(net_dir, want)
+    for metric, labels, value in netstat.counter_values(mibs, rows):
+        out.append((metric, labels, value))
+    for family, file, tcp in (("ipv4", "sockstat", "TCP"), ("ipv6", "sockstat6", "TCP6")):
+        try:
+            st = ss.parse_sockstat(procfs.read_text(os.path.join(net_dir, file)), file)
+        except FileNotFoundError:
+            continue
+        inuse = st.get(tcp, "inuse")
+        if inuse is not None:
+            out.append((TCP_INUSE, (family,), inuse))
+        tw = st.get("TCP", "tw") if family == "ipv4" else None
+        if tw is not None:
+            out.append((TW, (), tw))
+    dev = parse_net_dev(procfs.read_text(os.path.join(net_dir, "dev")))
+    for name, c in dev.interfaces.items():
+        if name == "lo":
+            continue
+        key = (name,)
+        out.extend(((IF_RX_DROPS, key, c.rx_drops), (IF_RX_ERRORS, key, c.rx_errors),
+                    (IF_TX_DROPS, key, c.tx_drops), (IF_TX_ERRORS, key, c.tx_errors)))
+    return out
+
+
+@register
+class NetnsCollector(Collector):
+    name = "netns"
+    default_enabled = False
+    description = ("The pod view: refusal counters (listen overflows, UDP buffer errors, "
+                   "retransmits, interface drops) of every other network namespace")
+    source = "/run/netns, /proc/<pid>/ns/net, /proc/<pid>/net/{snmp,snmp6,netstat,sockstat,dev}"
+    metrics = (*(POD_COUNTERS[n] for n in DEFAULT_COUNTERS), TCP_INUSE, TW, IF_RX_DROPS,
+               IF_RX_ERRORS, IF_TX_DROPS, IF_TX_ERRORS, FOUND, UNREAD, PARTIAL, INODE_UNKNOWN,
+               *(m for n, m in POD_COUNTERS.items() if n not in DEFAULT_COUNTERS))
+    options = (
+        Option("collector.netns.max", parse_positive_int, 200,
+               "Most network namespaces read per scrape (the rest counted as unread)"),
+        Option("collector.netns.dirs", parse_list, ["/run/netns"],
+               "Directories of named network namespaces (bind mounts)"),
+        Option("collector.netns.counters", parse_regex, "",
+               "Regex over the netstat collector's metric names: more counters per namespace "
+               "on top of the default six (each costs one series per namespace and family)"),
+        Option("collector.netns.timeout", parse_duration, 1.0,
+               "Time budget of one walk over the namespaces (partial results beyond it)"),
+        Option("collector.netns.sockets", parse_bool, False,
+               "Also the listener and UDP-server series inside each namespace (sock_diag "
+               "after setns: CAP_SYS_ADMIN and, for pods of another uid, CAP_SYS_PTRACE)"),
+    )
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        s = ctx.settings
+        self.max = s["collector.netns.max"]
+        self.dirs = s["collector.netns.dirs"]
+        self.timeout = s["collector.netns.timeout"]
+        self.sockets = s["collector.netns.sockets"]
+        extra = s["collector.netns.counters"]
+        names = set(DEFAULT_COUNTERS)
+        if extra:
+            names |= {n for n in POD_COUNTERS if re.fullmatch(extra, n)}
+        self.rows = tuple((POD_COUNTERS[m.name], labels, file, section, field)
+                          for m, labels, file, section, field in netstat.COUNTERS
+                          if m.name in names)
+        self.want = netstat.wanted(self.rows)
+        self._said: dict[str, str | None] = {}
+
+    def _say(self, key: str, message: str | None) -> None:
+        if self._said.get(key) != message:
+            if message:
+                self.log.warning(message)
+            self._said[key] = message
+
+    def _own(self) -> tuple[int | None, int | None]:
+        try:
+            own = os.stat("/proc/self/ns/net").st_ino
+        except OSError:
+            own = None
+        return own, netns.proc_net_inode(self.ctx.procfs, "self")
+
+    def collect(self):
+        t0 = time.monotonic()
+        deadline = t0 + self.timeout
+        own, own_proc = self._own()
+        found = netns.discover_pods(self.dirs, self.ctx.procfs, own, own_proc)
+        chosen = found.namespaces[: self.max]
+        unread = dict.fromkeys(REASONS, 0)
+        unread["max"] = len(found.namespaces) - len(chosen)
+        netns.fill_pod_uids(chosen, self.ctx.procfs)  # type: ignore[arg-type]
+        results: list[tuple[netns.PodNamespace, list]] = []
+        partial = False
+
+        # 1. bind mounts without a member process: enter them (setns), read our own view
+        mounts: list[netns.Namespace] = [ns for ns in chosen if ns.pid is None]
+        entered_proc: set[int] = set()
+        if mounts:
+            def read_inside(ns):
+                ino = os.stat(os.path.join(OWN_NET, "dev")).st_ino
+                return ino, read_namespace(OWN_NET, self.rows, self.want)
+
+            done, skipped = netns.run_in_namespaces(list(mounts), read_inside, deadline)
+            for ns, (ino, values) in done:
+                entered_proc.add(ino)
+                results.append((ns, values))  # type: ignore[arg-type]
+            for why in skipped:
+                if why.endswith(": time budget"):
+                    unread["time_budget"] += 1
+                    partial = True
+                elif not why.endswith(": gone"):
+                    unread["setns"] += 1
+            self._say("setns", None if not unread["setns"] else
+                      f"{unread['setns']} network namespaces known only as bind mounts could "
+                      f"not be entered (setns needs CAP_SYS_ADMIN): {'; '.join(skipped[:3])}")
+
+        # 2. namespaces with a member process: its /proc/<pid>/net, no setns
+        for ns in chosen:
+            if ns.pid is None:
+                continue
+            if time.monotonic() > deadline:
+                unread["time_budget"] += 1
+                partial = True
+                continue
+            if ns.inode == 0 and (ns.proc_inode in entered_proc or not ns.pod_uid):
+                if ns.proc_inode not in entered_proc:
+                    unread["identity"] += 1
+                continue
+            base = os.path.join(self.ctx.procfs, str(ns.pid), "net")
+            try:
+                before = os.stat(os.path.join(base, "dev")).st_ino
+                values = read_namespace(base, self.rows, self.want)
+                after = os.stat(os.path.join(base, "dev")).st_ino
+            except OSError:
+                continue  # the process exited: the namespace is simply absent
+            if before != after or (ns.proc_inode is not None and before != ns.proc_inode):
+                continue  # the pid was reused by a process of another namespace
+            results.append((ns, values))
+
+        hidden = sum(1 for ns, _ in results if ns.inode == 0)
+        self._say("ptrace", None if not found.refused else
+                  f"{found.refused} network namespaces seen only through processes whose "
+                  "/proc/<pid>/ns/net is refused (another uid, no CAP_SYS_PTRACE): read "
+                  "through /proc/<pid>/net with netns_inode \"\", not exported without a pod "
+                  "UID (nodenet_netns_unread{reason=\"identity\"})")
+        return self._families(results, found, unread, partial, hidden)
+
+    def _families(self, results, found, unread, partial, hidden):
+        fams: dict[Metric, object] = {}
+        for ns, values in results:
+            head = (ns.name, str(ns.inode) if ns.inode else "", ns.pod_uid)
+            for metric, labels, value in values:
+                fam = fams.get(metric)
+                if fam is None:
+                    fam = fams[metric] = metric.family()
+                fam.add(head + labels, value)  # type: ignore[attr-defined]
+        out = list(fams.values())
+        out.append(FOUND.single(len(found.namespaces)))
+        fam = UNREAD.family()
+        for reason in REASONS:
+            fam.add((reason,), unread[reason])
+        out.append(fam)
+        out.append(PARTIAL.single(1 if partial else 0))
+        out.append(INODE_UNKNOWN.single(hidden))
+        return out
