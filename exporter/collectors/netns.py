@@ -40,10 +40,12 @@ from ..config import (
     parse_regex,
 )
 from ..metrics import COUNTER, GAUGE, Metric
+from ..sources import netlink as nl
 from ..sources import netns, procfs
 from ..sources import sockstat as ss
 from ..sources.procnetdev import parse_net_dev
 from . import netstat
+from . import sockets as sockets_mod
 from .base import Collector, register
 
 NS_LABELS = ("netns", "netns_inode", "pod_uid")
@@ -93,6 +95,21 @@ PARTIAL = Metric("nodenet_netns_partial", GAUGE,
 INODE_UNKNOWN = Metric("nodenet_netns_inode_unknown", GAUGE,
                        "Namespaces exported with netns_inode \"\": their processes' "
                        "/proc/<pid>/ns/net was refused (another uid, no CAP_SYS_PTRACE).")
+_SOCK = (" Inside the namespace, from sock_diag after setns (--collector.netns.sockets: "
+         "CAP_SYS_ADMIN).")
+POD_LISTEN_QUEUE = Metric("nodenet_netns_tcp_listen_queue_length", GAUGE,
+                          "Connections waiting for accept() on a TCP listener (idiag_rqueue)."
+                          + _SOCK, NS_LABELS + ("address", "port"))
+POD_LISTEN_LIMIT = Metric("nodenet_netns_tcp_listen_queue_limit", GAUGE,
+                          "A TCP listener's accept backlog (idiag_wqueue)." + _SOCK,
+                          NS_LABELS + ("address", "port"))
+POD_UDP_DROPS = Metric("nodenet_netns_udp_socket_drops_total", COUNTER,
+                       "Datagrams dropped by a UDP server socket (SK_MEMINFO drops), summed "
+                       "over its SO_REUSEPORT group." + _SOCK, NS_LABELS + ("address", "port"))
+SOCKETS_UNREAD = Metric("nodenet_netns_sockets_unread", GAUGE,
+                        "Namespaces whose sockets could not be read (setns refused: "
+                        "CAP_SYS_ADMIN, or their ns link: CAP_SYS_PTRACE), with "
+                        "--collector.netns.sockets.")
 REASONS = ("setns", "identity", "max", "time_budget")
 OWN_NET = "/proc/thread-self/net"
 
@@ -134,6 +151,7 @@ class NetnsCollector(Collector):
     source = "/run/netns, /proc/<pid>/ns/net, /proc/<pid>/net/{snmp,snmp6,netstat,sockstat,dev}"
     metrics = (*(POD_COUNTERS[n] for n in DEFAULT_COUNTERS), TCP_INUSE, TW, IF_RX_DROPS,
                IF_RX_ERRORS, IF_TX_DROPS, IF_TX_ERRORS, FOUND, UNREAD, PARTIAL, INODE_UNKNOWN,
+               POD_LISTEN_QUEUE, POD_LISTEN_LIMIT, POD_UDP_DROPS, SOCKETS_UNREAD,
                *(m for n, m in POD_COUNTERS.items() if n not in DEFAULT_COUNTERS))
     options = (
         Option("collector.netns.max", parse_positive_int, 200,
@@ -157,6 +175,7 @@ class NetnsCollector(Collector):
         self.dirs = s["collector.netns.dirs"]
         self.timeout = s["collector.netns.timeout"]
         self.sockets = s["collector.netns.sockets"]
+        self.max_sockets = s["collector.sockets.max-series"]
         extra = s["collector.netns.counters"]
         names = set(DEFAULT_COUNTERS)
         if extra:
@@ -238,12 +257,41 @@ class NetnsCollector(Collector):
             results.append((ns, values))
 
         hidden = sum(1 for ns, _ in results if ns.inode == 0)
+        extra = self._sockets(results, deadline) if self.sockets else []
         self._say("ptrace", None if not found.refused else
                   f"{found.refused} network namespaces seen only through processes whose "
                   "/proc/<pid>/ns/net is refused (another uid, no CAP_SYS_PTRACE): read "
                   "through /proc/<pid>/net with netns_inode \"\", not exported without a pod "
                   "UID (nodenet_netns_unread{reason=\"identity\"})")
-        return self._families(results, found, unread, partial, hidden)
+        return self._families(results, found, unread, partial, hidden) + extra
+
+    def _sockets(self, results, deadline):
+        """Listener and UDP-server series inside each namespace read above (setns)."""
+        def inside(ns):
+            try:
+                with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+                    lo, hi = (int(x) for x in fh.read().split())
+            except (OSError, ValueError):
+                lo, hi = 32768, 60999
+            head = (ns.name, str(ns.inode) if ns.inode else "", ns.pod_uid)
+            with nl.NetlinkSocket(nl.NETLINK_SOCK_DIAG, timeout=1.0, deadline=1.0) as sock:
+                return sockets_mod.socket_families(
+                    sock, lo, hi, self.max_sockets, None,
+                    (POD_LISTEN_QUEUE, POD_LISTEN_LIMIT, POD_UDP_DROPS, None, None), head)
+
+        targets = [ns for ns, _ in results if ns.paths]
+        done, skipped = netns.run_in_namespaces(targets, inside, deadline)
+        refused = [w for w in skipped if not w.endswith((": gone", ": time budget"))]
+        refused_n = len(refused) + sum(1 for ns, _ in results if not ns.paths)
+        self._say("sockets", None if not refused_n else
+                  f"sockets of {refused_n} network namespaces not read (setns needs "
+                  "CAP_SYS_ADMIN, /proc/<pid>/ns/net of another uid CAP_SYS_PTRACE): "
+                  f"{'; '.join(refused[:3])}")
+        merged: dict = {}
+        for _ns, fams in done:
+            for fam in fams:
+                merged.setdefault(fam.spec, fam.spec.family()).samples.extend(fam.samples)
+        return [*merged.values(), SOCKETS_UNREAD.single(refused_n)]
 
     def _families(self, results, found, unread, partial, hidden):
         fams: dict[Metric, object] = {}

@@ -244,3 +244,28 @@ def test_time_budget_gives_honest_partial_results(pods):
     assert value(out, "nodenet_netns_partial") in (0, 1)
     if value(out, "nodenet_netns_partial") == 1:
         assert value(out, "nodenet_netns_unread", reason="time_budget") >= 1
+
+
+def test_pod_sockets_inside_each_namespace(pods):
+    pa, pb = pods
+    s = Scraper("netns", "--collector.netns", "--collector.netns.sockets")
+    out = s.scrape()
+    ss = [ln.split() for ln in run(["ss", "-ltnH"], netns=pa.ns).stdout.splitlines()
+          if "127.0.0.1:8080" in ln]
+    head_a = {"netns": pa.ns, "netns_inode": str(pa.inode), "pod_uid": ""}
+    assert value(out, "nodenet_netns_tcp_listen_queue_length", address="127.0.0.1",
+                 port="8080", **head_a) == int(ss[0][1])
+    assert value(out, "nodenet_netns_tcp_listen_queue_limit", address="127.0.0.1",
+                 port="8080", **head_a) == int(ss[0][2]) == 1
+    with open(f"/proc/{pb.pid}/net/udp") as fh:
+        drops = [int(ln.split()[-1]) for ln in fh if ":0035 " in ln]
+    assert drops and drops[0] >= 400
+    assert value(out, "nodenet_netns_udp_socket_drops_total", address="127.0.0.1", port="53",
+                 netns=pb.ns, netns_inode=str(pb.inode), pod_uid=B_UID) == drops[0]
+    assert value(out, "nodenet_netns_sockets_unread") == 0
+    # without CAP_SYS_ADMIN: counted and said once, the counters still there
+    rows, logs = scrape_with_caps("net_admin,+sys_ptrace", "--collector.netns.sockets")
+    assert not pick(rows, "nodenet_netns_tcp_listen_queue_length", netns=pa.ns)
+    assert pick(rows, "nodenet_netns_tcp_listen_overflows_total", netns=pa.ns)
+    assert pick(rows, "nodenet_netns_sockets_unread")[0] >= 2
+    assert len([r for r in logs if "sockets of" in r["event"]]) == 1
