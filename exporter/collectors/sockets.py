@@ -145,6 +145,9 @@ class SocketsCollector(Collector):
                       (30000, 32767),
                       "NodePort range (LOW-HIGH) compared with ip_local_port_range "
                       "(the Kubernetes default 30000-32767)", "LOW-HIGH"),
+               Option("collector.sockets.per-socket", parse_bool, True,
+                      "Listener queues and UDP-server drops per (address, port) from sock_diag "
+                      "(the running kernel, whatever --path.procfs says)"),
                Option("collector.sockets.max-series", parse_positive_int, 200,
                       "Most listeners plus UDP servers exported (lowest ports first)"),
                Option("collector.sockets.ephemeral-ports", parse_bool, False,
@@ -161,6 +164,7 @@ class SocketsCollector(Collector):
         self.nodeport_range = ctx.settings["collector.sockets.nodeport-range"]
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         st = ctx.settings
+        self.per_socket = st["collector.sockets.per-socket"]
         self.max_series = st["collector.sockets.max-series"]
         self.ephemeral = st["collector.sockets.ephemeral-ports"]
         self.eph_top = st["collector.sockets.ephemeral-ports.top"]
@@ -292,6 +296,8 @@ class SocketsCollector(Collector):
     # -- per-socket attribution (issue 15) ----------------------------------------------------
 
     def _attribution(self):
+        if not self.per_socket:
+            return []
         local = self._sysctl("net.ipv4.ip_local_port_range", 2)
         lo, hi = (local[0], local[1]) if local else (32768, 60999)
         try:
