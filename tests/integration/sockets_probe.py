@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from tests.helpers.podview import Scraper  # noqa: E402
+from tests.helpers.podview import Scraper
 
 
 def main() -> None:

@@ -123,10 +123,10 @@ def test_node_counters_stay_apart_from_the_pods(pods):
     namespace of its own, the node counters are that namespace's (0), not the pods'."""
     pa, _ = pods
     with netns("nn-pod-own") as own:
-        code = ("import json,sys; sys.path.insert(0, %r)\n"
+        code = (f"import json,sys; sys.path.insert(0, {REPO!r})\n"
                 "from tests.helpers.podview import Scraper\n"
                 "out = Scraper('netstat').scrape()\n"
-                "print(json.dumps([[k[0], dict(k[1]), v] for k, v in out.items()]))" % REPO)
+                "print(json.dumps([[k[0], dict(k[1]), v] for k, v in out.items()]))")
         res = run([sys.executable, "-c", code], netns=own)
         rows = json.loads(res.stdout)
         lo = [v for n, _, v in rows if n == "nodenet_tcp_listen_overflows_total"]
@@ -162,12 +162,12 @@ CAPS = "net_admin"
 
 def scrape_with_caps(caps: str, *argv: str) -> tuple[list, list]:
     """The netns collector run as uid 0 with only `caps` (effective, bounding: setpriv)."""
-    code = ("import json,sys; sys.path.insert(0, %r)\n"
+    code = (f"import json,sys; sys.path.insert(0, {REPO!r})\n"
             "from tests.helpers.podview import Scraper\n"
             "s = Scraper('netns', '--collector.netns', *sys.argv[1:])\n"
             "s.collector.run(); out = s.scrape()\n"
             "print(json.dumps({'out': [[k[0], dict(k[1]), v] for k, v in out.items()],"
-            " 'logs': s.logs()}))" % REPO)
+            " 'logs': s.logs()}))")
     res = subprocess.run(["setpriv", f"--inh-caps=-all,+{caps}", f"--ambient-caps=-all,+{caps}",
                           f"--bounding-set=-all,+{caps}", sys.executable, "-c", code, *argv],
                          capture_output=True, text=True, timeout=60, check=True)
