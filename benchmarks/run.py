@@ -34,6 +34,8 @@ SCENARIOS = {  # name -> (script beside this file, its arguments for --quick)
     "soak": ("soak.py", ["--quick"]),
     # issue 14: sockets + netstat + neighbour vs node_exporter netstat/sockstat/filefd/arp
     "limits": ("limits_bench.py", ["--quick"]),
+    # issue 15: the pod view over 110/1000 namespaces, sock_diag dumps, the ephemeral walk
+    "podview": ("podview_bench.py", ["--quick"]),
 }
 
 

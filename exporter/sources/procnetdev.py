@@ -35,7 +35,7 @@ def parse_net_dev(text: str) -> NetDev:
             continue  # the two header lines
         name = name.strip()
         fields = rest.split()
-        if not name or len(fields) < 16 or not all(f.isdigit() for f in fields[:16]):
+        if not name or len(fields) < 16 or not "".join(fields[:16]).isdigit():
             out.problems.append(f"net/dev line {lineno}: not 16 counters")
             continue
         out.interfaces[name] = DevCounters(int(fields[RX_ERRS]), int(fields[RX_DROP]),
