@@ -818,6 +818,7 @@ def node() -> dict:
                      "short", min_=0), 12, 8)
 
     limits_panels(b, q, overview=False)
+    podview_panels(b, q)
 
     b.row("Kernel tunables and exporter")
     b.add(table("Kernel tunables", "Values of the sysctls the sysctl collector reads.",
@@ -930,6 +931,28 @@ def limits_panels(b: Board, q: Q, *, overview: bool) -> None:
     b.add(timeseries("Traffic refused by kernel limits",
                      "Per second: listen overflows, UDP receive buffer errors, reassembly "
                      "failures, neighbour table overflows.", refused, "short", min_=0), 16, 6)
+
+
+# ------------------------------------------------------------------------------- issue 15: pods
+def podview_panels(b: Board, q: Q) -> None:
+    """The pod view (collector netns, opt-in): the pod namespaces that refuse traffic on this
+    node. Labelled by pod_uid (join kube_pod_info, or use the recorded
+    nodenet:netns_*:rate5m series for pod_namespace/pod_name) and netns."""
+    by = "sum by (netns, netns_inode, pod_uid)"
+    legend = "{{pod_uid}}{{netns}} "
+    b.row("Pods (collector netns)")
+    b.add(timeseries("pods refusing traffic",
+                     "Per pod network namespace, per second: listen queue overflows and UDP "
+                     "receive buffer errors (NodenetPodTCPListenOverflows, "
+                     "NodenetPodUDPReceiveBufferErrors), the top 10 of each; empty unless "
+                     "--collector.netns is on. Legend: pod UID (or the /run/netns name).",
+                     [target(f"topk(10, {by} "
+                             f"({q.rate('nodenet_netns_tcp_listen_overflows_total')}) > 0)",
+                             legend + "listen overflows"),
+                      target(f"topk(10, {by} "
+                             f"({q.rate('nodenet_netns_udp_receive_buffer_errors_total')}) > 0)",
+                             legend + "UDP receive buffer errors")],
+                     "short", min_=0), 24, 8)
 
 
 # ------------------------------------------------------------------------------- output
