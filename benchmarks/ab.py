@@ -20,8 +20,10 @@ and B/A.  Scenarios (every one bounded in count and time, everything created is 
   (tests/helpers/ctfill_fast.py); ``conntrack`` scrapes the default collector (three small
   ctnetlink requests), ``states`` adds ``--collector.conntrack.states`` (the whole table
   dumped and counted by state);
-- ipvs: a ``--services`` x ``--backends`` table replayed natively (benchmarks/ipvs_replay.py
-  of each tree).  The replay file is synthesised from the kernel's own messages
+- ipvs: a ``--services`` x ``--backends`` table replayed natively, the kernel's answers
+  replayed just above the system calls in both trees (REPLAY_LAUNCHER below: the same
+  level for a tree with the shared netlink layer and for one without).  The replay file is
+  synthesised from the kernel's own messages
   (tests/fixtures/netlink/ipvs_services.hex and ipvs_dests_04.hex, captured from a real IPVS
   kernel): the same byte layouts, with addresses and ports made unique.
 
@@ -286,16 +288,124 @@ def synth_ipvs(path: str, services: int, backends: int) -> None:
             f.write(struct.pack("=I", len(r)) + r)
 
 
+# Runs one tree's exporter with the kernel's answers replayed just above the system calls,
+# the same level in both trees: a tree with exporter/sources/netlink.py gets a
+# ReplayTransport where its KernelTransport would be; an older tree gets its own socket
+# class with socket.socket and recvmmsg.receiver faked underneath.  (An older tree's own
+# benchmarks/ipvs_replay.py replaced its whole socket class, request logic included, so it
+# measured less of the exporter than a replay at the transport can.)
+REPLAY_LAUNCHER = r"""
+import os, struct, sys
+tree, path = os.getcwd(), sys.argv[1]
+sys.path.insert(0, tree)
+sys.path.insert(0, os.path.join(tree, "benchmarks"))
+from exporter import memory
+memory.reexec_with_malloc()
+import ipvs_replay
+from exporter.sources import ipvs
+recs = ipvs_replay.load(path)
+services = ipvs.decode_services(recs[0])
+by_key = {ipvs.service_key(s): recs[1 + i] for i, s in enumerate(services)}
+FAM = 0x20
+H = struct.Struct("=IHHII")
+
+def nlmsg(t, f, seq, payload):
+    ln = 16 + len(payload)
+    return H.pack(ln, t, f, seq, 0) + payload + bytes(-ln & 3)
+
+def ctrl():
+    name = b"IPVS\0"
+    body = bytes((1, 2, 0, 0)) + struct.pack("=HHH", 6, 1, FAM) + bytes(2)
+    body += struct.pack("=HH", 4 + len(name), 2) + name + bytes(-(4 + len(name)) & 3)
+    return nlmsg(0x10, 2, 0, body) + nlmsg(3, 2, 0, bytes(4))
+
+CTRL = ctrl()
+
+def answer(request):
+    t, cmd = struct.unpack_from("=H", request, 4)[0], request[16]
+    if t == 0x10:
+        return [CTRL]
+    return [recs[0] if cmd == ipvs.IPVS_CMD_GET_SERVICE else by_key[bytes(request[20:])]]
+
+def with_seq(datagram, seq):
+    # the same rewrite for both trees (a copy of netlink._with_seq): equal-length messages and
+    # a trailing 20-byte NLMSG_DONE in slices, anything else walked
+    import array
+    buf = bytearray(datagram)
+    n = len(buf)
+    if n >= 16 and n % 4 == 0:
+        ln = struct.unpack_from("=I", buf, 0)[0]
+        body = n - 20 if ln and n % ln == 20 and struct.unpack_from("=I", buf, n - 20)[0] == 20 else n
+        if ln >= 16 and ln % 4 == 0 and body % ln == 0:
+            words = memoryview(buf).cast("I")
+            k = body // ln
+            if words[0:body // 4:ln // 4].tolist().count(ln) == k:
+                words[2:body // 4:ln // 4] = array.array("I", [seq]) * k
+                if body != n:
+                    words[body // 4 + 2] = seq
+                return bytes(buf)
+    off = 0
+    while off + 16 <= n:
+        ln = struct.unpack_from("=I", buf, off)[0]
+        if ln < 16:
+            break
+        struct.pack_into("=I", buf, off + 8, seq)
+        off += (ln + 3) & ~3
+    return bytes(buf)
+
+try:
+    from exporter.sources import netlink as nl
+except ImportError:
+    nl = None
+if nl is not None:
+    nl._with_seq = with_seq
+
+    class Replay(nl.ReplayTransport):
+        def __init__(self, protocol, *a, **k):
+            super().__init__(answer)
+    nl.KernelTransport = Replay
+else:
+    queue = []
+
+    class FakeSock:
+        def __init__(self, *a, **k): pass
+        def setsockopt(self, *a): pass
+        def bind(self, *a): pass
+        def fileno(self): return -1
+        def close(self): pass
+        def send(self, data):
+            seq = struct.unpack_from("=I", data, 8)[0]
+            queue.extend((with_seq(d, seq), 0) for d in answer(data))
+
+    class FakeRx:
+        def __init__(self, *a, **k): pass
+        def recv(self):
+            return [queue.pop(0)]
+
+    import socket as real_socket
+    fake = type(sys)("socket_fake")
+    fake.__dict__.update({k: getattr(real_socket, k) for k in dir(real_socket) if not k.startswith("__")})
+    fake.socket = FakeSock
+    ipvs.socket = fake
+    ipvs.recvmmsg.receiver = lambda sock, size, batched=None: FakeRx()
+from exporter.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def scenario_ipvs(a, trees):
     with tempfile.TemporaryDirectory(prefix="nn-ab-ipvs-") as tmp:
         replay = os.path.join(tmp, "replay.bin")
         synth_ipvs(replay, a.services, a.backends)
         os.makedirs(os.path.join(tmp, "proc", "net"))
         open(os.path.join(tmp, "proc", "net", "ip_vs"), "w").close()   # "IPVS present"
+        launcher = os.path.join(tmp, "replay_launcher.py")
+        with open(launcher, "w") as fh:
+            fh.write(REPLAY_LAUNCHER)
         return run_pair(a, trees, f"ipvs replay, {a.services} x {a.backends}",
                         ["--collector.disable-defaults", "--collector.ipvs",
                          "--collector.timeout=120s", f"--path.procfs={tmp}/proc"],
-                        script=["benchmarks/ipvs_replay.py", replay])
+                        script=[launcher, replay])
 
 
 def run_pair(a, trees, name, args, netns=None, script=None, ct_ns=None):

@@ -39,7 +39,7 @@ def install(path):
     recs = load(path)
     services = ipvs.decode_services(recs[0])
     kernel = IPVSKernel([recs[0]], {ipvs.service_key(s): [recs[1 + i]]
-                                    for i, s in enumerate(services)})
+                                    for i, s in enumerate(services)}, record=False)
     real_init = ipvs.IPVSReader.__init__
 
     def init(self, *args, **kwargs):

@@ -484,8 +484,10 @@ class CtNetlink:
     def __init__(self, timeout: float = 2.0, deadline: float = 10.0,
                  transport: nl.Transport | None = None):
         self.timeout = timeout
+        # one recvmsg per datagram: these answers are one or two datagrams, and a dump's
+        # datagrams come one at a time (recvmmsg's ctypes call would cost more than it saves)
         self.sock = nl.NetlinkSocket(NETLINK_NETFILTER, timeout=timeout, deadline=deadline,
-                                     recv_size=RECV_BUFSIZE, transport=transport)
+                                     recv_size=RECV_BUFSIZE, batched=False, transport=transport)
 
     def close(self) -> None:
         self.sock.close()

@@ -703,10 +703,7 @@ class IPVSReader:
                     # (the collector) keeps only one service's decoded backends alive at once
                     services[i] = None
                     if backends:
-                        dests = []
-                        for chunk, seq in dump(sock, fam.id, IPVS_CMD_GET_DEST, service_key(svc)):
-                            dests.extend(decode_dests(chunk, svc.family, seq, layouts))
-                        svc.backends = dests
+                        svc.backends = _dests(sock, fam.id, svc, layouts)
                     yield svc
                     del svc
         except Unavailable:
@@ -723,6 +720,25 @@ class IPVSReader:
             return IPVSTable(True, list(self.scan(backends, service_filter)))
         except Unavailable:
             return IPVSTable(False)
+
+
+def _dests(sock: nl.NetlinkSocket, family_id: int, svc: Service, layouts: Layouts) -> list:
+    """One service's destinations.  A datagram the accelerator takes whole (destinations of
+    one compiled shape, whose headers it checked: no control message among them) needs no
+    header scan; a trailing NLMSG_DONE goes through netlink.Reply.control."""
+    reply = sock.send(family_id, NLM_F_DUMP, nl.genl_header(IPVS_CMD_GET_DEST, IPVS_GENL_VERSION)
+                      + service_key(svc), "IPVS dump")
+    seq, family, out = reply.seq, svc.family, []
+    for data in sock.datagrams(reply):
+        got = layouts.uniform_dests(data, family, seq)
+        if got is None:
+            reply.scan(data)
+            out.extend(decode_dests(data, family, seq, layouts))
+            continue
+        out.extend(got)
+        if len(data) % _NLMSGHDR.unpack_from(data, 0)[0]:   # ended by its NLMSG_DONE
+            reply.control(data, len(data) - 20)
+    return out
 
 
 def dump(sock: nl.NetlinkSocket, family_id: int, cmd: int, attrs: bytes = b""):

@@ -462,9 +462,10 @@ class RtNetlink:
 
     def __init__(self, timeout: float = 2.0, deadline: float = 10.0, max_bytes: int = 1 << 28,
                  transport: nl.Transport | None = None):
+        # one recvmsg per datagram: a dump's datagrams come one at a time (see conntrack)
         self.sock = nl.NetlinkSocket(NETLINK_ROUTE, timeout=timeout, deadline=deadline,
                                      max_bytes=max_bytes, recv_size=self.RECV_SIZE,
-                                     transport=transport)
+                                     batched=False, transport=transport)
 
     def close(self) -> None:
         self.sock.close()

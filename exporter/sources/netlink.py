@@ -119,6 +119,7 @@ _S32 = struct.Struct("=i")
 _BE16 = struct.Struct("!H")
 _BE32 = struct.Struct("!I")
 _BE64 = struct.Struct("!Q")
+_MSG_TRUNC = int(socket.MSG_TRUNC)   # a plain int: IntFlag's & costs microseconds per call
 
 
 class Message(NamedTuple):
@@ -665,7 +666,7 @@ class NetlinkSocket:
                                        f"complete after {seconds:g}s")
                 pending.extend(recv())
             data, fl = pending.pop(0)
-            if fl & socket.MSG_TRUNC:
+            if fl & _MSG_TRUNC:
                 raise ParseError(f"{reply.context}: datagram larger than the receive buffer")
             total += len(data)
             if total > budget:

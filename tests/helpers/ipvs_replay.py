@@ -22,18 +22,21 @@ def family_dump(families: dict[str, int]) -> list[bytes]:
 
 class IPVSKernel:
     """answers(request) for a ReplayTransport. ``services``: the GET_SERVICE datagrams;
-    ``dests``: service_key(service) -> that service's GET_DEST datagrams.  Counts requests."""
+    ``dests``: service_key(service) -> that service's GET_DEST datagrams.  ``record``: keep
+    (type, cmd) of every request in ``requests`` (tests; off for benchmarks, it grows)."""
 
     def __init__(self, services: list[bytes], dests: dict[bytes, list[bytes]],
-                 family_id: int = FAMILY_ID):
+                 family_id: int = FAMILY_ID, record: bool = True):
         self.services, self.dests, self.family_id = services, dests, family_id
         self.ctrl = family_dump({"nlctrl": nl.GENL_ID_CTRL, "IPVS": family_id})
         self.requests: list[tuple[int, int]] = []
+        self.record = record
 
     def __call__(self, request: bytes) -> list[bytes]:
         mtype = struct.unpack_from("=H", request, 4)[0]
         cmd = request[16]
-        self.requests.append((mtype, cmd))
+        if self.record:
+            self.requests.append((mtype, cmd))
         if mtype == nl.GENL_ID_CTRL:
             assert cmd == nl.CTRL_CMD_GETFAMILY and len(request) == nl.GENL_HDR_LEN, \
                 "the family must be resolved by dump, never by name"
