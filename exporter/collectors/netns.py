@@ -89,8 +89,9 @@ UNREAD = Metric("nodenet_netns_unread", GAUGE,
                 "pod UID: CAP_SYS_PTRACE), max (over --collector.netns.max), time_budget.",
                 ("reason",))
 PARTIAL = Metric("nodenet_netns_partial", GAUGE,
-                 "1 if the last walk stopped at its time budget (--collector.netns.timeout): "
-                 "the namespace series cover only the namespaces read before it.")
+                 "1 if the last walk (counters, or sockets with --collector.netns.sockets) "
+                 "stopped at its time budget (--collector.netns.timeout): the namespace "
+                 "series cover only the namespaces read before it.")
 INODE_UNKNOWN = Metric("nodenet_netns_inode_unknown", GAUGE,
                        "Namespaces exported with netns_inode \"\": their processes' "
                        "/proc/<pid>/ns/net was refused (another uid, no CAP_SYS_PTRACE).")
@@ -332,7 +333,10 @@ class NetnsCollector(Collector):
             results.append((ns, values))
 
         hidden = sum(1 for ns, _ in results if ns.inode == 0)
-        extra = self._sockets(results, deadline) if self.sockets else []
+        extra: list = []
+        if self.sockets:
+            extra, late = self._sockets(results, deadline)
+            partial = partial or late
         self._say("ptrace", None if not found.refused else
                   f"{found.refused} network namespaces seen only through processes whose "
                   "/proc/<pid>/ns/net is refused (another uid, no CAP_SYS_PTRACE): read "
@@ -341,7 +345,8 @@ class NetnsCollector(Collector):
         return self._families(results, found, unread, partial, hidden) + extra
 
     def _sockets(self, results, deadline):
-        """Listener and UDP-server series inside each namespace read above (setns)."""
+        """Listener and UDP-server series inside each namespace read above (setns);
+        (families, stopped at the time budget?)."""
         def inside(ns):
             try:
                 with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
@@ -356,6 +361,7 @@ class NetnsCollector(Collector):
 
         targets = [ns for ns, _ in results if ns.paths]
         done, skipped = netns.run_in_namespaces(targets, inside, deadline)
+        late = any(w.endswith(": time budget") for w in skipped)
         refused = [w for w in skipped if not w.endswith((": gone", ": time budget"))]
         refused_n = len(refused) + sum(1 for ns, _ in results if not ns.paths)
         self._say("sockets", None if not refused_n else
@@ -366,7 +372,7 @@ class NetnsCollector(Collector):
         for _ns, fams in done:
             for fam in fams:
                 merged.setdefault(fam.spec, fam.spec.family()).samples.extend(fam.samples)
-        return [*merged.values(), SOCKETS_UNREAD.single(refused_n)]
+        return [*merged.values(), SOCKETS_UNREAD.single(refused_n)], late
 
     def _families(self, results, found, unread, partial, hidden):
         fams: dict[Metric, object] = {}
