@@ -19,7 +19,7 @@ from tests.unit.test_deploy_manifests import (
     security_violations,
 )
 
-COMPONENTS = {"podview": ["podview"], "podview-sockets": ["podview", "podview-sockets"]}
+COMPONENTS = {"podview": ["podview"], "podview-sockets": ["podview-sockets"]}
 
 
 def render(tmp: Path, comps: list[str]) -> dict:
