@@ -116,22 +116,39 @@ def inner_namespaces(counts: list[int], rounds: int) -> None:
     print(json.dumps(results))
 
 
-def hold_sockets(pairs: int, listeners: int = 20, udp: int = 20) -> list:
-    """TCP pairs on loopback to one destination, plus listeners and UDP servers (this ns)."""
-    want = 2 * pairs + listeners + udp + 1000
+PAIRS_PER_PROCESS = 8000   # 16,000 fds: under this machine's hard RLIMIT_NOFILE (20,000)
+
+
+def hold_sockets(pairs: int, listeners: int = 20, udp: int = 20, port: int = 9999) -> list:
+    """TCP pairs on loopback to one destination, plus listeners and UDP servers (this ns).
+    More than PAIRS_PER_PROCESS pairs are held by helper processes (--hold), each towards a
+    listener of its own; they end when this process closes their stdin."""
+    extra = max(0, pairs - PAIRS_PER_PROCESS)
+    pairs -= extra
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 2 * pairs + listeners + udp + 1000)
     if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(want, hard)))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as fh:
-        fh.write("1024 65535")   # this namespace only
-    keep = []
+        fh.write("10000 65535")   # this namespace only; every listener here is below it
+    keep: list = []
+    i = 0
+    while extra > 0 and i < 20:
+        k = min(extra, PAIRS_PER_PROCESS)
+        helper = subprocess.Popen([sys.executable, __file__, "--hold", str(k), str(9000 + i)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if helper.stdout.readline().strip() != "ready":
+            raise SystemExit("a socket-holding helper failed")
+        keep.append(helper)
+        extra -= k
+        i += 1
     for i in range(listeners - 1):   # before the connections take ports from 1024 up
         lst = socket.socket()
-        lst.bind(("127.0.0.1", 10000 + i))
+        lst.bind(("127.0.0.1", 9100 + i))
         lst.listen(128)
         keep.append(lst)
     srv = socket.socket()
-    srv.bind(("127.0.0.1", 9999))
+    srv.bind(("127.0.0.1", port))
     srv.listen(4096)
     keep.append(srv)
     t_end = time.monotonic() + 120
@@ -139,7 +156,7 @@ def hold_sockets(pairs: int, listeners: int = 20, udp: int = 20) -> list:
         if time.monotonic() > t_end:
             break
         c = socket.socket()
-        c.connect(("127.0.0.1", 9999))
+        c.connect(("127.0.0.1", port))
         keep.append(c)
         if i % 512 == 511:
             for _ in range(512):
@@ -164,21 +181,26 @@ def inner_sockets(pairs: int, rounds: int, walk_only: bool) -> None:
     from exporter.sources import sockdiag
 
     keep = hold_sockets(pairs)
-    out: dict = {"sockets": len(keep)}
+    out: dict = {}
     with nl.NetlinkSocket(nl.NETLINK_SOCK_DIAG) as sock:
         if not walk_only:
-            out["dumps_ms"] = median_ms(lambda: socket_families(sock, 1024, 65535, 200), rounds)
+            out["dumps_ms"] = median_ms(lambda: socket_families(sock, 10000, 65535, 200), rounds)
             out["ss_ltn_ms"] = median_ms(lambda: subprocess.run(["ss", "-ltnH"], check=True,
                                                                 capture_output=True), 5)
             out["proc_tcp_ms"] = median_ms(lambda: slurp("/proc/net/tcp"), 5)
 
         def walk():
-            conns, _ = sockdiag.tcp_connections(sock, time.monotonic() + 30)
-            return sockdiag.ephemeral_groups(conns, 1024, 65535)
+            return sockdiag.ephemeral_walk(sock, 10000, 65535, time.monotonic() + 30)[0]
         out["walk_ms"] = median_ms(walk, max(3, rounds // 4))
         out["walk_max"] = max(walk().values())
+        out["sockets"] = len(sockdiag.tcp_connections(sock, None)[0]) + len(
+            sockdiag.listeners(sock)) + len(sockdiag.udp_sockets(sock))
     out["ss_tan_ms"] = median_ms(lambda: subprocess.run(["ss", "-tanH"], check=True,
                                                         capture_output=True), 3)
+    for h in keep:
+        if isinstance(h, subprocess.Popen):
+            h.stdin.close()
+            h.wait(timeout=60)
     print(json.dumps(out))
 
 
@@ -199,7 +221,14 @@ def main() -> int:
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--inner", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--inner-ns", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--hold", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.hold:
+        held = hold_sockets(int(a.hold[0]), 0, 0, int(a.hold[1]))
+        print("ready", flush=True)
+        sys.stdin.read()
+        del held
+        return 0
     if a.inner_ns:
         inner_namespaces([int(x) for x in a.inner_ns[0].split(",")], int(a.inner_ns[1]))
         return 0

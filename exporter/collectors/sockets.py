@@ -321,11 +321,10 @@ class SocketsCollector(Collector):
         try:
             with nl.NetlinkSocket(nl.NETLINK_SOCK_DIAG, timeout=1.0,
                                   deadline=self.eph_timeout + 1.0) as sock:
-                conns, complete = sockdiag.tcp_connections(sock, deadline)
+                groups, complete = sockdiag.ephemeral_walk(sock, lo, hi, deadline)
         except OSError as exc:
             self._seen.append(f"sock_diag TCP walk: {exc}")
             return []
-        groups = sockdiag.ephemeral_groups(conns, lo, hi)
         top = sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))[: self.eph_top]
         fam = EPH_IN_USE.family()
         for (src, dst), n in top:

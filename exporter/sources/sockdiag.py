@@ -124,6 +124,44 @@ def tcp_connections(sock: nl.NetlinkSocket, deadline: float | None) -> tuple[lis
     return dump(sock, socket.IPPROTO_TCP, TCPF_CONNECTIONS, deadline=deadline)
 
 
+_WALK = struct.Struct("!HH16s16s")      # sport, dport, src, dst at offset 4 of inet_diag_msg
+
+
+def ephemeral_walk(sock: nl.NetlinkSocket, lo: int, hi: int, deadline: float | None = None
+                   ) -> tuple[dict[tuple[str, str], int], bool]:
+    """The ephemeral-port walk without a DiagSocket per socket: every TCP socket holding a
+    port pair, counted per raw (family, source, destination, port) as the datagrams arrive;
+    only the groups are turned into text.  (groups as :func:`ephemeral_groups`, complete)."""
+    counts: dict[tuple[int, bytes, bytes, int], int] = {}
+    get = counts.get
+    walk = _WALK.unpack_from
+    complete = True
+    for family in (socket.AF_INET, socket.AF_INET6):
+        reply = sock.send(SOCK_DIAG_BY_FAMILY, nl.NLM_F_DUMP,
+                          request(family, socket.IPPROTO_TCP, TCPF_CONNECTIONS), "sock_diag walk")
+        for data in sock.datagrams(reply):
+            reply.scan(data)
+            for mtype, _fl, _seq, start, end in nl.iter_messages(data, "sock_diag"):
+                if mtype != SOCK_DIAG_BY_FAMILY:
+                    continue
+                if end - start < MSG_LEN:
+                    raise nl.ParseError(f"sock_diag: message of {end - start} bytes")
+                sport, dport, src, dst = walk(data, start + 4)
+                if lo <= sport <= hi:
+                    key = (data[start], src, dst, dport)
+                    counts[key] = get(key, 0) + 1
+            if deadline is not None and time.monotonic() > deadline and not reply.done:
+                complete = False
+                break
+        if not complete:
+            break
+    out: dict[tuple[str, str], int] = {}
+    for (fam, src, dst, dport), n in counts.items():
+        group = (_address(fam, src), destination(_address(fam, dst), dport))
+        out[group] = out.get(group, 0) + n
+    return out, complete
+
+
 def udp_servers(sockets: list[DiagSocket], lo: int, hi: int) -> dict[tuple[str, int], UdpServer]:
     """UDP sockets bound to a port outside [lo, hi] (the ephemeral range), summed per
     (address, port): an SO_REUSEPORT group is one server."""

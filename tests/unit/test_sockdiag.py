@@ -32,7 +32,7 @@ def test_listener_fields_and_addresses():
 
 
 def test_udp_servers_sum_reuseport_groups_and_skip_ephemeral_and_connected():
-    mem = lambda rmem, rcvbuf, drops: (rmem, rcvbuf, 0, 0, 0, 0, 0, 0, drops)  # noqa: E731
+    mem = lambda rmem, rcvbuf, drops: (rmem, rcvbuf, 0, 0, 0, 0, 0, 0, drops)
     data = b"".join([
         diag_msg(socket.AF_INET, sd.TCP_CLOSE, "0.0.0.0", 53, "0.0.0.0", 0, mem=mem(10, 100, 3)),
         diag_msg(socket.AF_INET, sd.TCP_CLOSE, "0.0.0.0", 53, "0.0.0.0", 0, mem=mem(5, 100, 4)),
@@ -58,3 +58,33 @@ def test_ephemeral_groups_key_and_ipv6_brackets():
 def test_a_short_message_is_a_parse_error():
     with pytest.raises(nl.ParseError):
         sd.decode(nl.message(sd.SOCK_DIAG_BY_FAMILY, 0, 1, b"\0" * 40))
+
+
+def test_streaming_walk_equals_decode_then_group():
+    """ephemeral_walk (raw keys, no object per socket) == decode + ephemeral_groups."""
+    data = b"".join(diag_msg(socket.AF_INET, sd.TCP_ESTABLISHED, "10.0.0.5", 32768 + i % 900,
+                             f"10.96.0.{i % 3}", 443 + i % 2) for i in range(500))
+    data += b"".join(diag_msg(socket.AF_INET6, sd.TCP_ESTABLISHED, "fd00::5", 40000 + i,
+                              "fd00::1", 53) for i in range(7))
+    want = sd.ephemeral_groups(sd.decode(data), 32768, 60999)
+
+    class Reply:
+        done = False
+
+        def scan(self, _data):
+            self.done = True
+
+    class Sock:
+        def __init__(self):
+            self.sent = 0
+
+        def send(self, *_a):
+            self.sent += 1
+            return Reply()
+
+        def datagrams(self, reply):
+            if self.sent == 1:   # the IPv4 request: everything; IPv6: nothing more
+                yield data
+
+    got, complete = sd.ephemeral_walk(Sock(), 32768, 60999)
+    assert complete and got == want
