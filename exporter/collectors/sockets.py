@@ -149,7 +149,7 @@ class SocketsCollector(Collector):
                       "Listener queues and UDP-server drops per (address, port) from sock_diag "
                       "(the running kernel, whatever --path.procfs says)"),
                Option("collector.sockets.max-series", parse_positive_int, 200,
-                      "Most listeners plus UDP servers exported (lowest ports first)"),
+                      "Most listeners plus UDP servers exported (listeners first, each by port)"),
                Option("collector.sockets.ephemeral-ports", parse_bool, False,
                       "Count ephemeral ports per destination (walks every TCP socket)"),
                Option("collector.sockets.ephemeral-ports.top", parse_positive_int, 5,

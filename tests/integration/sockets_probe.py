@@ -52,12 +52,17 @@ def main() -> None:
             c.connect(("127.0.0.2", 9090))
             keep.append(c)
         argv = ["--collector.sockets.ephemeral-ports"]
-    out = Scraper("sockets", *argv).scrape()
+    if sys.argv[1:] == ["cap"]:
+        argv = ["--collector.sockets.max-series=1"]
+    scraper = Scraper("sockets", *argv)
+    out = scraper.scrape()
+    if sys.argv[1:] == ["cap"]:
+        out = scraper.scrape()   # a second scrape: the cap is logged once
     ss = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout
     with open("/proc/net/udp") as fh:
         udp = fh.read()
     print(json.dumps({"samples": [[k[0], dict(k[1]), v] for k, v in out.items()],
-                      "ss": ss, "udp": udp}))
+                      "ss": ss, "udp": udp, "logs": scraper.logs()}))
 
 
 if __name__ == "__main__":

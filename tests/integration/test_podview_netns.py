@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -108,7 +107,12 @@ def test_pod_counters_equal_each_pods_own_proc_files(pods):
                                                                      "ListenOverflows") == 0
     assert value(out, "nodenet_netns_udp_receive_buffer_errors_total", netns=pa.ns,
                  netns_inode=str(pa.inode), pod_uid="", family="ipv4") == 0
-    # the exporter's own namespace is not among them
+    # the exporter's own namespace: the node collector reads its own counter, not the pods'
+    own_before = _own_listen_overflows()
+    node = Scraper("netstat").scrape()
+    own_after = _own_listen_overflows()
+    assert own_before <= value(node, "nodenet_tcp_listen_overflows_total") <= own_after
+    # ... and the pod view leaves it out
     own = str(os.stat("/proc/self/ns/net").st_ino)
     assert not series(out, "nodenet_netns_tcp_listen_overflows_total", netns_inode=own)
     # at most 16 series per namespace (the pods have lo only: 12 here)
@@ -116,6 +120,12 @@ def test_pod_counters_equal_each_pods_own_proc_files(pods):
     assert 9 <= len(per_a) <= 16, per_a
     found = value(out, "nodenet_netns_namespaces")
     assert found is not None and found >= 2
+
+
+def _own_listen_overflows() -> int:
+    with open("/proc/self/net/netstat") as fh:
+        rows = [ln.split() for ln in fh if ln.startswith("TcpExt:")]
+    return int(dict(zip(rows[0][1:], rows[1][1:], strict=True))["ListenOverflows"])
 
 
 def test_node_counters_stay_apart_from_the_pods(pods):
@@ -238,7 +248,7 @@ def test_bind_mount_only_namespace_read_by_setns_or_counted_unread():
 
 def test_time_budget_gives_honest_partial_results(pods):
     """A budget of 1 us is spent by the discovery itself: nothing is read, all is counted."""
-    pa, pb = pods
+    del pods   # the two pods are among what is found
     s = Scraper("netns", "--collector.netns", "--collector.netns.timeout=0.001ms")
     out = s.scrape()
     assert value(out, "nodenet_netns_partial") == 1

@@ -60,3 +60,14 @@ def test_ephemeral_ports_per_destination_in_a_narrowed_range():
     assert top[0] == (800, "127.0.0.2:9090", "127.0.0.1")
     assert len(top) <= 5
     assert pick(rows, "nodenet_ephemeral_ports_partial") == [0]
+
+
+def test_max_series_caps_listeners_and_udp_servers_and_says_so_once():
+    data = probe("cap")
+    rows = data["samples"]
+    per_socket = [r for r in rows if r[0] in ("nodenet_tcp_listen_queue_length",
+                                             "nodenet_udp_socket_drops_total")]
+    assert len(per_socket) == 1, per_socket
+    assert per_socket[0][1]["port"] == "7070"   # listeners first, then UDP servers
+    said = [r for r in data["logs"] if "max-series" in r["event"]]
+    assert len(said) == 1, data["logs"]
