@@ -261,6 +261,25 @@ class NetnsCollector(Collector):
                           if m.name in names)
         self.reader = FastReader(self.rows)
         self._said: dict[str, str | None] = {}
+        self._uid_cache: dict = {}
+
+    def _pod_uids(self, chosen) -> None:
+        """pod_uid of each namespace's member process, read once per (pid, namespace): a
+        process keeps its pod for life; entries of namespaces not seen again are dropped."""
+        cache: dict = {}
+        todo = []
+        for ns in chosen:
+            if ns.pid is None:
+                continue
+            key = (ns.pid, ns.inode, ns.proc_inode)
+            if key in self._uid_cache:
+                ns.pod_uid = cache[key] = self._uid_cache[key]
+            else:
+                todo.append((key, ns))
+        netns.fill_pod_uids([ns for _, ns in todo], self.ctx.procfs)
+        for key, ns in todo:
+            cache[key] = ns.pod_uid
+        self._uid_cache = cache
 
     def _say(self, key: str, message: str | None) -> None:
         if self._said.get(key) != message:
@@ -283,7 +302,7 @@ class NetnsCollector(Collector):
         chosen = found.namespaces[: self.max]
         unread = dict.fromkeys(REASONS, 0)
         unread["max"] = len(found.namespaces) - len(chosen)
-        netns.fill_pod_uids(chosen, self.ctx.procfs)  # type: ignore[arg-type]
+        self._pod_uids(chosen)
         results: list[tuple[netns.PodNamespace, list]] = []
         partial = False
 
