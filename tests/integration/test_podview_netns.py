@@ -26,6 +26,9 @@ POD = os.path.join(HERE, "podview_pod.py")
 REPO = os.path.dirname(os.path.dirname(HERE))
 
 assert os.geteuid() == 0, "these tests need root (network namespaces)"
+# the machine's other namespaces are walked too: a budget that a loaded host cannot exhaust
+# (the budget itself is tested on its own below)
+ROOMY = "--collector.netns.timeout=15s"
 
 
 CGROUP = "/sys/fs/cgroup/freezer"   # a v1 hierarchy on this machine; nothing is frozen
@@ -86,7 +89,7 @@ def pods():
 
 def test_pod_counters_equal_each_pods_own_proc_files(pods):
     pa, pb = pods
-    s = Scraper("netns", "--collector.netns")
+    s = Scraper("netns", "--collector.netns", ROOMY)
     a_before = pa.mib("netstat", "TcpExt", "ListenOverflows")
     b_before = pb.mib("snmp", "Udp", "RcvbufErrors")
     out = s.scrape()
@@ -151,7 +154,7 @@ def test_a_namespace_deleted_while_scraping_disappears(pods):
     with netns("nn-pod-gone") as gone:
         pg = Pod(gone, "idle")
         statuses, present = [], []
-        with ExporterProcess(["--collector.netns"]) as ex:
+        with ExporterProcess(["--collector.netns", ROOMY, "--collector.timeout=20s"]) as ex:
             for i in range(100):
                 if i == 40:
                     pg.stop()
@@ -174,7 +177,7 @@ def scrape_with_caps(caps: str, *argv: str) -> tuple[list, list]:
     """The netns collector run as uid 0 with only `caps` (effective, bounding: setpriv)."""
     code = (f"import json,sys; sys.path.insert(0, {REPO!r})\n"
             "from tests.helpers.podview import Scraper\n"
-            "s = Scraper('netns', '--collector.netns', *sys.argv[1:])\n"
+            f"s = Scraper('netns', '--collector.netns', {ROOMY!r}, *sys.argv[1:])\n"
             "s.collector.run(); out = s.scrape()\n"
             "print(json.dumps({'out': [[k[0], dict(k[1]), v] for k, v in out.items()],"
             " 'logs': s.logs()}))")
@@ -258,14 +261,14 @@ def test_time_budget_gives_honest_partial_results(pods):
     assert value(out, "nodenet_netns_unread", reason="time_budget") >= 2
     assert unread == found    # every namespace found is accounted for, none exported
     assert not series(out, "nodenet_netns_tcp_listen_overflows_total")
-    full = Scraper("netns", "--collector.netns").scrape()
+    full = Scraper("netns", "--collector.netns", ROOMY).scrape()
     assert value(full, "nodenet_netns_partial") == 0
     assert value(full, "nodenet_netns_unread", reason="time_budget") == 0
 
 
 def test_pod_sockets_inside_each_namespace(pods):
     pa, pb = pods
-    s = Scraper("netns", "--collector.netns", "--collector.netns.sockets")
+    s = Scraper("netns", "--collector.netns", "--collector.netns.sockets", ROOMY)
     out = s.scrape()
     ss = [ln.split() for ln in run(["ss", "-ltnH"], netns=pa.ns).stdout.splitlines()
           if "127.0.0.1:8080" in ln]
