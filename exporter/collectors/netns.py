@@ -148,26 +148,6 @@ def _number(token: bytes) -> int | None:
     return value if value <= _MAX_U64 else None
 
 
-def _pairs(data: bytes, sections: frozenset[bytes]) -> dict[bytes, dict[bytes, bytes]]:
-    """Header/value line pairs of an snmp/netstat file, only the wanted ``b"Prefix:"``: each
-    found by its first line start (no split of the other lines)."""
-    out: dict[bytes, dict[bytes, bytes]] = {}
-    text = b"\n" + data
-    for prefix in sections:
-        at = text.find(b"\n" + prefix)
-        if at < 0:
-            continue
-        head_end = text.find(b"\n", at + 1)
-        if head_end < 0 or not text.startswith(prefix, head_end + 1):
-            continue    # a header without its values line
-        end = text.find(b"\n", head_end + 1)
-        names = text[at + 1:head_end].split()[1:]
-        values = text[head_end + 1:end if end >= 0 else len(text)].split()[1:]
-        if len(names) == len(values):   # else the section is dropped, as generically
-            out[prefix] = dict(zip(names, values, strict=True))
-    return out
-
-
 class FastReader:
     """What :func:`netstat.read_mibs` + :func:`netstat.counter_values` give for ``rows``, read
     with bytes splits of only the wanted sections (the pod view reads 7 files per namespace:
@@ -188,30 +168,67 @@ class FastReader:
                     key = b":" if file == "snmp6" else (section + ":").encode()
                     by_section.setdefault(key, []).append((field.encode(), m, labels))
             self.plan.append((file, frozenset(by_section), list(by_section.items())))
+        self._index: dict[tuple[bytes, bytes], tuple[int, list]] = {}
 
     def counters(self, net_dir: str) -> list[tuple[Metric, tuple, int]]:
-        out = []
-        for file, sections, wanted in self.plan:
+        out: list[tuple[Metric, tuple, int]] = []
+        for file, _sections, wanted in self.plan:
             try:
                 data = _read(f"{net_dir}/{file}", single=True)
             except FileNotFoundError:
                 continue
-            if file == "snmp6":
-                tokens = data.split()
-                parsed = {b":": dict(zip(tokens[::2], tokens[1::2], strict=False))}
-            else:
-                parsed = _pairs(data, sections)
+            text = b"\n" + data
             for section, fields in wanted:
-                sec = parsed.get(section)
-                if sec is None:
-                    continue
-                for field, metric, labels in fields:
-                    token = sec.get(field)
-                    if token is not None and token.isdigit():
-                        value = int(token)
-                        if value <= _MAX_U64:
-                            out.append((metric, labels, value))
+                if file == "snmp6":
+                    self._snmp6(text, fields, out)
+                else:
+                    self._pair(text, section, fields, out)
         return out
+
+    @staticmethod
+    def _snmp6(text: bytes, fields, out: list) -> None:
+        """``Name value`` lines: each wanted name found at a line start (its first line)."""
+        for field, metric, labels in fields:
+            at = text.find(b"\n" + field + b" ")
+            if at < 0:
+                continue
+            end = text.find(b"\n", at + 1)
+            tokens = text[at + 1:end if end >= 0 else len(text)].split()
+            if len(tokens) == 2 and tokens[1].isdigit():
+                value = int(tokens[1])
+                if value <= _MAX_U64:
+                    out.append((metric, labels, value))
+
+    def _pair(self, text: bytes, prefix: bytes, fields, out: list) -> None:
+        """One header/values line pair (the first of ``prefix``), the wanted fields picked
+        by their index in the header; the index is worked out once per distinct header."""
+        at = text.find(b"\n" + prefix)
+        if at < 0:
+            return
+        head_end = text.find(b"\n", at + 1)
+        if head_end < 0 or not text.startswith(prefix, head_end + 1):
+            return    # a header without its values line
+        header = text[at + 1:head_end]
+        plan = self._index.get((prefix, header))
+        if plan is None:
+            if len(self._index) > 64:
+                self._index.clear()
+            names = header.split()[1:]
+            position = dict(zip(names, range(len(names)), strict=True))  # last wins, as dict(zip)
+            plan = self._index[(prefix, header)] = (
+                len(names), [(position.get(f), m, lv) for f, m, lv in fields])
+        end = text.find(b"\n", head_end + 1)
+        values = text[head_end + 1:end if end >= 0 else len(text)].split()[1:]
+        if len(values) != plan[0]:
+            return    # the section is dropped, as generically
+        for i, metric, labels in plan[1]:
+            if i is None:
+                continue
+            token = values[i]
+            if token.isdigit():
+                value = int(token)
+                if value <= _MAX_U64:
+                    out.append((metric, labels, value))
 
 
 def _sockstat(data: bytes, key: bytes) -> dict[bytes, bytes]:
@@ -422,15 +439,21 @@ class NetnsCollector(Collector):
         return [*merged.values(), SOCKETS_UNREAD.single(refused_n)], late
 
     def _families(self, results, found, unread, partial, hidden):
-        fams: dict[Metric, object] = {}
+        fams: dict[int, list] = {}     # id(metric) -> samples (a Metric's hash is not cached)
+        specs: dict[int, Metric] = {}
         for ns, values in results:
             head = (ns.name, str(ns.inode) if ns.inode else "", ns.pod_uid)
             for metric, labels, value in values:
-                fam = fams.get(metric)
-                if fam is None:
-                    fam = fams[metric] = metric.family()
-                fam.add(head + labels, value)  # type: ignore[attr-defined]
-        out = list(fams.values())
+                samples = fams.get(id(metric))
+                if samples is None:
+                    samples = fams[id(metric)] = []
+                    specs[id(metric)] = metric
+                samples.append((head + labels, value))
+        out: list = []
+        for key, samples in fams.items():
+            fam = specs[key].family()
+            fam.samples = samples
+            out.append(fam)
         out.append(FOUND.single(len(found.namespaces)))
         fam = UNREAD.family()
         for reason in REASONS:
