@@ -270,7 +270,7 @@ class PodNamespace(Namespace):
 def proc_net_inode(procfs: str, pid: int | str) -> int | None:
     """The inode of /proc/<pid>/net/dev: one per network namespace; None if gone."""
     try:
-        return os.stat(os.path.join(procfs, str(pid), "net", "dev")).st_ino
+        return os.stat(f"{procfs}/{pid}/net/dev").st_ino
     except OSError:
         return None
 
@@ -294,22 +294,23 @@ def discover_pods(run_dirs: list[str], procfs: str | None, own_inode: int | None
     refused: dict[int, int] = {}     # /proc/<pid>/net/dev inode -> first pid
     if procfs:
         try:
-            entries = list(os.scandir(procfs))
+            names = os.listdir(procfs)
         except OSError:
-            entries = []
+            names = []
         seen = 0
-        for entry in entries:
-            if not entry.name.isdigit():
+        for name in names:
+            if not name.isdigit():
                 continue
             seen += 1
             if seen > max_pids:
                 break
+            path = f"{procfs}/{name}/ns/net"
             try:
-                link = os.readlink(os.path.join(procfs, entry.name, "ns", "net"))
+                link = os.readlink(path)
             except PermissionError:
-                ino = proc_net_inode(procfs, entry.name)
+                ino = proc_net_inode(procfs, name)
                 if ino is not None and ino != own_proc_inode:
-                    refused.setdefault(ino, int(entry.name))
+                    refused.setdefault(ino, int(name))
                 continue
             except OSError:
                 continue  # exited, or a kernel thread
@@ -323,9 +324,9 @@ def discover_pods(run_dirs: list[str], procfs: str | None, own_inode: int | None
             if pns is None:
                 pns = by_inode[inode] = PodNamespace(inode)
             if len(pns.paths) < 3 + (1 if pns.name else 0):
-                pns.paths.append(os.path.join(procfs, entry.name, "ns", "net"))
+                pns.paths.append(path)
             if pns.pid is None:
-                pns.pid = int(entry.name)
+                pns.pid = int(name)
     by_inode.pop(own_inode or -1, None)
     found = sorted(by_inode.values(), key=lambda n: (n.name == "", n.name, n.inode))
     if refused and procfs:
