@@ -26,14 +26,15 @@ fallback of its own may also yield ``self.availability(METRIC, False, reason)`` 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 from ..config import Option, Settings
 from ..metrics import Family, Metric
 from ..sources import Unavailable
 
-REGISTRY: dict[str, type["Collector"]] = {}
+REGISTRY: dict[str, type[Collector]] = {}
 
 
 @dataclass

@@ -499,7 +499,7 @@ class CtNetlink:
         self.close()
 
     def _send(self, mtype: int, flags: int, family: int = 0) -> nl.Reply:
-        return self.sock.send(mtype, flags, _NFGEN.pack(family, 0, 0), f"ctnetlink {mtype:#x}")
+        return self.sock.send(mtype, flags, _NFGEN.pack(family, 0, 0), "ctnetlink")
 
     def _transact(self, mtype: int, flags: int, want_type, record, family: int = 0) -> list:
         """Sends one request and decodes its answer's messages through record."""

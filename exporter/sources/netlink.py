@@ -137,6 +137,9 @@ class Message(NamedTuple):
         return bytes(self.data[self.start:self.end])
 
 
+_message = tuple.__new__   # Message(...) without NamedTuple's Python-level __new__ (hot)
+
+
 # --- framing --------------------------------------------------------------------------------
 
 def iter_messages(data, context: str = "netlink") -> Iterator[tuple[int, int, int, int, int]]:
@@ -227,7 +230,8 @@ class Reply:
                 else:
                     if flags & NLM_F_DUMP_INTR:
                         self.interrupted = True
-                    out.append(Message(mtype, flags, seq, data, off + HDR_LEN, off + ln))
+                    out.append(_message(Message, (mtype, flags, seq, data, off + HDR_LEN,
+                                                  off + ln)))
                     if not flags & NLM_F_MULTI and not ack:
                         self.done = True
             off += (ln + 3) & ~3

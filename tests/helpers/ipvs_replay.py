@@ -57,5 +57,5 @@ def from_fixtures(chunks) -> IPVSKernel:
     -> the datagrams of that file)."""
     services = chunks("ipvs_services.hex")
     decoded = [s for c in services for s in ipvs.decode_services(c)]
-    return IPVSKernel(services, {ipvs.service_key(s): chunks("ipvs_dests_%02d.hex" % i)
+    return IPVSKernel(services, {ipvs.service_key(s): chunks(f"ipvs_dests_{i:02d}.hex")
                                  for i, s in enumerate(decoded)})
