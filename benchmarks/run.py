@@ -50,6 +50,8 @@ SCENARIOS = {  # name -> (script beside this file, its arguments for --quick)
     "netfilter": ("netfilter_bench.py", ["--quick"]),  # issue 19: legacy and nft, 5,000 Services
     # issue 17: the overview's queries at 5,000 synthetic nodes, with and without recording rules
     "fleet": ("fleet_bench.py", ["--nodes", "500", "--repeat", "3"]),
+    # issue 15: the pod view over 110/1000 namespaces, sock_diag dumps, the ephemeral walk
+    "podview": ("podview_bench.py", ["--quick"]),
 }
 
 

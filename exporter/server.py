@@ -485,7 +485,8 @@ def landing_page(app: App) -> str:
     return (
         "<!doctype html><html><head><title>nodenet-exporter</title></head><body>"
         f"<h1>nodenet-exporter {__version__}</h1>"
-        "<p>Why packets die on this node: conntrack, IPVS, CPU steal, interfaces, softnet.</p>"
+        "<p>Why packets die on this node: conntrack, IPVS, kernel limits, drop reasons, interfaces "
+        "and NIC drivers, netfilter, the pod view.</p>"
         f'<p><a href="{path}">Metrics</a> &middot; <a href="/diagnose">Diagnose</a> &middot; '
         '<a href="/healthz">Health</a></p>'
         "<table border=1 cellpadding=4><tr><th>collector</th><th>state</th>"

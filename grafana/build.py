@@ -832,6 +832,7 @@ def node() -> dict:
     limits_panels(b, q, overview=False)
     netfilter_node(b, q)
     driver_node_panels(b, q)
+    podview_panels(b, q)
 
     b.row("Kernel tunables and exporter")
     b.add(table("Kernel tunables", "Values of the sysctls the sysctl collector reads.",
@@ -1173,6 +1174,28 @@ def driver_node_panels(b: "Board", q: Q) -> None:
                      "conntrack allowance is reached. ENA only.",
                      [target(q.m("nodenet_interface_conntrack_allowance_available"),
                              "{{interface}}")], "short", min_=0), 12, 7)
+
+
+# ------------------------------------------------------------------------------- issue 15: pods
+def podview_panels(b: Board, q: Q) -> None:
+    """The pod view (collector netns, opt-in): the pod namespaces that refuse traffic on this
+    node. Labelled by pod_uid (join kube_pod_info, or use the recorded
+    nodenet:netns_*:rate5m series for pod_namespace/pod_name) and netns."""
+    by = "sum by (netns, netns_inode, pod_uid)"
+    legend = "{{pod_uid}}{{netns}} "
+    b.row("Pods (collector netns)")
+    b.add(timeseries("pods refusing traffic",
+                     "Per pod network namespace, per second: listen queue overflows and UDP "
+                     "receive buffer errors (NodenetPodTCPListenOverflows, "
+                     "NodenetPodUDPReceiveBufferErrors), the top 10 of each; empty unless "
+                     "--collector.netns is on. Legend: pod UID (or the /run/netns name).",
+                     [target(f"topk(10, {by} "
+                             f"({q.rate('nodenet_netns_tcp_listen_overflows_total')}) > 0)",
+                             legend + "listen overflows"),
+                      target(f"topk(10, {by} "
+                             f"({q.rate('nodenet_netns_udp_receive_buffer_errors_total')}) > 0)",
+                             legend + "UDP receive buffer errors")],
+                     "short", min_=0), 24, 8)
 
 
 # ------------------------------------------------------------------------------- output

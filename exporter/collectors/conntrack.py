@@ -80,6 +80,10 @@ NETNS_FOUND = Metric("nodenet_conntrack_netns_namespaces", GAUGE,
                      "Distinct network namespaces found (more than the number of "
                      "nodenet_conntrack_netns_entries series when the cap or the time budget "
                      "was hit, or a namespace vanished while being read).")
+NETNS_AVAILABLE = Metric("nodenet_conntrack_netns_available", GAUGE,
+                         "With --collector.conntrack.netns: 0 if network namespaces were found "
+                         "but none could be read (setns needs CAP_SYS_ADMIN; the reason is "
+                         "logged once), else 1.")
 
 # CpuStats field -> counter name and help; the names are a contract (README "Metric reference").
 COUNTER_NAMES = {
@@ -126,7 +130,7 @@ class ConntrackCollector(Collector):
     source = ("ctnetlink (CAP_NET_ADMIN); /proc/sys/net/netfilter, /proc/net/stat/nf_conntrack; "
               "/run/netns, /proc/<pid>/ns/net")
     metrics = (ENTRIES, LIMIT, BUCKETS, EXPECT, AVAILABLE, SOURCE_INFO, BY_STATE,
-               BY_STATE_PARTIAL, NETNS_ENTRIES, NETNS_FOUND, *PER_CPU.values())
+               BY_STATE_PARTIAL, NETNS_ENTRIES, NETNS_FOUND, NETNS_AVAILABLE, *PER_CPU.values())
     availability_metric = AVAILABLE   # Unavailable -> available 0, success 1 (base.py)
     options = (
         Option("collector.conntrack.per-cpu", parse_bool, False,
@@ -378,11 +382,13 @@ class ConntrackCollector(Collector):
         counts, skipped = ct.count_in_namespaces(chosen, NETLINK_TIMEOUT, deadline)
         if skipped:
             self.log.debug("network namespaces skipped", skipped=skipped[:20])
-        if chosen and not counts:
+        readable = not (chosen and not counts)
+        if not readable:
             self._warn_once("netns", "no network namespace could be read (setns needs "
                             f"CAP_SYS_ADMIN, ctnetlink CAP_NET_ADMIN): {'; '.join(skipped[:3])}")
         else:
             self._warn_once("netns", None)
+        yield NETNS_AVAILABLE.single(1 if readable else 0)
         fam = NETNS_ENTRIES.family()
         for c in counts:
             fam.add((c.ns.name, str(c.ns.inode), c.ns.pod_uid), c.entries)

@@ -20,10 +20,12 @@ is meant to be one more part beside these, sharing the port range read by ``_por
 from __future__ import annotations
 
 import os
+import time
 
-from ..config import Option
-from ..metrics import GAUGE, Metric
-from ..sources import ParseError, procfs
+from ..config import Option, parse_bool, parse_duration, parse_positive_int
+from ..metrics import COUNTER, GAUGE, Metric
+from ..sources import ParseError, procfs, sockdiag
+from ..sources import netlink as nl
 from ..sources import sockstat as ss
 from .base import Collector, register
 
@@ -88,6 +90,38 @@ PORT_OVERLAP = Metric("nodenet_ephemeral_ports_nodeport_overlap", GAUGE,
                       "connection may take one and the Service stops answering on that node "
                       "(kubernetes#111682). Should be 0." + _NS)
 
+# -- per-socket attribution (issue 15): sock_diag listeners, UDP servers, ephemeral ports ----
+_AP = ("address", "port")
+_SD = (" From a sock_diag dump filtered in the kernel; address as the kernel prints it "
+       "(0.0.0.0 and :: for wildcards), at most --collector.sockets.max-series sockets." + _NS)
+LISTEN_QUEUE = Metric("nodenet_tcp_listen_queue_length", GAUGE,
+                      "Connections waiting for accept() on a TCP listener (idiag_rqueue); at "
+                      "nodenet_tcp_listen_queue_limit new ones overflow." + _SD, _AP)
+LISTEN_LIMIT = Metric("nodenet_tcp_listen_queue_limit", GAUGE,
+                      "A TCP listener's accept backlog (idiag_wqueue: min(listen() backlog, "
+                      "net.core.somaxconn))." + _SD, _AP)
+UDP_DROPS = Metric("nodenet_udp_socket_drops_total", COUNTER,
+                   "Datagrams dropped by a UDP server socket (SK_MEMINFO drops: receive buffer "
+                   "full, filters), summed over its SO_REUSEPORT group; unconnected sockets on a "
+                   "port outside the ephemeral range." + _SD, _AP)
+UDP_QUEUE = Metric("nodenet_udp_socket_receive_queue_bytes", GAUGE,
+                   "Bytes queued for reading on a UDP server (SK_MEMINFO rmem_alloc), summed "
+                   "over its SO_REUSEPORT group." + _SD, _AP)
+UDP_RCVBUF = Metric("nodenet_udp_socket_receive_buffer_bytes", GAUGE,
+                    "Receive buffer size of a UDP server (SK_MEMINFO rcvbuf), summed over its "
+                    "SO_REUSEPORT group." + _SD, _AP)
+EPH_MAX = Metric("nodenet_ephemeral_ports_max_in_use", GAUGE,
+                 "Ephemeral ports in use towards the busiest (source, destination address:port): "
+                 "compare with nodenet_ephemeral_ports_range_size (--collector.sockets."
+                 "ephemeral-ports)." + _NS)
+EPH_IN_USE = Metric("nodenet_ephemeral_ports_in_use", GAUGE,
+                    "Ephemeral ports in use per (source address, destination address:port), "
+                    "the top --collector.sockets.ephemeral-ports.top groups." + _NS,
+                    ("source", "destination"))
+EPH_PARTIAL = Metric("nodenet_ephemeral_ports_partial", GAUGE,
+                     "1 if the last TCP walk stopped at its time budget (--collector.sockets."
+                     "ephemeral-ports.timeout): the counts cover only the sockets read.")
+
 FAMILIES = (("ipv4", "sockstat", "TCP", "UDP", "FRAG"),
             ("ipv6", "sockstat6", "TCP6", "UDP6", "FRAG6"))
 LEVELS = ("low", "pressure", "high")
@@ -104,18 +138,38 @@ class SocketsCollector(Collector):
               "ip_local_reserved_ports, fs.file-nr, fs.file-max)")
     metrics = (SOCKETS_USED, TCP_INUSE, UDP_INUSE, TW, TW_LIMIT, ORPHANS, ORPHANS_LIMIT,
                TCP_MEM, TCP_MEM_LIMIT, UDP_MEM, UDP_MEM_LIMIT, FRAG_MEM, FRAG_LIMIT, FILES,
-               FILES_LIMIT, PORT_RANGE, PORTS_RESERVED, PORT_OVERLAP)
+               FILES_LIMIT, PORT_RANGE, PORTS_RESERVED, PORT_OVERLAP,
+               LISTEN_QUEUE, LISTEN_LIMIT, UDP_DROPS, UDP_QUEUE, UDP_RCVBUF,
+               EPH_MAX, EPH_IN_USE, EPH_PARTIAL)
     options = (Option("collector.sockets.nodeport-range", ss.parse_port_range_flag,
                       (30000, 32767),
                       "NodePort range (LOW-HIGH) compared with ip_local_port_range "
-                      "(the Kubernetes default 30000-32767)", "LOW-HIGH"),)
+                      "(the Kubernetes default 30000-32767)", "LOW-HIGH"),
+               Option("collector.sockets.per-socket", parse_bool, True,
+                      "Listener queues and UDP-server drops per (address, port) from sock_diag "
+                      "(the running kernel, whatever --path.procfs says)"),
+               Option("collector.sockets.max-series", parse_positive_int, 200,
+                      "Most listeners plus UDP servers exported (listeners first, each by port)"),
+               Option("collector.sockets.ephemeral-ports", parse_bool, False,
+                      "Count ephemeral ports per destination (walks every TCP socket)"),
+               Option("collector.sockets.ephemeral-ports.top", parse_positive_int, 5,
+                      "Destinations exported by the ephemeral-port walk"),
+               Option("collector.sockets.ephemeral-ports.timeout", parse_duration, 1.0,
+                      "Time budget of the ephemeral-port walk (partial counts beyond it)"))
 
-    PARTS = ("_usage", "_limits", "_files", "_ports")
+    PARTS = ("_usage", "_limits", "_files", "_ports", "_attribution")
 
     def __init__(self, ctx):
         super().__init__(ctx)
         self.nodeport_range = ctx.settings["collector.sockets.nodeport-range"]
         self.page_size = os.sysconf("SC_PAGE_SIZE")
+        st = ctx.settings
+        self.per_socket = st["collector.sockets.per-socket"]
+        self.max_series = st["collector.sockets.max-series"]
+        self.ephemeral = st["collector.sockets.ephemeral-ports"]
+        self.eph_top = st["collector.sockets.ephemeral-ports.top"]
+        self.eph_timeout = st["collector.sockets.ephemeral-ports.timeout"]
+        self._capped = False
         self._problems: tuple = ()
         self._seen: list[str] = []     # problems met during the current collection
 
@@ -238,3 +292,70 @@ class SocketsCollector(Collector):
         ports = ss.ephemeral_ports((local[0], local[1]), reserved, self.nodeport_range)
         return [PORT_RANGE.single(ports.range_size), PORTS_RESERVED.single(ports.reserved),
                 PORT_OVERLAP.single(ports.nodeport_overlap)]
+
+    # -- per-socket attribution (issue 15) ----------------------------------------------------
+
+    def _attribution(self):
+        if not self.per_socket:
+            return []
+        local = self._sysctl("net.ipv4.ip_local_port_range", 2)
+        lo, hi = (local[0], local[1]) if local else (32768, 60999)
+        try:
+            with nl.NetlinkSocket(nl.NETLINK_SOCK_DIAG, timeout=1.0, deadline=2.0) as sock:
+                out = socket_families(sock, lo, hi, self.max_series, self._cap_said)
+        except OSError as exc:
+            self._seen.append(f"sock_diag: {exc}")
+            return []
+        if self.ephemeral:
+            out.extend(self._ephemeral(lo, hi))
+        return out
+
+    def _cap_said(self, found: int) -> None:
+        if not self._capped:
+            self.log.warning("listeners and UDP servers capped by --collector.sockets.max-series",
+                             found=found, exported=self.max_series)
+            self._capped = True
+
+    def _ephemeral(self, lo: int, hi: int):
+        deadline = time.monotonic() + self.eph_timeout
+        try:
+            with nl.NetlinkSocket(nl.NETLINK_SOCK_DIAG, timeout=1.0,
+                                  deadline=self.eph_timeout + 1.0) as sock:
+                groups, complete = sockdiag.ephemeral_walk(sock, lo, hi, deadline)
+        except OSError as exc:
+            self._seen.append(f"sock_diag TCP walk: {exc}")
+            return []
+        top = sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))[: self.eph_top]
+        fam = EPH_IN_USE.family()
+        for (src, dst), n in top:
+            fam.add((src, dst), n)
+        return [EPH_MAX.single(top[0][1] if top else 0), fam,
+                EPH_PARTIAL.single(0 if complete else 1)]
+
+
+def socket_families(sock, lo: int, hi: int, max_series: int, on_cap=None,
+                    specs=(LISTEN_QUEUE, LISTEN_LIMIT, UDP_DROPS, UDP_QUEUE, UDP_RCVBUF),
+                    head: tuple = ()):
+    """The listener and UDP-server families of the namespace ``sock`` lives in (also the pod
+    view's, with its namespace labels as ``head`` and its own specs)."""
+    listen = sorted(sockdiag.listeners(sock), key=lambda s: (s.sport, s.family, s.source))
+    udp = sorted(sockdiag.udp_servers(sockdiag.udp_sockets(sock), lo, hi).items(),
+                 key=lambda kv: (kv[0][1], kv[0][0]))
+    if len(listen) + len(udp) > max_series:
+        if on_cap is not None:
+            on_cap(len(listen) + len(udp))
+        listen = listen[:max_series]
+        udp = udp[: max_series - len(listen)]
+    fams = [spec.family() if spec is not None else None for spec in specs]
+    for s in listen:
+        key = head + (s.source, str(s.sport))
+        if fams[0] is not None:
+            fams[0].add(key, s.rqueue)
+        if fams[1] is not None:
+            fams[1].add(key, s.wqueue)
+    for (address, port), srv in udp:
+        key = head + (address, str(port))
+        for fam, v in zip(fams[2:], (srv.drops, srv.queue, srv.rcvbuf), strict=True):
+            if fam is not None:
+                fam.add(key, v)
+    return [f for f in fams if f is not None]

@@ -237,3 +237,104 @@ def run_in_namespaces(namespaces: list[Namespace], fn: Callable[[Namespace], T],
     if failure:
         raise failure[0]
     return results, skipped
+
+
+# ------------------------------------------------------------------------------------------
+# Pod view (issue 15): discovery that also sees processes whose ns link is refused.
+#
+# Measured on this kernel (tests/integration/test_podview_netns.py proves it): as uid 0 with
+# only CAP_NET_ADMIN, readlink()/stat() of /proc/<pid>/ns/net of a process of another uid fails
+# with EACCES (ptrace-read check), while stat() and read() of its /proc/<pid>/net/* files
+# succeed; the inode of /proc/<pid>/net/dev is the same for every member of a namespace and
+# differs between namespaces (one procfs entry per namespace).  So such a namespace is found
+# and read without CAP_SYS_PTRACE - only its nsfs inode stays unknown (``Namespace.inode`` 0).
+
+@dataclass
+class PodDiscovery:
+    """What :func:`discover_pods` found: ``namespaces`` other than the exporter's own (nsfs
+    inode known, or 0 when only seen through a process whose ns link was refused) and
+    ``refused``: how many of them were seen only through processes whose /proc/<pid>/ns/net
+    was refused (their inode is 0)."""
+
+    namespaces: list[PodNamespace]
+    refused: int = 0
+
+
+@dataclass
+class PodNamespace(Namespace):
+    """A Namespace plus the inode of a member's /proc/<pid>/net/dev (None: not known yet)."""
+
+    proc_inode: int | None = None
+
+
+def proc_net_inode(procfs: str, pid: int | str) -> int | None:
+    """The inode of /proc/<pid>/net/dev: one per network namespace; None if gone."""
+    try:
+        return os.stat(f"{procfs}/{pid}/net/dev").st_ino
+    except OSError:
+        return None
+
+
+def discover_pods(run_dirs: list[str], procfs: str | None, own_inode: int | None,
+                  own_proc_inode: int | None, max_pids: int = 100_000) -> PodDiscovery:
+    """Every network namespace but the exporter's own, distinct, one member pid each.
+
+    As :func:`discover`, plus: a process whose ns link is refused (EACCES) is grouped by its
+    /proc/<pid>/net/dev inode; a group that matches no namespace already known (compared by the
+    same inode of a readable member) becomes a Namespace with inode 0.  Only stat(), readlink().
+    """
+    by_inode: dict[int, PodNamespace] = {}
+    try:
+        nsfs_dev: int | None = os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        nsfs_dev = None
+    _scan_run_dirs(run_dirs, by_inode, nsfs_dev)  # type: ignore[arg-type]
+    for key, plain in list(by_inode.items()):
+        by_inode[key] = PodNamespace(plain.inode, plain.name, plain.paths)
+    refused: dict[int, int] = {}     # /proc/<pid>/net/dev inode -> first pid
+    if procfs:
+        try:
+            names = os.listdir(procfs)
+        except OSError:
+            names = []
+        seen = 0
+        for name in names:
+            if not name.isdigit():
+                continue
+            seen += 1
+            if seen > max_pids:
+                break
+            path = f"{procfs}/{name}/ns/net"
+            try:
+                link = os.readlink(path)
+            except PermissionError:
+                ino = proc_net_inode(procfs, name)
+                if ino is not None and ino != own_proc_inode:
+                    refused.setdefault(ino, int(name))
+                continue
+            except OSError:
+                continue  # exited, or a kernel thread
+            if not link.startswith("net:["):
+                continue
+            try:
+                inode = int(link[5:-1])
+            except ValueError:
+                continue
+            pns = by_inode.get(inode)
+            if pns is None:
+                pns = by_inode[inode] = PodNamespace(inode)
+            if len(pns.paths) < 3 + (1 if pns.name else 0):
+                pns.paths.append(path)
+            if pns.pid is None:
+                pns.pid = int(name)
+    by_inode.pop(own_inode or -1, None)
+    found = sorted(by_inode.values(), key=lambda n: (n.name == "", n.name, n.inode))
+    if refused and procfs:
+        for pns in found:
+            if pns.pid is not None:
+                pns.proc_inode = proc_net_inode(procfs, pns.pid)
+        known = {pns.proc_inode for pns in found}
+        for ino, pid in sorted(refused.items()):
+            if ino not in known:
+                found.append(PodNamespace(0, pid=pid, proc_inode=ino))
+    return PodDiscovery(found, sum(1 for pns in found if pns.inode == 0))

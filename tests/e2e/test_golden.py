@@ -19,7 +19,11 @@ from tests.helpers.netns import netns, run
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(os.path.dirname(HERE), "fixtures")
 GOLDEN = os.path.join(FIX, "golden", "metrics.prom")
-FIXTURE_ARGS = [f"--path.procfs={FIX}/root/proc", f"--path.sysfs={FIX}/root/sys"]
+FIXTURE_ARGS = [f"--path.procfs={FIX}/root/proc", f"--path.sysfs={FIX}/root/sys",
+                # issue 15's opt-in walks: the pod view finds no namespace in the fixture tree,
+                # the ephemeral walk sees only the test's own scrape connection (volatile)
+                "--collector.netns", f"--collector.netns.dirs={FIX}/root/run/netns",
+                "--collector.sockets.ephemeral-ports"]
 # Series whose value depends on the machine or the moment, not on the fixture tree.
 VOLATILE = re.compile(r"^(nodenet_scrape_collector_duration_seconds|nodenet_build_info"
                       r"|nodenet_conntrack_entries_limit|nodenet_conntrack_buckets"
@@ -29,7 +33,10 @@ VOLATILE = re.compile(r"^(nodenet_scrape_collector_duration_seconds|nodenet_buil
                       r"|^nodenet_neighbour_(entries|entries_limit|gc_threshold_entries"
                       r"|table_fulls_total|forced_gc_runs_total|resolution_failures_total)\{"
                       # loopback carries the test's own readiness probes and scrapes
-                      r"|^nodenet_interface_(receive|transmit)_(bytes|packets)_total\{interface=\"lo\"")
+                      r"|^nodenet_interface_(receive|transmit)_(bytes|packets)_total\{interface=\"lo\""
+                      # the exporter's own listener and the scrape's connection (random ports)
+                      r"|^nodenet_tcp_listen_queue_(length|limit)\{|^nodenet_ephemeral_ports_"
+                      r"(in_use\{|max_in_use )")
 
 
 def normalise(text: str) -> list[str]:

@@ -41,7 +41,9 @@ PEER_IP = "192.0.2.2"
 FLOWS = 40
 FLOW_PORT0 = 20000
 CAP_NET_ADMIN = 12
-CAP_NUMBERS = {"net_admin": 12, "sys_admin": 21, "perfmon": 38, "bpf": 39}
+# capability numbers (linux/capability.h), by the names the manifests use
+CAP_NUMBERS = {"NET_ADMIN": 12, "SYS_ADMIN": 21, "SYS_PTRACE": 19, "SYS_RESOURCE": 24, "BPF": 39,
+               "PERFMON": 38, "NET_RAW": 13, "DAC_READ_SEARCH": 2, "SYS_CHROOT": 18}
 IMAGE_USER = 65534  # Containerfile: USER 65534:65534
 START_TIMEOUT_S = 20.0
 
@@ -452,9 +454,6 @@ def test_the_read_only_view_really_is_read_only(node_netns, tmp_path):
 # grants, nothing more), and every collector still succeeds. (tests/container/test_image.py
 # runs each component in the real container runtime, with and without its privileges.)
 
-CAP_NUMBERS = {"NET_ADMIN": 12, "SYS_ADMIN": 21, "SYS_PTRACE": 19, "SYS_RESOURCE": 24, "BPF": 39,
-               "PERFMON": 38, "NET_RAW": 13, "DAC_READ_SEARCH": 2, "SYS_CHROOT": 18}
-
 
 def _components() -> list[Path]:
     root = REPO / "deploy" / "components"
@@ -523,7 +522,7 @@ def test_component_works_with_exactly_its_capabilities(node_netns, tmp_path, com
         r = start_exporter(node_netns, spec, tmp_path, spec.uid, caps)
         try:
             st = proc_status(r.pid)
-            bits = sum(1 << CAP_NUMBERS[c] for c in caps)
+            bits = sum(1 << CAP_NUMBERS[c.upper()] for c in caps)
             assert st["CapEff"] == f"{bits:016x}" and st["NoNewPrivs"] == "1", st
             status, body = http_get(node_netns, r.base + "/metrics")
             assert status == 200, body[:500]

@@ -60,6 +60,8 @@ EXPECTED_RECORDS = {
     "nodenet:interface_drops:rate5m",
     "nodenet:interface_receive_drops:rate5m", "nodenet:interface_transmit_drops:rate5m",
     "nodenet:interface_receive_packets:rate5m", "nodenet:interface_transmit_packets:rate5m",
+    # the pod view: per-pod rates joined to kube_pod_info (pod_namespace, pod_name)
+    "nodenet:netns_tcp_listen_overflows:rate5m", "nodenet:netns_udp_receive_buffer_errors:rate5m",
 }
 # issue 19: the group on kube-proxy's own metrics (names from kube-proxy's metrics reference),
 # selected by its own job selector instead of nodenet-exporter's.
@@ -84,6 +86,12 @@ EXPECTED_ALERTS.update({
     "NodenetUDPReceiveBufferErrors": ("2m", "warning"),
     "NodenetIPReassemblyFailures": ("15m", "warning"),
     "NodenetEphemeralPortsOverlapNodePorts": ("15m", "warning"),
+})
+# Issue 15 (the pod view, ephemeral ports per destination).
+EXPECTED_ALERTS.update({
+    "NodenetPodTCPListenOverflows": ("2m", "warning"),
+    "NodenetPodUDPReceiveBufferErrors": ("2m", "warning"),
+    "NodenetEphemeralPortsNearExhaustion": ("5m", "warning"),
 })
 RULE_COUNT = sum(len(v) if isinstance(v, set) else 1 for v in EXPECTED_ALERTS.values())
 
@@ -139,6 +147,9 @@ CONTRACT_METRICS = {
     "nodenet_interface_driver_drops_total", "nodenet_interface_driver_errors_total",
     "nodenet_interface_allowance_exceeded_total", "nodenet_interface_conntrack_allowance_available",
     "nodenet_interface_driver_info",
+    # issue 15: the pod view (alerts use the recorded rates below), ephemeral ports
+    "nodenet_ephemeral_ports_max_in_use", "nodenet_ephemeral_ports_range_size",
+    "nodenet_netns_tcp_listen_overflows_total", "nodenet_netns_udp_receive_buffer_errors_total",
 }
 # Metrics only an AWS ENA NIC exports (no such NIC where the golden test runs); the driver
 # fixtures of tests/unit/test_ethtool_collector.py pin them.
@@ -146,6 +157,9 @@ ENA_ONLY = {"nodenet_interface_allowance_exceeded_total",
             "nodenet_interface_conntrack_allowance_available"}
 # Series Prometheus makes itself for every target (not in any exposition).
 SYNTHETIC_METRICS = {"up"}
+# Series the rule file records itself (level:metric:operation names), each from a recording rule.
+RECORDED_METRICS = {r["record"] for g in yaml.safe_load(RULES.read_text())["groups"]
+                    for r in g["rules"] if "record" in r}
 
 PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
                 "group_right", "bool", "offset", "inf", "nan"}
@@ -341,9 +355,11 @@ def test_exactly_the_recording_rules_each_with_the_job_selector_and_a_promtool_c
         assert r["record"].startswith("nodenet:") and r["record"].count(":") == 2, r["record"]
         sels = re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}", r["expr"])
         assert {n for n, _ in sels} == metric_names(r["expr"]), r["expr"]
+        # kube_pod_info is kube-state-metrics' (the pod view's join): its own job
         for name, matchers in sels:
-            assert JOB in matchers, f"{r['record']}: {name}{{{matchers}}} lacks {JOB}"
-        assert metric_names(r["expr"]) <= CONTRACT_METRICS, r["expr"]
+            if name != "kube_pod_info":
+                assert JOB in matchers, f"{r['record']}: {name}{{{matchers}}} lacks {JOB}"
+        assert metric_names(r["expr"]) - {"kube_pod_info"} <= CONTRACT_METRICS, r["expr"]
         assert r["record"] in tested, f"{r['record']}: no promtool promql_expr_test case"
 
 
@@ -396,7 +412,8 @@ def test_metric_name_parser_finds_selectors():
 
 def test_rules_use_only_contract_metric_names():
     used = set().union(*(metric_names(r["expr"]) for r in all_rules()))
-    unknown = used - CONTRACT_METRICS - SYNTHETIC_METRICS - KUBE_PROXY_METRICS
+    unknown = (used - CONTRACT_METRICS - SYNTHETIC_METRICS - KUBE_PROXY_METRICS
+               - RECORDED_METRICS)
     assert not unknown, f"metrics not in the contract of issues 2/3/4/9: {sorted(unknown)}"
 
 
@@ -415,8 +432,9 @@ def test_rules_use_only_metrics_the_exporter_exports():
 
     declared = docs.all_metrics()
     exported = _golden_names()
-    used = set().union(*(metric_names(r["expr"]) for r in all_rules()
-                         if r["alert"] not in kube_proxy_alerts())) - SYNTHETIC_METRICS
+    used = (set().union(*(metric_names(r["expr"]) for r in all_rules()
+                          if r["alert"] not in kube_proxy_alerts()))
+            - SYNTHETIC_METRICS - RECORDED_METRICS)
     undeclared = used - set(declared)
     assert not undeclared, f"the rules use metrics no collector declares: {sorted(undeclared)}"
     # dropreason is off by default (needs CAP_BPF): its series are checked on the real kernel in
@@ -425,3 +443,14 @@ def test_rules_use_only_metrics_the_exporter_exports():
                if declared[n][0] not in ("ipvs", "dropreason")}
     assert not missing, (f"the rules use metrics that {GOLDEN.relative_to(ROOT)} does not "
                          f"contain: {sorted(missing)}")
+
+
+def test_recording_rules_are_named_and_read_only_declared_metrics():
+    from exporter import docs
+
+    declared = docs.all_metrics()
+    for r in all_records():
+        assert re.fullmatch(r"nodenet:[a-z0-9_]+:[a-z0-9_]+", r["record"]), r["record"]
+        names = metric_names(r["expr"]) - {"kube_pod_info"}
+        assert names and names <= set(declared), (r["record"], names - set(declared))
+        assert JOB in r["expr"]

@@ -23,7 +23,8 @@ load_all()
 
 def scrape(name, kernel, *argv):
     stream = io.StringIO()
-    settings = resolve(all_options(), [f"--path.procfs={FIX}/{kernel}", *argv], "t", "0",
+    settings = resolve(all_options(), [f"--path.procfs={FIX}/{kernel}",
+                                       "--no-collector.sockets.per-socket", *argv], "t", "0",
                        set(REGISTRY))
     log = logmod.setup("info", "json", stream=stream).bind(collector=name)
     collector = REGISTRY[name](Context(settings=settings, log=log))

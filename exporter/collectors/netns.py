@@ -1,0 +1,464 @@
+"""The pod view: refusal counters of every other network namespace (pods), read from outside.
+
+Enabled with ``--collector.netns`` (default off).  Discovery (:func:`sources.netns.discover_pods`)
+lists the namespaces under ``--collector.netns.dirs`` (default /run/netns) and, with hostPID,
+those of every process in ``/proc/<pid>/ns/net``, distinct by nsfs inode, the exporter's own
+left out, at most ``--collector.netns.max`` (default 200).  Each is read through one member
+process's ``/proc/<pid>/net/{snmp,netstat,snmp6,sockstat,sockstat6,dev}`` (no setns, tens of
+microseconds); one known only as a bind mount (no member process) is read by entering it
+(setns, CAP_SYS_ADMIN) from a short-lived thread, else counted in ``nodenet_netns_unread``.
+
+Series per namespace at default flags (labels netns, netns_inode, pod_uid as
+``nodenet_conntrack_netns_entries``): 3 TCP counters + 3 x 2 UDP/IP counters per family
++ 2 TCP in-use + 1 TIME_WAIT + 4 per interface (lo excluded): 16 with one eth0.
+``--collector.netns.counters`` (a regex over the ``netstat`` collector's metric names) adds
+more of that allowlist.
+
+Privilege (docs/podview.md): hostPID for /proc discovery.  Without CAP_SYS_PTRACE, the ns link
+of a process of another uid (a pod's pause process runs as 65535) is refused while its
+/proc/<pid>/net files are readable: such namespaces are still found (grouped by the inode of
+/proc/<pid>/net/dev, one per namespace) and read, with ``netns_inode`` "" (counted in
+``nodenet_netns_inode_unknown``, said once in the log); one without a pod UID either cannot
+be told apart honestly and is counted as unread (reason ``identity``).
+
+A namespace that vanishes mid-read (its process exited, the pid now names another namespace)
+is simply absent.  The time budget (``--collector.netns.timeout``) stops the walk:
+``nodenet_netns_partial`` 1 and the rest counted as unread (reason ``time_budget``).
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from ..config import (
+    Option,
+    parse_bool,
+    parse_duration,
+    parse_list,
+    parse_positive_int,
+    parse_regex,
+)
+from ..metrics import COUNTER, GAUGE, Metric
+from ..sources import netlink as nl
+from ..sources import netns
+from ..sources.procnetdev import parse_net_dev
+from . import netstat
+from . import sockets as sockets_mod
+from .base import Collector, register
+
+NS_LABELS = ("netns", "netns_inode", "pod_uid")
+_WHERE = (" In a pod's (or any other) network namespace, read from outside through a member "
+          "process's /proc/<pid>/net; netns is the name under /run/netns if any, netns_inode "
+          "the namespace's inode (\"\" without CAP_SYS_PTRACE), pod_uid from its cgroup.")
+
+
+def pod_metric(m: Metric) -> Metric:
+    """The pod-view twin of a node metric: nodenet_x -> nodenet_netns_x, namespace labels first."""
+    help_ = m.help.replace(" Per network namespace.", "")
+    return Metric("nodenet_netns_" + m.name[len("nodenet_"):], m.type, help_ + _WHERE,
+                  NS_LABELS + m.labels)
+
+
+POD_COUNTERS = {m.name: pod_metric(m) for m in netstat.METRICS}
+DEFAULT_COUNTERS = ("nodenet_tcp_listen_overflows_total", "nodenet_tcp_listen_drops_total",
+                    "nodenet_tcp_retransmitted_segments_total",
+                    "nodenet_udp_receive_buffer_errors_total", "nodenet_udp_in_errors_total",
+                    "nodenet_ip_reassembly_failures_total")
+TCP_INUSE = Metric("nodenet_netns_tcp_sockets_in_use", GAUGE,
+                   "TCP sockets in use (not TIME_WAIT), by family (sockstat TCP/TCP6 inuse)."
+                   + _WHERE, NS_LABELS + ("family",))
+TW = Metric("nodenet_netns_tcp_timewait_sockets", GAUGE,
+            "TCP sockets in TIME_WAIT, IPv4 and IPv6 (sockstat tw)." + _WHERE, NS_LABELS)
+_IF = NS_LABELS + ("interface",)
+_DEV = " of the namespace's own interface (/proc/<pid>/net/dev; lo excluded)."
+IF_RX_DROPS = Metric("nodenet_netns_interface_receive_drops_total", COUNTER,
+                     "Received packets dropped" + _DEV + _WHERE, _IF)
+IF_RX_ERRORS = Metric("nodenet_netns_interface_receive_errors_total", COUNTER,
+                      "Receive errors" + _DEV + _WHERE, _IF)
+IF_TX_DROPS = Metric("nodenet_netns_interface_transmit_drops_total", COUNTER,
+                     "Packets dropped on transmit" + _DEV + _WHERE, _IF)
+IF_TX_ERRORS = Metric("nodenet_netns_interface_transmit_errors_total", COUNTER,
+                      "Transmit errors" + _DEV + _WHERE, _IF)
+FOUND = Metric("nodenet_netns_namespaces", GAUGE,
+               "Network namespaces found other than the exporter's own (/run/netns and, with "
+               "hostPID, /proc/<pid>/ns/net, distinct), read or not.")
+UNREAD = Metric("nodenet_netns_unread", GAUGE,
+                "Namespaces found but not exported, by reason: setns (only a bind mount, and "
+                "entering it was refused: CAP_SYS_ADMIN), identity (no readable ns link and no "
+                "pod UID: CAP_SYS_PTRACE), max (over --collector.netns.max), time_budget.",
+                ("reason",))
+PARTIAL = Metric("nodenet_netns_partial", GAUGE,
+                 "1 if the last walk (counters, or sockets with --collector.netns.sockets) "
+                 "stopped at its time budget (--collector.netns.timeout): the namespace "
+                 "series cover only the namespaces read before it.")
+INODE_UNKNOWN = Metric("nodenet_netns_inode_unknown", GAUGE,
+                       "Namespaces exported with netns_inode \"\": their processes' "
+                       "/proc/<pid>/ns/net was refused (another uid, no CAP_SYS_PTRACE).")
+_SOCK = (" Inside the namespace, from sock_diag after setns (--collector.netns.sockets: "
+         "CAP_SYS_ADMIN).")
+POD_LISTEN_QUEUE = Metric("nodenet_netns_tcp_listen_queue_length", GAUGE,
+                          "Connections waiting for accept() on a TCP listener (idiag_rqueue)."
+                          + _SOCK, NS_LABELS + ("address", "port"))
+POD_LISTEN_LIMIT = Metric("nodenet_netns_tcp_listen_queue_limit", GAUGE,
+                          "A TCP listener's accept backlog (idiag_wqueue)." + _SOCK,
+                          NS_LABELS + ("address", "port"))
+POD_UDP_DROPS = Metric("nodenet_netns_udp_socket_drops_total", COUNTER,
+                       "Datagrams dropped by a UDP server socket (SK_MEMINFO drops), summed "
+                       "over its SO_REUSEPORT group." + _SOCK, NS_LABELS + ("address", "port"))
+SOCKETS_UNREAD = Metric("nodenet_netns_sockets_unread", GAUGE,
+                        "Namespaces whose sockets could not be read (setns refused: "
+                        "CAP_SYS_ADMIN, or their ns link: CAP_SYS_PTRACE), with "
+                        "--collector.netns.sockets.")
+REASONS = ("setns", "identity", "max", "time_budget")
+OWN_NET = "/proc/thread-self/net"
+
+
+_BUF = 1 << 16
+
+
+def _read(path: str, single: bool = False) -> bytes:
+    """The whole file in as few syscalls as possible (no io layers: this runs 6x per pod).
+
+    ``single``: a single-record seq_file (snmp, netstat, snmp6, sockstat*: the kernel formats
+    the whole text into its buffer, then copies what fits), so one read shorter than the buffer
+    is all of it; other files (dev: one record per device, served a page at a time) are read
+    until EOF."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        first = os.read(fd, _BUF)
+        if single and len(first) < _BUF:
+            return first
+        parts = [first]
+        while parts[-1]:
+            parts.append(os.read(fd, _BUF))
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+_MAX_U64 = (1 << 64) - 1
+
+
+def _number(token: bytes) -> int | None:
+    """An unsigned decimal counter (as the generic parser accepts: no sign, at most u64)."""
+    if not token.isdigit():
+        return None
+    value = int(token)
+    return value if value <= _MAX_U64 else None
+
+
+class FastReader:
+    """What :func:`netstat.read_mibs` + :func:`netstat.counter_values` give for ``rows``, read
+    with bytes splits of only the wanted sections (the pod view reads 7 files per namespace:
+    the generic parser's validation cost more than the kernel's formatting).  Kept equal to
+    the generic path by tests/unit/test_podview.py on every fixture kernel and this one."""
+
+    def __init__(self, rows):
+        want = netstat.wanted(rows)
+        # file -> (section -> [(field, metric, labels)]) in the rows' order per section;
+        # snmp6's one section is b":"
+        self.plan: list[tuple[str, frozenset[bytes], list]] = []
+        for file in netstat.FILES:
+            if not want.get(file):
+                continue
+            by_section: dict[bytes, list] = {}
+            for m, labels, f, section, field in rows:
+                if f == file:
+                    key = b":" if file == "snmp6" else (section + ":").encode()
+                    by_section.setdefault(key, []).append((field.encode(), m, labels))
+            self.plan.append((file, frozenset(by_section), list(by_section.items())))
+        self._index: dict[tuple[bytes, bytes], tuple[int, list]] = {}
+
+    def counters(self, net_dir: str) -> list[tuple[Metric, tuple, int]]:
+        out: list[tuple[Metric, tuple, int]] = []
+        for file, _sections, wanted in self.plan:
+            try:
+                data = _read(f"{net_dir}/{file}", single=True)
+            except FileNotFoundError:
+                continue
+            text = b"\n" + data
+            for section, fields in wanted:
+                if file == "snmp6":
+                    self._snmp6(text, fields, out)
+                else:
+                    self._pair(text, section, fields, out)
+        return out
+
+    @staticmethod
+    def _snmp6(text: bytes, fields, out: list) -> None:
+        """``Name value`` lines: each wanted name found at a line start (its first line)."""
+        for field, metric, labels in fields:
+            at = text.find(b"\n" + field + b" ")
+            if at < 0:
+                continue
+            end = text.find(b"\n", at + 1)
+            tokens = text[at + 1:end if end >= 0 else len(text)].split()
+            if len(tokens) == 2 and tokens[1].isdigit():
+                value = int(tokens[1])
+                if value <= _MAX_U64:
+                    out.append((metric, labels, value))
+
+    def _pair(self, text: bytes, prefix: bytes, fields, out: list) -> None:
+        """One header/values line pair (the first of ``prefix``), the wanted fields picked
+        by their index in the header; the index is worked out once per distinct header."""
+        at = text.find(b"\n" + prefix)
+        if at < 0:
+            return
+        head_end = text.find(b"\n", at + 1)
+        if head_end < 0 or not text.startswith(prefix, head_end + 1):
+            return    # a header without its values line
+        header = text[at + 1:head_end]
+        plan = self._index.get((prefix, header))
+        if plan is None:
+            if len(self._index) > 64:
+                self._index.clear()
+            names = header.split()[1:]
+            position = dict(zip(names, range(len(names)), strict=True))  # last wins, as dict(zip)
+            plan = self._index[(prefix, header)] = (
+                len(names), [(position.get(f), m, lv) for f, m, lv in fields])
+        end = text.find(b"\n", head_end + 1)
+        values = text[head_end + 1:end if end >= 0 else len(text)].split()[1:]
+        if len(values) != plan[0]:
+            return    # the section is dropped, as generically
+        for i, metric, labels in plan[1]:
+            if i is None:
+                continue
+            token = values[i]
+            if token.isdigit():
+                value = int(token)
+                if value <= _MAX_U64:
+                    out.append((metric, labels, value))
+
+
+def _sockstat(data: bytes, key: bytes) -> dict[bytes, bytes]:
+    for line in data.split(b"\n"):
+        if line.startswith(key):
+            tokens = line.split()[1:]
+            return dict(zip(tokens[::2], tokens[1::2], strict=False))
+    return {}
+
+
+def read_namespace(net_dir: str, reader: FastReader) -> list[tuple[Metric, tuple, int]]:
+    """(metric, label values without the namespace labels, value) from one namespace's net
+    directory.  OSError (the process is gone) propagates: the caller drops the namespace."""
+    out = reader.counters(net_dir)
+    for family, file, key in (("ipv4", "sockstat", b"TCP:"), ("ipv6", "sockstat6", b"TCP6:")):
+        try:
+            sec = _sockstat(_read(f"{net_dir}/{file}", single=True), key)
+        except FileNotFoundError:
+            continue
+        for metric, labels, token in ((TCP_INUSE, (family,), sec.get(b"inuse")),
+                                      (TW, (), sec.get(b"tw") if family == "ipv4" else None)):
+            value = _number(token) if token is not None else None
+            if value is not None:
+                out.append((metric, labels, value))
+    dev = parse_net_dev(_read(f"{net_dir}/dev").decode("ascii", "replace"))
+    for name, c in dev.interfaces.items():
+        if name == "lo":
+            continue
+        ifkey = (name,)
+        out.extend(((IF_RX_DROPS, ifkey, c.rx_drops), (IF_RX_ERRORS, ifkey, c.rx_errors),
+                    (IF_TX_DROPS, ifkey, c.tx_drops), (IF_TX_ERRORS, ifkey, c.tx_errors)))
+    return out
+
+
+@register
+class NetnsCollector(Collector):
+    name = "netns"
+    default_enabled = False
+    description = ("The pod view: refusal counters (listen overflows, UDP buffer errors, "
+                   "retransmits, interface drops) of every other network namespace")
+    source = "/run/netns, /proc/<pid>/ns/net, /proc/<pid>/net/{snmp,snmp6,netstat,sockstat,dev}"
+    metrics = (*(POD_COUNTERS[n] for n in DEFAULT_COUNTERS), TCP_INUSE, TW, IF_RX_DROPS,
+               IF_RX_ERRORS, IF_TX_DROPS, IF_TX_ERRORS, FOUND, UNREAD, PARTIAL, INODE_UNKNOWN,
+               POD_LISTEN_QUEUE, POD_LISTEN_LIMIT, POD_UDP_DROPS, SOCKETS_UNREAD,
+               *(m for n, m in POD_COUNTERS.items() if n not in DEFAULT_COUNTERS))
+    options = (
+        Option("collector.netns.max", parse_positive_int, 200,
+               "Most network namespaces read per scrape (the rest counted as unread)"),
+        Option("collector.netns.dirs", parse_list, ["/run/netns"],
+               "Directories of named network namespaces (bind mounts)"),
+        Option("collector.netns.counters", parse_regex, "",
+               "Regex over the netstat collector's metric names: more counters per namespace "
+               "on top of the default six (each costs one series per namespace and family)"),
+        Option("collector.netns.timeout", parse_duration, 1.0,
+               "Time budget of one walk over the namespaces (partial results beyond it)"),
+        Option("collector.netns.sockets", parse_bool, False,
+               "Also the listener and UDP-server series inside each namespace (sock_diag "
+               "after setns: CAP_SYS_ADMIN and, for pods of another uid, CAP_SYS_PTRACE)"),
+    )
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        s = ctx.settings
+        self.max = s["collector.netns.max"]
+        self.dirs = s["collector.netns.dirs"]
+        self.timeout = s["collector.netns.timeout"]
+        self.sockets = s["collector.netns.sockets"]
+        self.max_sockets = s["collector.sockets.max-series"]
+        extra = s["collector.netns.counters"]
+        names = set(DEFAULT_COUNTERS)
+        if extra:
+            names |= {n for n in POD_COUNTERS if re.fullmatch(extra, n)}
+        self.rows = tuple((POD_COUNTERS[m.name], labels, file, section, field)
+                          for m, labels, file, section, field in netstat.COUNTERS
+                          if m.name in names)
+        self.reader = FastReader(self.rows)
+        self._said: dict[str, str | None] = {}
+        self._uid_cache: dict = {}
+
+    def _pod_uids(self, chosen) -> None:
+        """pod_uid of each namespace's member process, read once per (pid, namespace): a
+        process keeps its pod for life; entries of namespaces not seen again are dropped."""
+        cache: dict = {}
+        todo = []
+        for ns in chosen:
+            if ns.pid is None:
+                continue
+            key = (ns.pid, ns.inode, ns.proc_inode)
+            if key in self._uid_cache:
+                ns.pod_uid = cache[key] = self._uid_cache[key]
+            else:
+                todo.append((key, ns))
+        netns.fill_pod_uids([ns for _, ns in todo], self.ctx.procfs)
+        for key, ns in todo:
+            cache[key] = ns.pod_uid
+        self._uid_cache = cache
+
+    def _say(self, key: str, message: str | None) -> None:
+        if self._said.get(key) != message:
+            if message:
+                self.log.warning(message)
+            self._said[key] = message
+
+    def _own(self) -> tuple[int | None, int | None]:
+        try:
+            own = os.stat("/proc/self/ns/net").st_ino
+        except OSError:
+            own = None
+        return own, netns.proc_net_inode(self.ctx.procfs, "self")
+
+    def collect(self):
+        t0 = time.monotonic()
+        deadline = t0 + self.timeout
+        own, own_proc = self._own()
+        found = netns.discover_pods(self.dirs, self.ctx.procfs, own, own_proc)
+        chosen = found.namespaces[: self.max]
+        unread = dict.fromkeys(REASONS, 0)
+        unread["max"] = len(found.namespaces) - len(chosen)
+        self._pod_uids(chosen)
+        results: list[tuple[netns.PodNamespace, list]] = []
+        partial = False
+
+        # 1. bind mounts without a member process: enter them (setns), read our own view
+        mounts: list[netns.Namespace] = [ns for ns in chosen if ns.pid is None]
+        entered_proc: set[int] = set()
+        if mounts:
+            def read_inside(ns):
+                ino = os.stat(os.path.join(OWN_NET, "dev")).st_ino
+                return ino, read_namespace(OWN_NET, self.reader)
+
+            done, skipped = netns.run_in_namespaces(list(mounts), read_inside, deadline)
+            for ns, (ino, values) in done:
+                entered_proc.add(ino)
+                results.append((ns, values))  # type: ignore[arg-type]
+            for why in skipped:
+                if why.endswith(": time budget"):
+                    unread["time_budget"] += 1
+                    partial = True
+                elif not why.endswith(": gone"):
+                    unread["setns"] += 1
+            self._say("setns", None if not unread["setns"] else
+                      f"{unread['setns']} network namespaces known only as bind mounts could "
+                      f"not be entered (setns needs CAP_SYS_ADMIN): {'; '.join(skipped[:3])}")
+
+        # 2. namespaces with a member process: its /proc/<pid>/net, no setns
+        for ns in chosen:
+            if ns.pid is None:
+                continue
+            if time.monotonic() > deadline:
+                unread["time_budget"] += 1
+                partial = True
+                continue
+            if ns.inode == 0 and (ns.proc_inode in entered_proc or not ns.pod_uid):
+                if ns.proc_inode not in entered_proc:
+                    unread["identity"] += 1
+                continue
+            base = f"{self.ctx.procfs}/{ns.pid}/net"
+            try:
+                before = os.stat(f"{base}/dev").st_ino
+                values = read_namespace(base, self.reader)
+                after = os.stat(f"{base}/dev").st_ino
+            except OSError:
+                continue  # the process exited: the namespace is simply absent
+            if before != after or (ns.proc_inode is not None and before != ns.proc_inode):
+                continue  # the pid was reused by a process of another namespace
+            results.append((ns, values))
+
+        hidden = sum(1 for ns, _ in results if ns.inode == 0)
+        extra: list = []
+        if self.sockets:
+            extra, late = self._sockets(results, deadline)
+            partial = partial or late
+        self._say("ptrace", None if not found.refused else
+                  f"{found.refused} network namespaces seen only through processes whose "
+                  "/proc/<pid>/ns/net is refused (another uid, no CAP_SYS_PTRACE): read "
+                  "through /proc/<pid>/net with netns_inode \"\", not exported without a pod "
+                  "UID (nodenet_netns_unread{reason=\"identity\"})")
+        return self._families(results, found, unread, partial, hidden) + extra
+
+    def _sockets(self, results, deadline):
+        """Listener and UDP-server series inside each namespace read above (setns);
+        (families, stopped at the time budget?)."""
+        def inside(ns):
+            try:
+                with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+                    lo, hi = (int(x) for x in fh.read().split())
+            except (OSError, ValueError):
+                lo, hi = 32768, 60999
+            head = (ns.name, str(ns.inode) if ns.inode else "", ns.pod_uid)
+            with nl.NetlinkSocket(nl.NETLINK_SOCK_DIAG, timeout=1.0, deadline=1.0) as sock:
+                return sockets_mod.socket_families(
+                    sock, lo, hi, self.max_sockets, None,
+                    (POD_LISTEN_QUEUE, POD_LISTEN_LIMIT, POD_UDP_DROPS, None, None), head)
+
+        targets = [ns for ns, _ in results if ns.paths]
+        done, skipped = netns.run_in_namespaces(targets, inside, deadline)
+        late = any(w.endswith(": time budget") for w in skipped)
+        refused = [w for w in skipped if not w.endswith((": gone", ": time budget"))]
+        refused_n = len(refused) + sum(1 for ns, _ in results if not ns.paths)
+        self._say("sockets", None if not refused_n else
+                  f"sockets of {refused_n} network namespaces not read (setns needs "
+                  "CAP_SYS_ADMIN, /proc/<pid>/ns/net of another uid CAP_SYS_PTRACE): "
+                  f"{'; '.join(refused[:3])}")
+        merged: dict = {}
+        for _ns, fams in done:
+            for fam in fams:
+                merged.setdefault(fam.spec, fam.spec.family()).samples.extend(fam.samples)
+        return [*merged.values(), SOCKETS_UNREAD.single(refused_n)], late
+
+    def _families(self, results, found, unread, partial, hidden):
+        fams: dict[int, list] = {}     # id(metric) -> samples (a Metric's hash is not cached)
+        specs: dict[int, Metric] = {}
+        for ns, values in results:
+            head = (ns.name, str(ns.inode) if ns.inode else "", ns.pod_uid)
+            for metric, labels, value in values:
+                samples = fams.get(id(metric))
+                if samples is None:
+                    samples = fams[id(metric)] = []
+                    specs[id(metric)] = metric
+                samples.append((head + labels, value))
+        out: list = []
+        for key, samples in fams.items():
+            fam = specs[key].family()
+            fam.samples = samples
+            out.append(fam)
+        out.append(FOUND.single(len(found.namespaces)))
+        fam = UNREAD.family()
+        for reason in REASONS:
+            fam.add((reason,), unread[reason])
+        out.append(fam)
+        out.append(PARTIAL.single(1 if partial else 0))
+        out.append(INODE_UNKNOWN.single(hidden))
+        return out
