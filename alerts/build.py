@@ -120,7 +120,7 @@ def rules(sel: str = JOB_SELECTOR) -> list[dict]:
         *other_jobs_groups(alert),
         {"name": "nodenet-driver", "rules": driver},
         {"name": "nodenet-fleet", "rules": fleet},
-        {"name": "nodenet-podview", "rules": podview_rules(sel, alert)},
+        {"name": "nodenet-podview", "rules": podview_rules(sel)},
     ]
 
 
@@ -197,16 +197,12 @@ DROP_REASONS_FOR = health.by_name()["NodenetPacketDropsByReason"].for_
 POD_INFO = ('max by (pod_uid, pod_namespace, pod_name) (label_replace(label_replace('
             'label_replace(kube_pod_info{uid!=""}, "pod_uid", "$1", "uid", "(.+)"), '
             '"pod_namespace", "$1", "namespace", "(.*)"), "pod_name", "$1", "pod", "(.*)"))')
-POD_RECORDS = (("nodenet:netns_tcp_listen_overflows:rate5m",
-                "nodenet_netns_tcp_listen_overflows_total"),
-               ("nodenet:netns_udp_receive_buffer_errors:rate5m",
-                "nodenet_netns_udp_receive_buffer_errors_total"))
-POD = ("{{ with $labels.pod_name }}{{ $labels.pod_namespace }}/{{ . }}{{ else }}"
-       "{{ with $labels.pod_uid }}uid {{ . }}{{ else }}netns {{ $labels.netns }}"
-       "{{ $labels.netns_inode }}{{ end }}{{ end }}")
+# The recorded rates the pod alerts read, and the pod template: exporter/health.py's.
+POD_RECORDS = health.POD_RECORDS
+POD = health.POD
 
 
-def podview_rules(sel: str, alert) -> list[dict]:
+def podview_rules(sel: str) -> list[dict]:
     """Per pod network namespace (collector netns) and per destination (sockets): recording
     rules that join pod_uid to kube_pod_info (pod_namespace, pod_name; without
     kube-state-metrics the rate is recorded unjoined), then the alerts on them."""
@@ -216,32 +212,8 @@ def podview_rules(sel: str, alert) -> list[dict]:
         out.append({"record": record,
                     "expr": f"{rate}\n* on(pod_uid) group_left(pod_namespace, pod_name)\n"
                             f"{POD_INFO}\nor ignoring(pod_namespace, pod_name)\n{rate}\n"})
-    out += [
-        alert("NodenetPodTCPListenOverflows",
-              f"{POD_RECORDS[0][0]}{{{sel}}} > 0",
-              "2m", "warning",
-              "A pod's TCP listener accept queue is overflowing.",
-              f"Pod {POD} on node {NODE} drops {{{{ printf \"%.3g\" $value }}}} connections"
-              f" per second because a listener's accept queue is full (ListenOverflows in the"
-              f" pod's network namespace; the node's counters do not show it)."),
-        alert("NodenetPodUDPReceiveBufferErrors",
-              f"{POD_RECORDS[1][0]}{{{sel}}} > 0",
-              "2m", "warning",
-              "A pod drops UDP datagrams because a socket's receive buffer is full.",
-              f"Pod {POD} on node {NODE} drops {{{{ printf \"%.3g\" $value }}}} UDP datagrams"
-              f" per second because a receiving socket's buffer is full (RcvbufErrors in the"
-              f" pod's network namespace): DNS queries are lost."),
-        alert("NodenetEphemeralPortsNearExhaustion",
-              f"(\n  nodenet_ephemeral_ports_max_in_use{{{sel}}}\n/\n"
-              f"  nodenet_ephemeral_ports_range_size{{{sel}}}\n) > 0.8\n"
-              f"and nodenet_ephemeral_ports_range_size{{{sel}}} > 0",
-              "5m", "warning",
-              "Connections to one destination use more than 80% of the ephemeral ports.",
-              f"On node {NODE}, {{{{ $value | humanizePercentage }}}} of the ephemeral port"
-              f" range is in use towards one destination (see"
-              f" nodenet_ephemeral_ports_in_use): new connect() calls to it will fail with"
-              f" EADDRNOTAVAIL."),
-    ]
+    # the alerts on them: checks in exporter/health.py (diagnose judges the counters)
+    out += health.rules("podview", sel)
     return out
 
 

@@ -912,6 +912,76 @@ DRIVER_CHECKS: tuple[Check, ...] = (
 )
 
 
+# ---------------------------------------------------------------------- pod view (issue 15)
+# Per pod network namespace (collector netns) and per destination (sockets).  The pod alerts
+# read recording rules (alerts/build.py's podview group: the counter's rate summed over family,
+# joined to kube_pod_info for pod_namespace/pod_name); their judges read the counters those
+# rules read, per namespace (netns, netns_inode, pod_uid: diagnose has no kube-state-metrics).
+POD_LISTEN_OVERFLOWS = "nodenet_netns_tcp_listen_overflows_total"
+POD_UDP_RCVBUF = "nodenet_netns_udp_receive_buffer_errors_total"
+POD_RECORDS = (("nodenet:netns_tcp_listen_overflows:rate5m", POD_LISTEN_OVERFLOWS),
+               ("nodenet:netns_udp_receive_buffer_errors:rate5m", POD_UDP_RCVBUF))
+# The pod an alert is about: namespace/name when kube-state-metrics joined, else uid or netns.
+POD = ("{{ with $labels.pod_name }}{{ $labels.pod_namespace }}/{{ . }}{{ else }}"
+       "{{ with $labels.pod_uid }}uid {{ . }}{{ else }}netns {{ $labels.netns }}"
+       "{{ $labels.netns_inode }}{{ end }}{{ end }}")
+EPH_MAX = "nodenet_ephemeral_ports_max_in_use"
+EPH_RANGE = "nodenet_ephemeral_ports_range_size"
+EPH_IN_USE = "nodenet_ephemeral_ports_in_use"
+
+_eph_ratio = ratio_above(EPH_MAX, EPH_RANGE, "{value} of the ephemeral port range in use "
+                                             "towards one destination ({used} of {limit} ports)")
+
+
+def ephemeral_exhaustion(check: Check, pair: Pair) -> Iterator[Verdict]:
+    """max_in_use / range_size above the threshold, naming the busiest (source, destination)
+    of nodenet_ephemeral_ports_in_use."""
+    for v in _eph_ratio(check, pair):
+        busiest = max(pair.gauge(EPH_IN_USE), key=lambda s: s[1], default=None)
+        where = (f"; busiest {busiest[0].get('source', '?')} -> "
+                 f"{busiest[0].get('destination', '?')} ({num(busiest[1])} ports)"
+                 if busiest else "")
+        yield Verdict(v.value, v.message + where, v.labels)
+
+
+PODVIEW_CHECKS: tuple[Check, ...] = (
+    Check(
+        name="NodenetPodTCPListenOverflows", group="podview", collector="netns",
+        inputs=(POD_LISTEN_OVERFLOWS,), severity=WARNING, threshold=0, for_="2m",
+        expr=lambda sel, t: f"{POD_RECORDS[0][0]}{{{sel}}} > {t}",
+        summary="A pod's TCP listener accept queue is overflowing.",
+        description="Pod " + POD + " on node {node} drops {{ printf \"%.3g\" $value }}"
+                    " connections per second because a listener's accept queue is full"
+                    " (ListenOverflows in the pod's network namespace; the node's counters do"
+                    " not show it).",
+        judge=rate_above(POD_LISTEN_OVERFLOWS, "{value} connections/s dropped at a full accept "
+                                               "queue in a pod's network namespace",
+                         without=("family",))),
+    Check(
+        name="NodenetPodUDPReceiveBufferErrors", group="podview", collector="netns",
+        inputs=(POD_UDP_RCVBUF,), severity=WARNING, threshold=0, for_="2m",
+        expr=lambda sel, t: f"{POD_RECORDS[1][0]}{{{sel}}} > {t}",
+        summary="A pod drops UDP datagrams because a socket's receive buffer is full.",
+        description="Pod " + POD + " on node {node} drops {{ printf \"%.3g\" $value }} UDP"
+                    " datagrams per second because a receiving socket's buffer is full"
+                    " (RcvbufErrors in the pod's network namespace): DNS queries are lost.",
+        judge=rate_above(POD_UDP_RCVBUF, "{value} UDP datagrams/s dropped at a full receive "
+                                         "buffer in a pod's network namespace",
+                         without=("family",))),
+    Check(
+        name="NodenetEphemeralPortsNearExhaustion", group="podview", collector="sockets",
+        inputs=(EPH_MAX, EPH_RANGE, EPH_IN_USE), severity=WARNING, threshold=0.8, for_="5m",
+        expr=lambda sel, t: _limit_ratio(sel, EPH_MAX, EPH_RANGE, t),
+        summary="Connections to one destination use more than {threshold%} of the ephemeral "
+                "ports.",
+        description="On node {node}, {{ $value | humanizePercentage }} of the ephemeral port"
+                    " range is in use towards one destination (see"
+                    " nodenet_ephemeral_ports_in_use): new connect() calls to it will fail with"
+                    " EADDRNOTAVAIL.",
+        judge=ephemeral_exhaustion),
+)
+
+
 # ------------------------------------------------------------------------------- the table
 
 _CT_FILL = ("The conntrack table on node {node} is {{ $value | humanizePercentage }} full"
@@ -1066,6 +1136,7 @@ CHECKS: tuple[Check, ...] = (
     *DROPREASON_CHECKS,
     *NETFILTER_CHECKS,
     *DRIVER_CHECKS,
+    *PODVIEW_CHECKS,
 )
 
 # Metric names Prometheus makes itself, not read from any collector.

@@ -573,3 +573,50 @@ def test_driver_drops_per_counter_and_interface():
     reset = judge("NodenetDriverDrops", counters(
         "nodenet_interface_driver_drops_total", [(rx, 1000)], [(rx, 4)], dt=2))
     assert [v.value for v in reset] == [2.0]
+
+
+# ------------------------------------------------------------------ pod view
+
+POD_A = {"netns": "", "netns_inode": "4026532301", "pod_uid": "0b5c-a"}
+POD_B = {"netns": "cni-1", "netns_inode": "4026532302", "pod_uid": ""}
+
+
+def test_pod_listen_overflows_per_network_namespace():
+    got = judge("NodenetPodTCPListenOverflows", counters(
+        "nodenet_netns_tcp_listen_overflows_total", [(POD_A, 10), (POD_B, 3)],
+        [(POD_A, 30), (POD_B, 3)]))
+    assert [(v.value, v.labels, v.message) for v in got] == [
+        (10.0, POD_A, "10 connections/s dropped at a full accept queue in a pod's network "
+                      "namespace (netns , netns_inode 4026532301, pod_uid 0b5c-a), "
+                      "threshold 0/s")]
+    # the alert reads the recorded rate; the check names the counter that rule reads
+    check = health.by_name()["NodenetPodTCPListenOverflows"]
+    assert check.rule('job="j"')["expr"] == (
+        'nodenet:netns_tcp_listen_overflows:rate5m{job="j"} > 0\n')
+    assert health.POD_RECORDS[0] == ("nodenet:netns_tcp_listen_overflows:rate5m",
+                                     check.inputs[0])
+
+
+def test_pod_udp_receive_buffer_errors_summed_over_families():
+    v4, v6 = {**POD_B, "family": "ipv4"}, {**POD_B, "family": "ipv6"}
+    got = judge("NodenetPodUDPReceiveBufferErrors", counters(
+        "nodenet_netns_udp_receive_buffer_errors_total", [(v4, 0), (v6, 0)], [(v4, 3), (v6, 1)]))
+    assert [(v.value, v.labels) for v in got] == [(2.0, POD_B)]
+    assert got[0].message.startswith("2 UDP datagrams/s dropped at a full receive buffer in a "
+                                     "pod's network namespace (netns cni-1, ")
+
+
+def test_ephemeral_ports_near_exhaustion_names_the_busiest_destination():
+    def pair(most):
+        return Pair(reading(0), reading(
+            2, nodenet_ephemeral_ports_max_in_use=most,
+            nodenet_ephemeral_ports_range_size=28_232,
+            nodenet_ephemeral_ports_in_use=[
+                ({"source": "10.0.0.5", "destination": "10.96.0.10:53"}, 100),
+                ({"source": "10.0.0.5", "destination": "10.1.2.3:443"}, most)]))
+    assert judge("NodenetEphemeralPortsNearExhaustion", pair(22_000)) == []   # 78%
+    got = judge("NodenetEphemeralPortsNearExhaustion", pair(25_000))
+    assert [(v.value, v.message) for v in got] == [
+        (pytest.approx(25_000 / 28_232),
+         "89% of the ephemeral port range in use towards one destination (25,000 of 28,232 "
+         "ports), threshold 80%; busiest 10.0.0.5 -> 10.1.2.3:443 (25,000 ports)")]
