@@ -64,7 +64,6 @@ always computed from every link, so excluding an interface never changes another
 """
 from __future__ import annotations
 
-import re
 import socket
 import time
 from operator import itemgetter
@@ -72,7 +71,7 @@ from operator import itemgetter
 from ..config import Option, parse_bool, parse_regex
 from ..metrics import COUNTER, GAUGE, Metric, Table
 from ..sources.links import ARPHRD_LOOPBACK, STATS_INDEX, Link, RtNetlink, default_route
-from .base import Collector, register
+from .base import Collector, DeviceFilter, register
 
 IF = ("interface",)
 
@@ -393,9 +392,7 @@ class NetdevCollector(Collector):
     def __init__(self, ctx):
         super().__init__(ctx)
         s = ctx.settings
-        inc, exc = s["collector.netdev.device-include"], s["collector.netdev.device-exclude"]
-        self._include = re.compile(inc) if inc else None
-        self._exclude = re.compile(exc) if exc else None
+        self._wanted = DeviceFilter.from_settings(s, "netdev")
         self._details = s["collector.netdev.detailed-errors"]
         self._geneve_options = s["collector.netdev.geneve-option-bytes"]
         self._timeout = float(s.get("collector.timeout", 4.0) or 4.0)
@@ -404,11 +401,6 @@ class NetdevCollector(Collector):
         self._pods_top = s["collector.netdev.pod-interfaces.top"]
         self._pod_sums = PodSums()
         self._pod_loss: dict = {}   # ifindex -> (drops + errors, monotonic time it last rose)
-
-    def _wanted(self, name: str) -> bool:
-        if self._include is not None and not self._include.search(name):
-            return False
-        return self._exclude is None or not self._exclude.search(name)
 
     def read(self):
         """(links, {ifindex: underlay Link or None}) for this namespace."""
@@ -455,7 +447,7 @@ class NetdevCollector(Collector):
                         and link.up and link.mtu]
         overlay_mtu = min(overlay_mtus) if overlay_mtus else None
         pod_fams, hidden = self.pod_summary(links, by_index, overlay_mtu, carriers)
-        filtered = self._include is not None or self._exclude is not None
+        filtered = self._wanted.active
 
         for link in links:
             name = link.name
@@ -548,7 +540,7 @@ class NetdevCollector(Collector):
         groups: dict = {}
         members: dict = {}
         losses = []
-        filtered = self._include is not None or self._exclude is not None
+        filtered = self._wanted.active
         for link in links:
             if (link.link_netnsid is None or link.kind != "veth" or link.index in carriers
                     or (filtered and not self._wanted(link.name))):
