@@ -11,7 +11,7 @@ export DEBIAN_FRONTEND=noninteractive
 # Debian packages the real-server and real-kernel tests use.
 PKGS="prometheus prometheus-alertmanager prometheus-node-exporter ipvsadm conntrack nftables bpftool
       iproute2 libcap2-bin util-linux procps curl openssl kmod libseccomp2 iptables
-      podman buildah runc mmdebstrap uidmap tar"
+      podman buildah runc mmdebstrap uidmap tar ethtool"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -26,6 +26,7 @@ fallback of its own may also yield ``self.availability(METRIC, False, reason)`` 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -35,6 +36,30 @@ from ..metrics import Family, Metric
 from ..sources import Unavailable
 
 REGISTRY: dict[str, type[Collector]] = {}
+
+
+@dataclass(frozen=True)
+class DeviceFilter:
+    """``--collector.<name>.device-include/-exclude`` (searched regexes, empty: no filter),
+    shared by the collectors that filter interfaces by name (netdev, ethtool)."""
+
+    include: re.Pattern[str] | None = None
+    exclude: re.Pattern[str] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, collector: str) -> DeviceFilter:
+        inc = settings[f"collector.{collector}.device-include"]
+        exc = settings[f"collector.{collector}.device-exclude"]
+        return cls(re.compile(inc) if inc else None, re.compile(exc) if exc else None)
+
+    @property
+    def active(self) -> bool:
+        return self.include is not None or self.exclude is not None
+
+    def __call__(self, name: str) -> bool:
+        if self.include is not None and not self.include.search(name):
+            return False
+        return self.exclude is None or not self.exclude.search(name)
 
 
 @dataclass

@@ -57,7 +57,7 @@ from ..sources.ethtool import (
     Ethtool,
     driver_devices,
 )
-from .base import Collector, register
+from .base import Collector, DeviceFilter, register
 
 IC = ("interface", "counter")
 
@@ -199,17 +199,10 @@ class EthtoolCollector(Collector):
     def __init__(self, ctx, ethtool: Ethtool | None = None):
         super().__init__(ctx)
         s = ctx.settings
-        inc, exc = s["collector.ethtool.device-include"], s["collector.ethtool.device-exclude"]
-        self._include = re.compile(inc) if inc else None
-        self._exclude = re.compile(exc) if exc else None
+        self._wanted = DeviceFilter.from_settings(s, "ethtool")
         self._all = s["collector.ethtool.all-counters"]
         self._ethtool = ethtool
         self._cache: dict[str, _Cached] = {}
-
-    def _wanted(self, name: str) -> bool:
-        if self._include is not None and not self._include.search(name):
-            return False
-        return self._exclude is None or not self._exclude.search(name)
 
     def close(self) -> None:
         if self._ethtool is not None:

@@ -5,23 +5,9 @@ Every link of the exporter's network namespace is read with one RTM_GETLINK dump
 sysfs walk.  Tunnels without an explicit underlay cost one more netlink request each (a route
 lookup, see below); nothing else touches the kernel.
 
-Encapsulation overhead (bytes added in front of an overlay packet of the tunnel's MTU; the
-table is in docs/interfaces.md too)::
-
-    kind                 IPv4 underlay  IPv6 underlay  made of
-    vxlan                50             70             outer IP 20/40 + UDP 8 + VXLAN 8 + inner Ethernet 14
-    geneve               50 + options   70 + options   outer IP + UDP 8 + Geneve 8 + inner Ethernet 14
-                                                       (36/56 + options with inner_proto_inherit: no inner Ethernet)
-    wireguard            60             80             outer IP + UDP 8 + WireGuard header 16 + auth tag 16
-    ipip                 20             -              outer IPv4
-    sit                  20             -              outer IPv4 (IPv6 in IPv4)
-    ip6tnl               -              40 (+8)        outer IPv6 (+ encapsulation limit option unless
-                                                       the tunnel has ignore-encap-limit / encaplimit none)
-    gre                  24 (+4 +4 +4)  -              outer IPv4 + GRE 4 (+ checksum, key, sequence)
-    gretap               38 (+4 +4 +4)  -              as gre + inner Ethernet 14
-    ip6gre               -              44 (+8) (+4..) outer IPv6 + GRE 4 (+ encap limit, csum, key, seq)
-    ip6gretap            -              58 (+8) (+4..) as ip6gre + inner Ethernet 14
-    + FOU 8, GUE 12 (20 with remote checksum offload), MPLS 4 when the ip tunnel has an encap.
+Encapsulation overhead (bytes added in front of an overlay packet of the tunnel's MTU) per
+tunnel kind and underlay family: the table is in docs/interfaces.md ("Encapsulation overhead")
+and in ``encap_overhead`` below.
 
 Address family: taken from the addresses the kernel reports for the tunnel (VXLAN group/local,
 Geneve remote, the GRE/ip tunnel kind itself).  A VXLAN or Geneve with no address (metadata
@@ -51,7 +37,8 @@ cross the underlay whole).  The device MTU of the underlay is used, not a per-ro
 ``nodenet_interface_mtu_above_overlay_bytes`` rule: the overlay MTU of a namespace is the
 smallest MTU among its tunnel interfaces that are administratively up.  Every veth and bridge
 interface that is not itself an underlay (of a tunnel, or the lower device of a macvlan, vlan...)
-gets ``max(0, its MTU - that overlay MTU)``.  A namespace without an up tunnel exports no such series.  Routing is not consulted:
+gets ``max(0, its MTU - that overlay MTU)``.  A namespace without an up tunnel exports no such
+series.  Routing is not consulted:
 a pod-facing link is assumed to route into the smallest overlay of its node.
 
 Kind label: IFLA_INFO_KIND (veth, vxlan, bridge, ...); without one: ``loopback`` for the
@@ -64,15 +51,14 @@ always computed from every link, so excluding an interface never changes another
 """
 from __future__ import annotations
 
-import re
 import socket
 import time
 from operator import itemgetter
 
 from ..config import Option, parse_bool, parse_regex
-from ..metrics import COUNTER, GAUGE, Metric, Table
+from ..metrics import COUNTER, GAUGE, Family, Metric, Table
 from ..sources.links import ARPHRD_LOOPBACK, STATS_INDEX, Link, RtNetlink, default_route
-from .base import Collector, register
+from .base import Collector, DeviceFilter, register
 
 IF = ("interface",)
 
@@ -203,12 +189,22 @@ def _top(value) -> int:
     return number
 
 
+def _mtu_samples(link: Link, lv: tuple, mtu: Family, min_mtu: Family, max_mtu: Family) -> None:
+    """The MTU series of a link the MTU table cannot hold (a limit the kernel did not give)."""
+    if link.mtu is not None:
+        mtu.samples.append((lv, link.mtu))
+    if link.min_mtu is not None:
+        min_mtu.samples.append((lv, link.min_mtu))
+    if link.max_mtu:
+        max_mtu.samples.append((lv, link.max_mtu))
+
+
 def _table(specs, keys: list, rows: list) -> Table:
     """A Table filled at once: one rendered label set per key, columns transposed in C."""
     table = Table(specs)
     labelset = table.labelset
     table.labelsets = [labelset(k) for k in keys]
-    table.columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in specs]
+    table.columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in specs]
     return table
 
 
@@ -234,10 +230,11 @@ class PodSums:
             gone = [old for ifindex, old in last.items()
                     if (new := now.get(ifindex)) is None or new[0] < old[0]]
             if gone:
-                for i, column in enumerate(zip(*gone)):
+                for i, column in enumerate(zip(*gone, strict=True)):
                     carry[i] += sum(column)
             if now:
-                out[key] = [c + sum(column) for c, column in zip(carry, zip(*now.values()))]
+                columns = zip(*now.values(), strict=True)
+                out[key] = [c + sum(col) for c, col in zip(carry, columns, strict=True)]
                 self._last[key] = now
             else:
                 self._last.pop(key, None)   # the carry stays: the master may get pods again
@@ -379,7 +376,8 @@ class NetdevCollector(Collector):
                "Export the detailed error kinds (length/over/crc/frame/fifo/missed, "
                "aborted/carrier/fifo, nohandler) per interface"),
         Option("collector.netdev.geneve-option-bytes", _non_negative_int, 0,
-               "Geneve option bytes per packet added to the Geneve overhead (e.g. 8 for one 8-byte option; fixed-remote Geneve only)",
+               "Geneve option bytes per packet added to the Geneve overhead (e.g. 8 for one "
+               "8-byte option; fixed-remote Geneve only)",
                "BYTES"),
         Option("collector.netdev.pod-interfaces", _pod_mode, "summary",
                "summary: pod interfaces (veths whose peer is in another network namespace) "
@@ -393,9 +391,7 @@ class NetdevCollector(Collector):
     def __init__(self, ctx):
         super().__init__(ctx)
         s = ctx.settings
-        inc, exc = s["collector.netdev.device-include"], s["collector.netdev.device-exclude"]
-        self._include = re.compile(inc) if inc else None
-        self._exclude = re.compile(exc) if exc else None
+        self._wanted = DeviceFilter.from_settings(s, "netdev")
         self._details = s["collector.netdev.detailed-errors"]
         self._geneve_options = s["collector.netdev.geneve-option-bytes"]
         self._timeout = float(s.get("collector.timeout", 4.0) or 4.0)
@@ -404,11 +400,6 @@ class NetdevCollector(Collector):
         self._pods_top = s["collector.netdev.pod-interfaces.top"]
         self._pod_sums = PodSums()
         self._pod_loss: dict = {}   # ifindex -> (drops + errors, monotonic time it last rose)
-
-    def _wanted(self, name: str) -> bool:
-        if self._include is not None and not self._include.search(name):
-            return False
-        return self._exclude is None or not self._exclude.search(name)
 
     def read(self):
         """(links, {ifindex: underlay Link or None}) for this namespace."""
@@ -455,7 +446,7 @@ class NetdevCollector(Collector):
                         and link.up and link.mtu]
         overlay_mtu = min(overlay_mtus) if overlay_mtus else None
         pod_fams, hidden = self.pod_summary(links, by_index, overlay_mtu, carriers)
-        filtered = self._include is not None or self._exclude is not None
+        filtered = self._wanted.active
 
         for link in links:
             name = link.name
@@ -471,12 +462,7 @@ class NetdevCollector(Collector):
                 mtu_keys.append(lv)
                 mtu_rows.append((link.mtu, link.min_mtu, link.max_mtu))
             else:
-                if link.mtu is not None:
-                    mtu.samples.append((lv, link.mtu))
-                if link.min_mtu is not None:
-                    min_mtu.samples.append((lv, link.min_mtu))
-                if link.max_mtu:
-                    max_mtu.samples.append((lv, link.max_mtu))
+                _mtu_samples(link, lv, mtu, min_mtu, max_mtu)
             stats = link.stats
             if stats is not None:
                 nohandler = stats[nohandler_i]
@@ -548,7 +534,7 @@ class NetdevCollector(Collector):
         groups: dict = {}
         members: dict = {}
         losses = []
-        filtered = self._include is not None or self._exclude is not None
+        filtered = self._wanted.active
         for link in links:
             if (link.link_netnsid is None or link.kind != "veth" or link.index in carriers
                     or (filtered and not self._wanted(link.name))):
@@ -569,7 +555,7 @@ class NetdevCollector(Collector):
             fams[POD_COUNT].add(key, len(group))
             totals = sums.get(key)
             if totals is not None:
-                for (metric, _), value in zip(POD_COUNTERS, totals):
+                for (metric, _), value in zip(POD_COUNTERS, totals, strict=True):
                     fams[metric].add(key, value)
             mtus = [link.mtu for link in group if link.mtu is not None]
             if mtus:

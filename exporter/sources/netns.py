@@ -86,7 +86,10 @@ def pod_uid_from_cgroup(text: str) -> str:
     return m.group(1).replace("_", "-") if m else ""
 
 
-def _scan_run_dirs(run_dirs: list[str], by_inode: dict[int, Namespace],
+N = TypeVar("N", bound="Namespace")
+
+
+def _scan_run_dirs(run_dirs: list[str], by_inode: dict[int, N], kind: type[N],
                    nsfs_dev: int | None) -> None:
     for run_dir in run_dirs:
         try:
@@ -103,13 +106,17 @@ def _scan_run_dirs(run_dirs: list[str], by_inode: dict[int, Namespace],
                 continue  # a leftover plain file (unmounted namespace), not an nsfs mount
             ns = by_inode.get(st.st_ino)
             if ns is None:
-                by_inode[st.st_ino] = Namespace(st.st_ino, name=name, paths=[path])
+                by_inode[st.st_ino] = kind(st.st_ino, name=name, paths=[path])
             elif not ns.name:
                 ns.name = name
                 ns.paths.insert(0, path)
 
 
-def _scan_procfs(procfs: str, by_inode: dict[int, Namespace], max_pids: int) -> None:
+def _scan_procfs(procfs: str, by_inode: dict[int, N], kind: type[N], max_pids: int,
+                 refused: dict[int, int] | None) -> None:
+    """The one walk of /proc/<pid>/ns/net.  With ``refused`` (a dict), a process whose ns
+    link is refused (EACCES) is recorded there as {/proc/<pid>/net/dev inode: first pid};
+    without it such a process is skipped like one that exited."""
     try:
         entries = os.scandir(procfs)
     except OSError:
@@ -125,6 +132,12 @@ def _scan_procfs(procfs: str, by_inode: dict[int, Namespace], max_pids: int) -> 
             path = os.path.join(procfs, entry.name, "ns", "net")
             try:
                 link = os.readlink(path)  # "net:[4026531840]"
+            except PermissionError:
+                if refused is not None:
+                    ino = proc_net_inode(procfs, entry.name)
+                    if ino is not None:
+                        refused.setdefault(ino, int(entry.name))
+                continue
             except OSError:
                 continue  # exited, or a kernel thread we may not inspect
             if not link.startswith("net:["):
@@ -135,11 +148,25 @@ def _scan_procfs(procfs: str, by_inode: dict[int, Namespace], max_pids: int) -> 
                 continue
             ns = by_inode.get(inode)
             if ns is None:
-                ns = by_inode[inode] = Namespace(inode)
+                ns = by_inode[inode] = kind(inode)
             if len(ns.paths) < 3 + (1 if ns.name else 0):
                 ns.paths.append(path)
             if ns.pid is None:
                 ns.pid = int(entry.name)
+
+
+def _discover(run_dirs: list[str], procfs: str | None, max_pids: int, kind: type[N],
+              refused: dict[int, int] | None = None) -> list[N]:
+    """Shared by :func:`discover` and :func:`discover_pods`: run_dirs, then /proc/<pid>."""
+    by_inode: dict[int, N] = {}
+    try:
+        nsfs_dev: int | None = os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        nsfs_dev = None
+    _scan_run_dirs(run_dirs, by_inode, kind, nsfs_dev)
+    if procfs:
+        _scan_procfs(procfs, by_inode, kind, max_pids, refused)
+    return sorted(by_inode.values(), key=lambda n: (n.name == "", n.name, n.inode))
 
 
 def discover(run_dirs: list[str], procfs: str | None,
@@ -147,17 +174,10 @@ def discover(run_dirs: list[str], procfs: str | None,
     """Every distinct network namespace visible in run_dirs and (if procfs) /proc/<pid>.
 
     Only stat() and readlink(): nothing is opened or created here.  Named ones come first
-    (sorted by name), then the rest by inode.  Files that vanish while listing are skipped.
+    (sorted by name), then the rest by inode.  Files that vanish while listing are skipped,
+    and so are processes whose ns link is refused (see :func:`discover_pods` for those).
     """
-    by_inode: dict[int, Namespace] = {}
-    try:
-        nsfs_dev: int | None = os.stat("/proc/self/ns/net").st_dev
-    except OSError:
-        nsfs_dev = None
-    _scan_run_dirs(run_dirs, by_inode, nsfs_dev)
-    if procfs:
-        _scan_procfs(procfs, by_inode, max_pids)
-    return sorted(by_inode.values(), key=lambda n: (n.name == "", n.name, n.inode))
+    return _discover(run_dirs, procfs, max_pids, Namespace)
 
 
 def fill_pod_uids(namespaces: list[Namespace], procfs: str) -> None:
@@ -283,52 +303,11 @@ def discover_pods(run_dirs: list[str], procfs: str | None, own_inode: int | None
     /proc/<pid>/net/dev inode; a group that matches no namespace already known (compared by the
     same inode of a readable member) becomes a Namespace with inode 0.  Only stat(), readlink().
     """
-    by_inode: dict[int, PodNamespace] = {}
-    try:
-        nsfs_dev: int | None = os.stat("/proc/self/ns/net").st_dev
-    except OSError:
-        nsfs_dev = None
-    _scan_run_dirs(run_dirs, by_inode, nsfs_dev)  # type: ignore[arg-type]
-    for key, plain in list(by_inode.items()):
-        by_inode[key] = PodNamespace(plain.inode, plain.name, plain.paths)
     refused: dict[int, int] = {}     # /proc/<pid>/net/dev inode -> first pid
-    if procfs:
-        try:
-            names = os.listdir(procfs)
-        except OSError:
-            names = []
-        seen = 0
-        for name in names:
-            if not name.isdigit():
-                continue
-            seen += 1
-            if seen > max_pids:
-                break
-            path = f"{procfs}/{name}/ns/net"
-            try:
-                link = os.readlink(path)
-            except PermissionError:
-                ino = proc_net_inode(procfs, name)
-                if ino is not None and ino != own_proc_inode:
-                    refused.setdefault(ino, int(name))
-                continue
-            except OSError:
-                continue  # exited, or a kernel thread
-            if not link.startswith("net:["):
-                continue
-            try:
-                inode = int(link[5:-1])
-            except ValueError:
-                continue
-            pns = by_inode.get(inode)
-            if pns is None:
-                pns = by_inode[inode] = PodNamespace(inode)
-            if len(pns.paths) < 3 + (1 if pns.name else 0):
-                pns.paths.append(path)
-            if pns.pid is None:
-                pns.pid = int(name)
-    by_inode.pop(own_inode or -1, None)
-    found = sorted(by_inode.values(), key=lambda n: (n.name == "", n.name, n.inode))
+    found = _discover(run_dirs, procfs, max_pids, PodNamespace, refused)
+    found = [pns for pns in found if pns.inode != (own_inode or -1)]
+    if own_proc_inode is not None:
+        refused.pop(own_proc_inode, None)  # the exporter's own namespace
     if refused and procfs:
         for pns in found:
             if pns.pid is not None:
