@@ -145,6 +145,10 @@ def build_node(ns, pod=None, sysfs=None):
         os.makedirs(os.path.join(sysfs, "devices", "dveth0"))
         os.symlink(os.path.join(sysfs, "devices", "dveth0"),
                    os.path.join(sysfs, "class", "net", "dveth0", "device"))
+        # the rest as the real /sys has it: BTF for dropreason, modules, the CPU list
+        os.symlink("/sys/kernel", os.path.join(sysfs, "kernel"))
+        os.symlink("/sys/module", os.path.join(sysfs, "module"))
+        os.symlink("/sys/devices/system", os.path.join(sysfs, "devices", "system"))
     mtus = {link["ifname"]: link["mtu"]
             for link in json.loads(run(["ip", "-j", "link"], netns=ns).stdout)}
     assert (mtus["dvx0"], mtus["dvx1"], mtus["dveth0"]) == (1500, 1450, 1500), mtus
