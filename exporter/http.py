@@ -85,16 +85,16 @@ class RequestBuffer:
         while buf[:2] == b"\r\n" or buf[:1] == b"\n":  # RFC 9112 2.2: empty lines first
             del buf[:2 if buf[:2] == b"\r\n" else 1]
         end = head_end(buf)
+        # the same limits whether the head came in one read or many (TCP splits anywhere)
+        seen = len(buf) if end is None else end[0]
+        line_end = buf.find(b"\n", 0, seen)
+        if (line_end < 0 and seen > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
+            raise Reject(414, "request line too long")
+        if seen > MAX_HEAD:
+            raise Reject(431, "request header fields too large")
         if end is None:
-            line_end = buf.find(b"\n")
-            if (line_end < 0 and len(buf) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
-                raise Reject(414, "request line too long")
-            if len(buf) > MAX_HEAD:
-                raise Reject(431, "request header fields too large")
             return None
         head_len, consumed = end
-        if head_len > MAX_HEAD:
-            raise Reject(431, "request header fields too large")
         head = bytes(buf[:head_len])
         del buf[:consumed]
         return head

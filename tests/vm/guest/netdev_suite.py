@@ -68,19 +68,18 @@ def raw_route_replies(address=None, family=None):
     """The kernel's reply bytes to the exporter's own route requests (hex): RTM_GETROUTE for
     ``address``, or the route dump of ``family``."""
     from exporter.sources import links as L
+    from exporter.sources import netlink as N
     chunks = []
-    with L.RtNetlink() as nl:
-        seq = nl._next_seq()
+    with L.RtNetlink() as rt:
         if address is not None:
-            req = L.route_get_request(seq, ipaddress.ip_address(address).packed)
+            payload = L.route_get_payload(ipaddress.ip_address(address).packed)
+            reply = rt.sock.send(L.RTM_GETROUTE, 0, payload, "route reply")
         else:
-            req = L.route_dump_request(seq, family)
-
-        def chunk(data):
+            reply = rt.sock.send(L.RTM_GETROUTE, N.NLM_F_DUMP, L.route_dump_payload(family),
+                                 "route dump")
+        for data in rt.sock.datagrams(reply):   # the same walk as RtNetlink.dump_links_raw
+            reply.scan(data)
             chunks.append(bytes(data))
-            return address is not None or L._messages(data, lambda *_: None, "route dump")[0]
-
-        nl._exchange(req, seq, chunk)
     return b"".join(chunks).hex()
 
 
