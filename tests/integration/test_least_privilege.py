@@ -461,28 +461,10 @@ def _components() -> list[Path]:
 
 
 def component_container_spec(comp: Path, tmp: Path, node_ip: str, node_name: str) -> ContainerSpec:
+    """The component's rendered DaemonSet, read as the base one is (container_spec)."""
     from tests.helpers.k8s_podman import kustomize_with  # noqa: PLC0415
 
-    ds = kustomize_with(comp, tmp)
-    pod = ds["spec"]["template"]["spec"]
-    (c,) = pod["containers"]
-    sc = c["securityContext"]
-    assert sc["capabilities"]["drop"] == ["ALL"]
-    fieldpaths = {"status.hostIP": node_ip, "spec.nodeName": node_name}
-    env = {e["name"]: fieldpaths[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in c["env"]}
-    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in c["args"]]
-    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    probe = c["readinessProbe"]["httpGet"]
-    return ContainerSpec(
-        uid=sc.get("runAsUser", pod.get("securityContext", {}).get("runAsUser", IMAGE_USER)),
-        caps=[x.lower() for x in sc["capabilities"].get("add", [])],
-        no_new_privs=sc["allowPrivilegeEscalation"] is False,
-        read_only_root=sc["readOnlyRootFilesystem"] is True,
-        args=args,
-        env=env,
-        port=ports[probe["port"]] if isinstance(probe["port"], str) else probe["port"],
-        probe_path=probe["path"],
-    )
+    return container_spec(node_ip, node_name, kustomize_with(comp, tmp))
 
 
 @pytest.mark.parametrize("component", [p.name for p in _components()])
