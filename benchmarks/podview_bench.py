@@ -83,6 +83,7 @@ def inner_namespaces(counts: list[int], rounds: int) -> None:
             out = s.scrape()
             found = next(v for k, v in out.items() if k[0] == "nodenet_netns_namespaces")
             ms = median_ms(s.collector.run, rounds)
+            s.collector.release()
             results[n] = ms
             print(f"-- {n} namespaces held here ({int(found)} found)")
             line("nodenet netns collector, one collection (median)", ms,
@@ -98,8 +99,29 @@ def inner_namespaces(counts: list[int], rounds: int) -> None:
                             pass
                         os.close(fd)
             fl = median_ms(floor, rounds)
-            line("kernel floor: the same 6 files x N read, nothing parsed", fl,
+            line("kernel floor: the same 6 files x N opened, read, closed", fl,
                  f"{fl / n * 1000:.1f} us/namespace")
+            kept = [[os.open(f"/proc/{p}/net/{f}", os.O_RDONLY) for f in files] for p in pids]
+
+            def floor_kept(kept=kept):
+                for fds in kept:
+                    for fd in fds:
+                        os.pread(fd, 1 << 16, 0)
+            try:
+                fk = median_ms(floor_kept, rounds)
+            finally:
+                for fds in kept:
+                    for fd in fds:
+                        os.close(fd)
+            line("kernel floor: the same files kept open, one pread each", fk,
+                 f"{fk / n * 1000:.1f} us/namespace")
+            cold = Scraper("netns", "--collector.netns", f"--collector.netns.max={n + 500}",
+                           "--collector.netns.timeout=5s", "--collector.netns.dirs=/nonexistent",
+                           "--collector.netns.keep-open=0")
+            cold.scrape()
+            cm = median_ms(cold.collector.run, rounds)
+            line("nodenet netns collector, --collector.netns.keep-open=0", cm,
+                 f"{cm / found * 1000:.1f} us/namespace")
             pid = procs[0].pid
             one = median_ms(lambda p=pid: subprocess.run(
                 ["nsenter", "-t", str(p), "-n", "nstat", "-az"], capture_output=True,

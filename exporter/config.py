@@ -50,17 +50,28 @@ def parse_regex(value: Any) -> str:
     return text
 
 
+def _seconds(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m)?\s*", str(value))
+    if not m:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 2s, 1m)")
+    return float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
+
+
 def parse_duration(value: Any) -> float:
     """Seconds, as a number or with a unit suffix: 500ms, 2s, 1m."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m)?\s*", str(value))
-        if not m:
-            raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 2s, 1m)")
-        seconds = float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
+    seconds = _seconds(value)
     if seconds <= 0:
         raise ValueError(f"duration must be positive: {value!r}")
+    return seconds
+
+
+def parse_duration_or_zero(value: Any) -> float:
+    """As :func:`parse_duration`, and 0 (``0``, ``0s``) meaning "off"."""
+    seconds = _seconds(value)
+    if seconds < 0:
+        raise ValueError(f"duration must not be negative: {value!r}")
     return seconds
 
 

@@ -4,9 +4,12 @@ Enabled with ``--collector.netns`` (default off).  Discovery (:func:`sources.net
 lists the namespaces under ``--collector.netns.dirs`` (default /run/netns) and, with hostPID,
 those of every process in ``/proc/<pid>/ns/net``, distinct by nsfs inode, the exporter's own
 left out, at most ``--collector.netns.max`` (default 200).  Each is read through one member
-process's ``/proc/<pid>/net/{snmp,netstat,snmp6,sockstat,sockstat6,dev}`` (no setns, tens of
-microseconds); one known only as a bind mount (no member process) is read by entering it
-(setns, CAP_SYS_ADMIN) from a short-lived thread, else counted in ``nodenet_netns_unread``.
+process's ``/proc/<pid>/net/{snmp,netstat,snmp6,sockstat,sockstat6,dev}`` (no setns), kept
+open between scrapes and pread from offset 0 (:class:`NetFiles`: half the kernel's cost; a
+namespace is let go at the first walk that no longer finds it, every one after
+``--collector.netns.keep-open`` without a scrape); one known only as a bind mount (no member
+process) is read by entering it (setns, CAP_SYS_ADMIN) from a short-lived thread, else counted
+in ``nodenet_netns_unread``.
 
 Series per namespace at default flags (labels netns, netns_inode, pod_uid as
 ``nodenet_conntrack_netns_entries``): 3 TCP counters + 3 x 2 UDP/IP counters per family
@@ -21,20 +24,28 @@ of a process of another uid (a pod's pause process runs as 65535) is refused whi
 ``nodenet_netns_inode_unknown``, said once in the log); one without a pod UID either cannot
 be told apart honestly and is counted as unread (reason ``identity``).
 
-A namespace that vanishes mid-read (its process exited, the pid now names another namespace)
-is simply absent.  The time budget (``--collector.netns.timeout``) stops the walk:
-``nodenet_netns_partial`` 1 and the rest counted as unread (reason ``time_budget``).
+A namespace that vanishes mid-read (its process exited, the pid now names another namespace:
+the files are opened through a directory fd on /proc/<pid>, which pins that process, and
+checked against the namespace discovered) is simply absent.  The time budget
+(``--collector.netns.timeout``) stops the walk: ``nodenet_netns_partial`` 1 and the rest
+counted as unread (reason ``time_budget``).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
+import resource
+import threading
 import time
+from collections.abc import Callable
 
 from ..config import (
     Option,
     parse_bool,
     parse_duration,
+    parse_duration_or_zero,
     parse_list,
     parse_positive_int,
     parse_regex,
@@ -115,26 +126,118 @@ OWN_NET = "/proc/thread-self/net"
 
 
 _BUF = 1 << 16
+_SLACK = 4096   # more than any one seq_file record of these files (a dev line is ~200 bytes)
 
 
-def _read(path: str, single: bool = False) -> bytes:
-    """The whole file in as few syscalls as possible (no io layers: this runs 6x per pod).
+def _complete(chunk: bytes) -> bool:
+    """Whether one read of ``_BUF`` bytes returned the whole file.  seq_file fills the buffer
+    until EOF or until the next record does not fit: a reply shorter than the buffer by more
+    than the largest record is all of it (single-record files - snmp, netstat, snmp6,
+    sockstat* - are whole whenever shorter than the buffer)."""
+    return len(chunk) <= _BUF - _SLACK
 
-    ``single``: a single-record seq_file (snmp, netstat, snmp6, sockstat*: the kernel formats
-    the whole text into its buffer, then copies what fits), so one read shorter than the buffer
-    is all of it; other files (dev: one record per device, served a page at a time) are read
-    until EOF."""
+
+def _read(path: str) -> bytes:
+    """The whole file in as few syscalls as possible (no io layers)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        first = os.read(fd, _BUF)
-        if single and len(first) < _BUF:
-            return first
-        parts = [first]
-        while parts[-1]:
-            parts.append(os.read(fd, _BUF))
-        return b"".join(parts)
+        return _pread_all(fd)
     finally:
         os.close(fd)
+
+
+def _pread_all(fd: int) -> bytes:
+    """The whole of a procfs seq_file from offset 0: the kernel formats it anew each time, so
+    one kept fd serves every scrape (``pread`` at 0 restarts the file)."""
+    chunk = os.pread(fd, _BUF, 0)
+    if _complete(chunk):
+        return chunk
+    parts = [chunk]
+    offset = len(chunk)
+    while chunk:
+        chunk = os.pread(fd, _BUF, offset)
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
+
+
+Reader = Callable[[str], "bytes | None"]
+
+
+def dir_reader(net_dir: str) -> Reader:
+    """``read(file)`` over a net directory (a fixture, /proc/<pid>/net): None if absent."""
+    def read(file: str) -> bytes | None:
+        try:
+            return _read(f"{net_dir}/{file}")
+        except FileNotFoundError:
+            return None
+    return read
+
+
+class NetFiles:
+    """The open files of one namespace's /proc/<pid>/net, kept between scrapes.
+
+    Opening and closing a procfs file costs more than the kernel's formatting of a small one
+    (measured: 10 us per open+close, 2-3 us per pread of sockstat or dev), so a namespace's
+    files are opened once, through a directory fd on /proc/<pid> (which pins that process: a
+    reused pid cannot slip in between the opens and the identity check), and each scrape
+    preads them from offset 0.  An open file holds its network namespace (the kernel takes
+    a reference at open): the collector closes a namespace's files as soon as a walk no
+    longer finds the namespace, and all of them after ``--collector.netns.keep-open`` without
+    a scrape, so a deleted pod's namespace is never held longer than that."""
+
+    __slots__ = ("fds", "memo", "proc_inode")
+
+    def __init__(self, fds: dict[str, int], proc_inode: int):
+        self.fds = fds
+        self.proc_inode = proc_inode
+        self.memo: dict[str, tuple[bytes, list]] = {}   # read_namespace's, per file
+
+    @classmethod
+    def open(cls, procfs: str, pid: int, files: tuple[str, ...], inode: int,
+             proc_inode: int | None) -> NetFiles | None:
+        """The files of ``pid``'s namespace if it is still the one discovered (nsfs
+        ``inode``, or when that is unknown, ``proc_inode``); None if it is gone or changed.
+        OSError EMFILE/ENFILE propagates (the caller reads without keeping)."""
+        d = os.open(f"{procfs}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fds: dict[str, int] = {}
+        ok = False
+        try:
+            for file in files:
+                try:
+                    fds[file] = os.open(f"net/{file}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=d)
+                except FileNotFoundError:
+                    if file == "dev":
+                        return None   # the process exited: every net file is gone
+                    # snmp6/sockstat6 without IPv6: absent, as in the fixtures
+            if "dev" not in fds:
+                return None
+            dev_inode = os.fstat(fds["dev"]).st_ino
+            if proc_inode is not None and dev_inode != proc_inode:
+                return None
+            if inode and os.readlink("ns/net", dir_fd=d) != f"net:[{inode}]":
+                return None   # the pid now names a process of another namespace
+            ok = True
+            return cls(fds, dev_inode)
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise
+            return None       # exited mid-open
+        finally:
+            os.close(d)
+            if not ok:
+                for fd in fds.values():
+                    os.close(fd)
+
+    def read(self, file: str) -> bytes | None:
+        fd = self.fds.get(file)
+        return None if fd is None else _pread_all(fd)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = {}
 
 
 _MAX_U64 = (1 << 64) - 1
@@ -170,14 +273,25 @@ class FastReader:
             self.plan.append((file, frozenset(by_section), list(by_section.items())))
         self._index: dict[tuple[bytes, bytes], tuple[int, list]] = {}
 
-    def counters(self, net_dir: str) -> list[tuple[Metric, tuple, int]]:
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(file for file, _, _ in self.plan)
+
+    def counters(self, read: Reader) -> list[tuple[Metric, tuple, int]]:
         out: list[tuple[Metric, tuple, int]] = []
-        for file, _sections, wanted in self.plan:
-            try:
-                data = _read(f"{net_dir}/{file}", single=True)
-            except FileNotFoundError:
+        for file in self.files:
+            data = read(file)
+            if data is not None:
+                out.extend(self.parse(file, data))
+        return out
+
+    def parse(self, file: str, data: bytes) -> list[tuple[Metric, tuple, int]]:
+        """The wanted counters of one file of the plan."""
+        out: list[tuple[Metric, tuple, int]] = []
+        text = b"\n" + data
+        for f, _sections, wanted in self.plan:
+            if f != file:
                 continue
-            text = b"\n" + data
             for section, fields in wanted:
                 if file == "snmp6":
                     self._snmp6(text, fields, out)
@@ -239,27 +353,60 @@ def _sockstat(data: bytes, key: bytes) -> dict[bytes, bytes]:
     return {}
 
 
-def read_namespace(net_dir: str, reader: FastReader) -> list[tuple[Metric, tuple, int]]:
-    """(metric, label values without the namespace labels, value) from one namespace's net
-    directory.  OSError (the process is gone) propagates: the caller drops the namespace."""
-    out = reader.counters(net_dir)
-    for family, file, key in (("ipv4", "sockstat", b"TCP:"), ("ipv6", "sockstat6", b"TCP6:")):
-        try:
-            sec = _sockstat(_read(f"{net_dir}/{file}", single=True), key)
-        except FileNotFoundError:
-            continue
-        for metric, labels, token in ((TCP_INUSE, (family,), sec.get(b"inuse")),
-                                      (TW, (), sec.get(b"tw") if family == "ipv4" else None)):
-            value = _number(token) if token is not None else None
-            if value is not None:
-                out.append((metric, labels, value))
-    dev = parse_net_dev(_read(f"{net_dir}/dev").decode("ascii", "replace"))
-    for name, c in dev.interfaces.items():
+OTHER_FILES = ("sockstat", "sockstat6", "dev")
+
+
+def _sockstat_values(data: bytes, family: str) -> list[tuple[Metric, tuple, int]]:
+    sec = _sockstat(data, b"TCP:" if family == "ipv4" else b"TCP6:")
+    out = []
+    for metric, labels, token in ((TCP_INUSE, (family,), sec.get(b"inuse")),
+                                  (TW, (), sec.get(b"tw") if family == "ipv4" else None)):
+        value = _number(token) if token is not None else None
+        if value is not None:
+            out.append((metric, labels, value))
+    return out
+
+
+def _dev_values(data: bytes) -> list[tuple[Metric, tuple, int]]:
+    out: list[tuple[Metric, tuple, int]] = []
+    for name, c in parse_net_dev(data.decode("ascii", "replace")).interfaces.items():
         if name == "lo":
             continue
         ifkey = (name,)
         out.extend(((IF_RX_DROPS, ifkey, c.rx_drops), (IF_RX_ERRORS, ifkey, c.rx_errors),
                     (IF_TX_DROPS, ifkey, c.tx_drops), (IF_TX_ERRORS, ifkey, c.tx_errors)))
+    return out
+
+
+def read_namespace(read: Reader, reader: FastReader,
+                   memo: dict | None = None) -> list[tuple[Metric, tuple, int]]:
+    """(metric, label values without the namespace labels, value) from one namespace's net
+    files (``read(file)``: bytes, None if absent).  ``memo`` (file -> (bytes, values), kept
+    with the namespace's open files) skips parsing a file whose text has not changed since
+    the last scrape, as most of an idle pod's have not.  OSError (the process is gone)
+    propagates: the caller drops the namespace."""
+    out: list[tuple[Metric, tuple, int]] = []
+    for file in (*reader.files, *OTHER_FILES):
+        data = read(file)
+        if data is None:
+            if file == "dev":
+                raise FileNotFoundError("dev")   # every namespace has one: the process is gone
+            continue
+        last = memo.get(file) if memo is not None else None
+        if last is not None and last[0] == data:
+            out.extend(last[1])
+            continue
+        if file == "dev":
+            values = _dev_values(data)
+        elif file == "sockstat":
+            values = _sockstat_values(data, "ipv4")
+        elif file == "sockstat6":
+            values = _sockstat_values(data, "ipv6")
+        else:
+            values = reader.parse(file, data)
+        if memo is not None:
+            memo[file] = (data, values)
+        out.extend(values)
     return out
 
 
@@ -284,6 +431,11 @@ class NetnsCollector(Collector):
                "on top of the default six (each costs one series per namespace and family)"),
         Option("collector.netns.timeout", parse_duration, 1.0,
                "Time budget of one walk over the namespaces (partial results beyond it)"),
+        Option("collector.netns.keep-open", parse_duration_or_zero, 120.0,
+               "Keep each namespace's /proc/<pid>/net files open between scrapes (half the "
+               "kernel cost of a walk); an open file holds its namespace, so all are closed "
+               "after this long without a scrape, and a namespace's as soon as a walk no longer "
+               "finds it. 0: open and close them every scrape"),
         Option("collector.netns.sockets", parse_bool, False,
                "Also the listener and UDP-server series inside each namespace (sock_diag "
                "after setns: CAP_SYS_ADMIN and, for pods of another uid, CAP_SYS_PTRACE)"),
@@ -305,8 +457,89 @@ class NetnsCollector(Collector):
                           for m, labels, file, section, field in netstat.COUNTERS
                           if m.name in names)
         self.reader = FastReader(self.rows)
+        self.files = (*self.reader.files, *OTHER_FILES)
+        self.keep_open = s["collector.netns.keep-open"]
+        self._open: dict[tuple, NetFiles] = {}   # namespace key -> its files, kept open
+        self._lock = threading.Lock()
+        self._release: threading.Timer | None = None
         self._said: dict[str, str | None] = {}
         self._uid_cache: dict = {}
+        if self.keep_open > 0:
+            self._raise_fd_limit(len(self.files) * self.max + 1024)
+
+    def _raise_fd_limit(self, want: int) -> None:
+        """Kept files need about 6 fds per namespace: raise the soft RLIMIT_NOFILE towards
+        the hard one as Go programs do at start (containerd 2 starts containers at soft 1024).
+        Short of it, namespaces beyond the limit are read anew each scrape (said once)."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or soft >= want:
+            return
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+    @staticmethod
+    def _key(ns) -> tuple:
+        """A namespace's identity while its files are open (they hold it, so neither its nsfs
+        inode nor its procfs inode can be reused meanwhile)."""
+        return ("ns", ns.inode) if ns.inode else ("proc", ns.proc_inode)
+
+    def _read_member(self, key: tuple, ns) -> list | None:
+        """One namespace's values through its kept files (opened on first sight), or None
+        if it is gone (its files are closed then)."""
+        files = self._open.get(key)
+        if files is None:
+            try:
+                files = NetFiles.open(self.ctx.procfs, ns.pid, self.files, ns.inode,
+                                      ns.proc_inode)
+            except OSError as exc:   # out of file descriptors: read once, keep nothing
+                self._say("fds", f"cannot keep namespace files open ({exc.strerror}): "
+                                 "reading them anew each scrape; raise RLIMIT_NOFILE "
+                                 f"(about {len(self.files)} per namespace)")
+                return self._read_once(ns)
+            if files is None:
+                return None
+            if self.keep_open > 0:
+                self._open[key] = files
+        try:
+            return read_namespace(files.read, self.reader, files.memo)
+        except OSError:
+            self._open.pop(key, None)
+            return None
+        finally:
+            if self._open.get(key) is not files:
+                files.close()
+
+    def _read_once(self, ns) -> list | None:
+        """The path-based read (no fd kept): the pid's files, checked against pid reuse by
+        the inode of net/dev before and after."""
+        base = f"{self.ctx.procfs}/{ns.pid}/net"
+        try:
+            before = os.stat(f"{base}/dev").st_ino
+            values = read_namespace(dir_reader(base), self.reader)
+            after = os.stat(f"{base}/dev").st_ino
+        except OSError:
+            return None
+        if before != after or (ns.proc_inode is not None and before != ns.proc_inode):
+            return None
+        return values
+
+    def _arm_release(self) -> None:
+        """Closes every kept file after ``keep_open`` seconds without a scrape."""
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        if self._open:
+            self._release = threading.Timer(self.keep_open, self.release)
+            self._release.daemon = True
+            self._release.start()
+
+    def release(self) -> None:
+        """Closes every kept namespace file (and so lets go of every namespace)."""
+        with self._lock:
+            for files in self._open.values():
+                files.close()
+            self._open.clear()
 
     def _pod_uids(self, chosen) -> None:
         """pod_uid of each namespace's member process, read once per (pid, namespace): a
@@ -357,7 +590,7 @@ class NetnsCollector(Collector):
         if mounts:
             def read_inside(ns):
                 ino = os.stat(os.path.join(OWN_NET, "dev")).st_ino
-                return ino, read_namespace(OWN_NET, self.reader)
+                return ino, read_namespace(dir_reader(OWN_NET), self.reader)
 
             done, skipped = netns.run_in_namespaces(list(mounts), read_inside, deadline)
             for ns, (ino, values) in done:
@@ -373,28 +606,29 @@ class NetnsCollector(Collector):
                       f"{unread['setns']} network namespaces known only as bind mounts could "
                       f"not be entered (setns needs CAP_SYS_ADMIN): {'; '.join(skipped[:3])}")
 
-        # 2. namespaces with a member process: its /proc/<pid>/net, no setns
-        for ns in chosen:
-            if ns.pid is None:
-                continue
-            if time.monotonic() > deadline:
-                unread["time_budget"] += 1
-                partial = True
-                continue
-            if ns.inode == 0 and (ns.proc_inode in entered_proc or not ns.pod_uid):
-                if ns.proc_inode not in entered_proc:
-                    unread["identity"] += 1
-                continue
-            base = f"{self.ctx.procfs}/{ns.pid}/net"
-            try:
-                before = os.stat(f"{base}/dev").st_ino
-                values = read_namespace(base, self.reader)
-                after = os.stat(f"{base}/dev").st_ino
-            except OSError:
-                continue  # the process exited: the namespace is simply absent
-            if before != after or (ns.proc_inode is not None and before != ns.proc_inode):
-                continue  # the pid was reused by a process of another namespace
-            results.append((ns, values))
+        # 2. namespaces with a member process: its /proc/<pid>/net files (kept open), no setns
+        with self._lock:
+            seen: set = set()
+            for ns in chosen:
+                if ns.pid is None:
+                    continue
+                if time.monotonic() > deadline:
+                    unread["time_budget"] += 1
+                    partial = True
+                    seen.add(self._key(ns))   # still there: keep its files for next time
+                    continue
+                if ns.inode == 0 and (ns.proc_inode in entered_proc or not ns.pod_uid):
+                    if ns.proc_inode not in entered_proc:
+                        unread["identity"] += 1
+                    continue
+                key = self._key(ns)
+                seen.add(key)
+                values = self._read_member(key, ns)
+                if values is not None:
+                    results.append((ns, values))
+            for key in [k for k in self._open if k not in seen]:
+                self._open.pop(key).close()   # gone, or no longer chosen: release it now
+            self._arm_release()
 
         hidden = sum(1 for ns, _ in results if ns.inode == 0)
         extra: list = []

@@ -1,6 +1,8 @@
 """Pod view, offline: the /proc/net/dev parser and the netns collector's metric table."""
 from __future__ import annotations
 
+import pytest
+
 from exporter.collectors import netns as pv
 from exporter.collectors import netstat
 from exporter.sources.procnetdev import parse_net_dev
@@ -65,8 +67,41 @@ def test_fast_reader_equals_the_netstat_collectors_generic_path():
     for d in dirs:
         mibs, _ = netstat.read_mibs(d, netstat.wanted(rows))
         want = sorted((m.name, lv, v) for m, lv, v in netstat.counter_values(mibs, rows))
-        got = sorted((m.name, lv, v) for m, lv, v in fast.counters(d))
+        got = sorted((m.name, lv, v) for m, lv, v in fast.counters(pv.dir_reader(d)))
         if d == "/proc/self/net":   # live counters move between the two reads
             assert [w[:2] for w in want] == [g[:2] for g in got]
         else:
             assert got == want, d
+
+
+def test_pread_all_reads_past_one_buffer_and_from_the_start_each_time(tmp_path):
+    """A file longer than one read buffer comes back whole, and every call starts at 0 (what
+    makes a kept seq_file fd serve every scrape)."""
+    import os
+    data = bytes(range(256)) * 1000            # 256,000 bytes: several 64 KiB reads
+    path = tmp_path / "big"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert pv._pread_all(fd) == data
+        assert pv._pread_all(fd) == data
+    finally:
+        os.close(fd)
+    small = tmp_path / "small"
+    small.write_bytes(b"Tcp: 1 2\nTcp: 3 4\n")
+    assert pv.dir_reader(str(tmp_path))("small") == b"Tcp: 1 2\nTcp: 3 4\n"
+    assert pv.dir_reader(str(tmp_path))("absent") is None
+
+
+def test_keep_open_flag_takes_0_and_durations_and_refuses_negatives():
+    from tests.helpers.podview import Scraper
+    from exporter.config import parse_duration_or_zero
+    assert parse_duration_or_zero("0") == 0.0
+    assert parse_duration_or_zero("2m") == 120.0
+    assert parse_duration_or_zero("500ms") == 0.5
+    for bad in ("-1s", "soon", ""):
+        with pytest.raises(ValueError):
+            parse_duration_or_zero(bad)
+    assert Scraper("netns", "--collector.netns").collector.keep_open == 120.0
+    assert Scraper("netns", "--collector.netns", "--collector.netns.keep-open=0"
+                   ).collector.keep_open == 0.0
