@@ -161,6 +161,7 @@ class ConntrackCollector(Collector):
         self.netns = s["collector.conntrack.netns"]
         self.netns_max = s["collector.conntrack.netns.max"]
         self.netns_dirs = s["collector.conntrack.netns.dirs"]
+        self._proc_cache = netns.ProcNetCache()   # the /proc walk asks only new processes
         self.budget = s.get("collector.timeout") or 4.0
         # Opens a ctnetlink socket in the exporter's namespace (tests substitute a replay).
         self.netlink_factory = lambda: ct.CtNetlink(NETLINK_TIMEOUT)
@@ -375,7 +376,7 @@ class ConntrackCollector(Collector):
             self._warned[key] = message
 
     def _namespaces(self, t0):
-        found = netns.discover(self.netns_dirs, self.ctx.procfs)
+        found = netns.discover(self.netns_dirs, self.ctx.procfs, cache=self._proc_cache)
         chosen = found[: self.netns_max]
         netns.fill_pod_uids(chosen, self.ctx.procfs)
         deadline = t0 + 0.75 * self.budget

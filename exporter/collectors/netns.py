@@ -464,6 +464,7 @@ class NetnsCollector(Collector):
         self._release: threading.Timer | None = None
         self._said: dict[str, str | None] = {}
         self._uid_cache: dict = {}
+        self._proc_cache = netns.ProcNetCache()
         if self.keep_open > 0:
             self._raise_fd_limit(len(self.files) * self.max + 1024)
 
@@ -576,7 +577,8 @@ class NetnsCollector(Collector):
         t0 = time.monotonic()
         deadline = t0 + self.timeout
         own, own_proc = self._own()
-        found = netns.discover_pods(self.dirs, self.ctx.procfs, own, own_proc)
+        found = netns.discover_pods(self.dirs, self.ctx.procfs, own, own_proc,
+                                     cache=self._proc_cache)
         chosen = found.namespaces[: self.max]
         unread = dict.fromkeys(REASONS, 0)
         unread["max"] = len(found.namespaces) - len(chosen)

@@ -112,51 +112,113 @@ def _scan_run_dirs(run_dirs: list[str], by_inode: dict[int, N], kind: type[N],
                 ns.paths.insert(0, path)
 
 
+class ProcNetCache:
+    """What each process's /proc/<pid>/ns/net said, kept between walks: a node has thousands
+    of processes and one readlink costs ~6 us (12 ms per walk at 2,000), while the listing of
+    /proc is needed anyway and gives each /proc/<pid> directory's inode number for free.
+
+    A process is known by (pid, inode of its /proc/<pid> directory): the kernel flushes a
+    process's /proc dentries when it exits, so a reused pid comes back with a new directory
+    inode.  An answer is trusted only after two walks agree (a process that joins a namespace
+    right after it starts, as ``runc init`` does, is seen again in its final one) and is asked
+    again after ``max_age`` seconds (a later setns() is seen within that)."""
+
+    def __init__(self, max_age: float = 60.0):
+        self.max_age = max_age
+        self._known: dict[tuple[str, int], tuple[tuple | None, float, bool]] = {}
+        self._next: dict[tuple[str, int], tuple[tuple | None, float, bool]] = {}
+        self.asked = 0     # readlinks in the last walk (tests and benchmarks read it)
+
+    def begin(self) -> None:
+        self._next = {}
+        self.asked = 0
+
+    def end(self) -> None:
+        self._known = self._next   # processes not listed this walk are forgotten
+        self._next = {}
+
+    def look(self, procfs: str, name: str, dir_inode: int, now: float) -> tuple | None:
+        key = (name, dir_inode)
+        hit = self._known.get(key)
+        if hit is not None and hit[2] and now - hit[1] < self.max_age:
+            self._next[key] = hit
+            return hit[0]
+        self.asked += 1
+        answer = _look(procfs, name)
+        if hit is not None and hit[0] == answer:
+            self._next[key] = (answer, now, True)
+        else:
+            self._next[key] = (answer, now, False)
+        return answer
+
+
+def _look(procfs: str, name: str) -> tuple | None:
+    """("net", nsfs inode) | ("refused", inode of /proc/<pid>/net/dev or None) | None
+    (exited, or not a network namespace link)."""
+    try:
+        link = os.readlink(f"{procfs}/{name}/ns/net")  # "net:[4026531840]"
+    except PermissionError:
+        return ("refused", proc_net_inode(procfs, name))
+    except OSError:
+        return None   # exited, or a kernel thread we may not inspect
+    if not link.startswith("net:["):
+        return None
+    try:
+        return ("net", int(link[5:-1]))
+    except ValueError:
+        return None
+
+
 def _scan_procfs(procfs: str, by_inode: dict[int, N], kind: type[N], max_pids: int,
-                 refused: dict[int, int] | None) -> None:
+                 refused: dict[int, int] | None, cache: ProcNetCache | None = None) -> None:
     """The one walk of /proc/<pid>/ns/net.  With ``refused`` (a dict), a process whose ns
     link is refused (EACCES) is recorded there as {/proc/<pid>/net/dev inode: first pid};
-    without it such a process is skipped like one that exited."""
+    without it such a process is skipped like one that exited.  With ``cache``, only
+    processes not seen before (or not lately) are asked."""
     try:
         entries = os.scandir(procfs)
     except OSError:
         return
+    now = time.monotonic()
+    if cache is not None:
+        cache.begin()
     with entries:
         seen = 0
         for entry in entries:
-            if not entry.name.isdigit():
+            name = entry.name
+            if not name.isdigit():
                 continue
             seen += 1
             if seen > max_pids:
                 break
-            path = os.path.join(procfs, entry.name, "ns", "net")
-            try:
-                link = os.readlink(path)  # "net:[4026531840]"
-            except PermissionError:
-                if refused is not None:
-                    ino = proc_net_inode(procfs, entry.name)
-                    if ino is not None:
-                        refused.setdefault(ino, int(entry.name))
+            if cache is not None:
+                try:
+                    answer = cache.look(procfs, name, entry.inode(), now)
+                except OSError:
+                    continue
+            else:
+                answer = _look(procfs, name)
+            if answer is None:
                 continue
-            except OSError:
-                continue  # exited, or a kernel thread we may not inspect
-            if not link.startswith("net:["):
+            if answer[0] == "refused":
+                if refused is not None and answer[1] is not None:
+                    refused.setdefault(answer[1], int(name))
                 continue
-            try:
-                inode = int(link[5:-1])
-            except ValueError:
-                continue
+            inode = answer[1]
             ns = by_inode.get(inode)
             if ns is None:
                 ns = by_inode[inode] = kind(inode)
             if len(ns.paths) < 3 + (1 if ns.name else 0):
-                ns.paths.append(path)
+                ns.paths.append(f"{procfs}/{name}/ns/net")
             if ns.pid is None:
-                ns.pid = int(entry.name)
+                ns.pid = int(name)
+    if cache is not None:
+        cache.end()
 
 
 def _discover(run_dirs: list[str], procfs: str | None, max_pids: int, kind: type[N],
-              refused: dict[int, int] | None = None) -> list[N]:
+              refused: dict[int, int] | None = None,
+              cache: ProcNetCache | None = None) -> list[N]:
     """Shared by :func:`discover` and :func:`discover_pods`: run_dirs, then /proc/<pid>."""
     by_inode: dict[int, N] = {}
     try:
@@ -165,19 +227,19 @@ def _discover(run_dirs: list[str], procfs: str | None, max_pids: int, kind: type
         nsfs_dev = None
     _scan_run_dirs(run_dirs, by_inode, kind, nsfs_dev)
     if procfs:
-        _scan_procfs(procfs, by_inode, kind, max_pids, refused)
+        _scan_procfs(procfs, by_inode, kind, max_pids, refused, cache)
     return sorted(by_inode.values(), key=lambda n: (n.name == "", n.name, n.inode))
 
 
-def discover(run_dirs: list[str], procfs: str | None,
-             max_pids: int = 100_000) -> list[Namespace]:
+def discover(run_dirs: list[str], procfs: str | None, max_pids: int = 100_000,
+             cache: ProcNetCache | None = None) -> list[Namespace]:
     """Every distinct network namespace visible in run_dirs and (if procfs) /proc/<pid>.
 
     Only stat() and readlink(): nothing is opened or created here.  Named ones come first
     (sorted by name), then the rest by inode.  Files that vanish while listing are skipped,
     and so are processes whose ns link is refused (see :func:`discover_pods` for those).
     """
-    return _discover(run_dirs, procfs, max_pids, Namespace)
+    return _discover(run_dirs, procfs, max_pids, Namespace, cache=cache)
 
 
 def fill_pod_uids(namespaces: list[Namespace], procfs: str) -> None:
@@ -296,7 +358,8 @@ def proc_net_inode(procfs: str, pid: int | str) -> int | None:
 
 
 def discover_pods(run_dirs: list[str], procfs: str | None, own_inode: int | None,
-                  own_proc_inode: int | None, max_pids: int = 100_000) -> PodDiscovery:
+                  own_proc_inode: int | None, max_pids: int = 100_000,
+                  cache: ProcNetCache | None = None) -> PodDiscovery:
     """Every network namespace but the exporter's own, distinct, one member pid each.
 
     As :func:`discover`, plus: a process whose ns link is refused (EACCES) is grouped by its
@@ -304,7 +367,7 @@ def discover_pods(run_dirs: list[str], procfs: str | None, own_inode: int | None
     same inode of a readable member) becomes a Namespace with inode 0.  Only stat(), readlink().
     """
     refused: dict[int, int] = {}     # /proc/<pid>/net/dev inode -> first pid
-    found = _discover(run_dirs, procfs, max_pids, PodNamespace, refused)
+    found = _discover(run_dirs, procfs, max_pids, PodNamespace, refused, cache)
     found = [pns for pns in found if pns.inode != (own_inode or -1)]
     if own_proc_inode is not None:
         refused.pop(own_proc_inode, None)  # the exporter's own namespace
