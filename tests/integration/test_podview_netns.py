@@ -151,9 +151,21 @@ def test_node_counters_stay_apart_from_the_pods(pods):
 def test_a_namespace_deleted_while_scraping_disappears(pods):
     from tests.helpers.exporter_proc import ExporterProcess, parse_samples
 
+    def held(pid: int) -> list[str]:
+        """The exporter's fds on files of the gone pod's process (kept between scrapes)."""
+        out = []
+        for fd in os.listdir(f"/proc/{ex.proc.pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{ex.proc.pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(f"/proc/{pid}/"):
+                out.append(target)
+        return out
+
     with netns("nn-pod-gone") as gone:
         pg = Pod(gone, "idle")
-        statuses, present = [], []
+        statuses, present, held_at = [], [], {}
         with ExporterProcess(["--collector.netns", ROOMY, "--collector.timeout=20s"]) as ex:
             for i in range(100):
                 if i == 40:
@@ -163,11 +175,16 @@ def test_a_namespace_deleted_while_scraping_disappears(pods):
                 statuses.append(status)
                 samples = parse_samples(body.decode())
                 present.append(any(dict(k[1]).get("netns") == gone for k in samples))
+                if i in (0, 39, 42, 99):
+                    held_at[i] = held(pg.pid)
                 if i == 0:
                     assert samples[("nodenet_scrape_collector_success",
                                     frozenset({("collector", "netns")}))] == 1
     assert statuses == [200] * 100
     assert all(present[:40]) and not any(present[42:]), present
+    # its files were kept while it lived, and let go once a walk no longer found it
+    assert len(held_at[0]) >= 6 and held_at[39] == held_at[0], held_at
+    assert held_at[42] == [] and held_at[99] == [], held_at
 
 
 CAPS = "net_admin"
