@@ -1,7 +1,9 @@
 """Least privilege, for real: the exporter run the way the DaemonSet runs it.
 
-The container's privileges are read from deploy/daemonset.yaml (runAsUser, capabilities.add,
-allowPrivilegeEscalation, readOnlyRootFilesystem, args, env) and reproduced with kernel tools:
+The container's privileges are read from deploy/daemonset.yaml by the same reading of the pod
+spec that the container test's `podman run` comes from (tests/helpers/k8s_podman.py: runAsUser,
+capabilities, allowPrivilegeEscalation, readOnlyRootFilesystem, args, env, probes) and
+reproduced with kernel tools:
   * a network namespace of the test's own stands in for the node's (hostNetwork), holding a veth
     pair whose address plays the node IP ($(HOST_IP)) and conntrack entries made by real flows;
   * `unshare --mount` + a read-only bind remount of every mount point = readOnlyRootFilesystem
@@ -12,6 +14,9 @@ Then the same without NET_ADMIN (conntrack must fall back to /proc or report its
 the scrape must stay 200 with every collector successful), and as the image's default non-root
 user with NET_ADMIN in the bounding set only (what `capabilities.add` gives a non-root container):
 the process ends up with no capability at all, which is why the DaemonSet runs as uid 0.
+Not reproduced here (tests/container/test_image.py runs them in a real runtime): seccomp,
+hostPID (the process always sees the machine's PID namespace) and hostPath mounts (it sees the
+machine's filesystem, read-only).
 The metric names are the contract from issues 2, 3 and 9.
 """
 from __future__ import annotations
@@ -21,7 +26,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -30,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.helpers import k8s_podman
 from tests.helpers.deploy_components import BASE, COMPONENTS, rendered_daemonset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,30 +75,21 @@ class ContainerSpec:
 
 
 def container_spec(node_ip: str, node_name: str, ds: dict | None = None) -> ContainerSpec:
-    """The container of deploy/daemonset.yaml's DaemonSet (or of `ds`, e.g. a component's)."""
-    if ds is None:
-        docs = [d for d in yaml.safe_load_all((REPO / "deploy" / "daemonset.yaml").read_text()) if d]
-        (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
-    pod = ds["spec"]["template"]["spec"]
-    (c,) = pod["containers"]
-    sc = c["securityContext"]
-    assert pod["hostNetwork"] is True
-    assert sc["capabilities"]["drop"] == ["ALL"]
-    fieldpaths = {"status.hostIP": node_ip, "spec.nodeName": node_name}
-    env = {e["name"]: fieldpaths[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in c["env"]}
-    # Kubernetes expands $(VAR) in args from the container's env.
-    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in c["args"]]
-    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    probe = c["readinessProbe"]["httpGet"]
+    """The container of deploy/daemonset.yaml's DaemonSet (or of `ds`, e.g. a component's), as
+    k8s_podman reads it for podman too."""
+    ct = k8s_podman.container(ds or k8s_podman.base_daemonset(), node_ip, node_name)
+    # what this harness can reproduce (setpriv): drop ALL + add, not privileged
+    assert ct.caps_drop == ["ALL"] and not ct.privileged, (ct.caps_drop, ct.privileged)
+    probe = ct.probes["readinessProbe"]
     return ContainerSpec(
-        uid=sc.get("runAsUser", pod.get("securityContext", {}).get("runAsUser", IMAGE_USER)),
-        caps=[x.lower() for x in sc["capabilities"].get("add", [])],
-        no_new_privs=sc["allowPrivilegeEscalation"] is False,
-        read_only_root=sc["readOnlyRootFilesystem"] is True,
-        args=args,
-        env=env,
-        port=ports[probe["port"]] if isinstance(probe["port"], str) else probe["port"],
-        probe_path=probe["path"],
+        uid=ct.user[0] if ct.user else IMAGE_USER,
+        caps=[x.lower() for x in ct.caps_add],
+        no_new_privs=ct.no_new_privs,
+        read_only_root=ct.read_only_root,
+        args=ct.command_args,
+        env=ct.env,
+        port=probe.port,
+        probe_path=probe.path,
     )
 
 
@@ -462,9 +457,7 @@ def _components() -> list[Path]:
 
 def component_container_spec(comp: Path, tmp: Path, node_ip: str, node_name: str) -> ContainerSpec:
     """The component's rendered DaemonSet, read as the base one is (container_spec)."""
-    from tests.helpers.k8s_podman import kustomize_with  # noqa: PLC0415
-
-    return container_spec(node_ip, node_name, kustomize_with(comp, tmp))
+    return container_spec(node_ip, node_name, k8s_podman.kustomize_with(comp, tmp))
 
 
 @pytest.mark.parametrize("component", [p.name for p in _components()])
