@@ -7,7 +7,8 @@ options, tests/integration/test_least_privilege.py runs the exporter under setpr
 the same `Container` (uid, capabilities, no_new_privs, read-only root, args, env, probes).
 Every field of the pod and of the container is either read, or listed as meaningless for one
 container on one node (scheduling, rollout, Service discovery), or refused: a new field in a
-manifest makes `container` fail until someone decides what it means here.
+manifest makes `container` fail until someone decides what it means here. Rendering deploy/
+with a component (`kubectl kustomize`) is tests/helpers/deploy_components.py's.
 
 The node is a network namespace of the test's (hostNetwork -> `--network ns:/run/netns/<ns>`),
 the downward API's status.hostIP / spec.nodeName are the test's node IP and name, and hostPath
@@ -18,10 +19,7 @@ the namespaces the test made.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,44 +125,6 @@ def daemonset(docs: list[dict]) -> dict:
 
 def base_daemonset() -> dict:
     return daemonset(load(DEPLOY / "daemonset.yaml"))
-
-
-def components() -> list[Path]:
-    """Every deploy/components/<mode>/ (a kustomize Component)."""
-    root = DEPLOY / "components"
-    return (
-        sorted(p for p in root.iterdir() if (p / "kustomization.yaml").is_file())
-        if root.is_dir()
-        else []
-    )
-
-
-def kustomize_with(component: Path | None, workdir: Path) -> dict:
-    """The DaemonSet as `kubectl kustomize` renders deploy/ with this component."""
-    kubectl = shutil.which("kubectl")
-    if not kubectl:
-        raise Untranslatable("kubectl is not installed (Debian: kubernetes-client)")
-    overlay = workdir / "overlay"
-    overlay.mkdir(parents=True, exist_ok=True)
-    kust = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [os.path.relpath(DEPLOY, overlay)],
-    }
-    if component is not None:
-        kust["components"] = [os.path.relpath(component, overlay)]
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kust))
-    r = subprocess.run(
-        [kubectl, "kustomize", str(overlay)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(workdir)},
-    )
-    if r.returncode != 0:
-        raise Untranslatable(f"kubectl kustomize with {component}: {r.stderr.strip()}")
-    return daemonset([d for d in yaml.safe_load_all(r.stdout) if d])
 
 
 def _expand(text: str, env: dict[str, str]) -> str:

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import deploy_components as dc
 from tests.helpers import k8s_podman
-from tests.helpers.deploy_components import BASE, COMPONENTS, rendered_daemonset
 
 REPO = Path(__file__).resolve().parents[2]
 NS = f"nn-deploy-lp-{os.getpid()}"
@@ -444,25 +444,20 @@ def test_the_read_only_view_really_is_read_only(node_netns, tmp_path):
 
 
 # --------------------------------------------------------------------------- opt-in components
-# Every deploy/components/<mode>/, rendered with `kubectl kustomize`, run the same way: the
-# process holds exactly the capabilities the rendered manifest lists (base + the component's
-# grants, nothing more), and every collector still succeeds. (tests/container/test_image.py
-# runs each component in the real container runtime, with and without its privileges.)
+# Every deploy/components/<mode>/ (tests/helpers/deploy_components.py), rendered with
+# `kubectl kustomize`, run the same way: the process holds exactly the capabilities the
+# rendered manifest lists (base + the component's grants, nothing more), and every collector
+# still succeeds; the `proof:` of its test.yaml holds with exactly those capabilities and fails
+# without any one of the capabilities it grants. (Seccomp is the runtime's part and is not
+# reproduced by setpriv; tests/container/test_image.py runs each component in the real
+# container runtime, with and without its privileges.)
 
 
-def _components() -> list[Path]:
-    root = REPO / "deploy" / "components"
-    return sorted(p for p in root.iterdir() if (p / "kustomization.yaml").is_file()) if root.is_dir() else []
-
-
-def component_container_spec(comp: Path, tmp: Path, node_ip: str, node_name: str) -> ContainerSpec:
-    """The component's rendered DaemonSet, read as the base one is (container_spec)."""
-    return container_spec(node_ip, node_name, k8s_podman.kustomize_with(comp, tmp))
-
-
-@pytest.mark.parametrize("component", [p.name for p in _components()])
+@pytest.mark.parametrize("component", dc.components())
 def test_component_runs_with_exactly_its_capabilities(node_netns, tmp_path, component):
-    spec = component_container_spec(REPO / "deploy" / "components" / component, tmp_path, HOST_IP, "nn-test-node")
+    s = dc.spec(component)
+    spec = container_spec(HOST_IP, "nn-test-node", dc.rendered_daemonset(component))
+    assert sorted(spec.caps) == sorted(c.lower() for c in [*dc.BASE_CAPS, *dc.granted_caps(s)])
     unknown = [c for c in spec.caps if c.upper() not in CAP_NUMBERS]
     assert not unknown, f"add the number of {unknown} to CAP_NUMBERS"
     refresh_flows(node_netns)
@@ -480,19 +475,22 @@ def test_component_runs_with_exactly_its_capabilities(node_netns, tmp_path, comp
     finally:
         stop(r)
     assert r.proc.returncode == 0, f"{component}: exit code {r.proc.returncode} after SIGTERM"
-# Each component of deploy/components/ (tests/helpers/deploy_components.py), rendered with
-# `kubectl kustomize` and run with exactly its capabilities: its proof metric holds and every
-# collector succeeds; without any one of the capabilities it adds, the proof fails while the
-# scrape still succeeds. (Seccomp is the runtime's part and is not reproduced by setpriv.)
 
 
-@pytest.mark.parametrize("component", sorted(c for c, a in COMPONENTS.items() if a.proof))
+def _proved_here(component: str) -> bool:
+    try:
+        proof = dc.spec(component).get("proof")
+    except dc.ComponentDataError:
+        return True                    # the test then fails with the message
+    return proof is not None and "elsewhere" not in proof
+
+
+@pytest.mark.parametrize("component", [c for c in dc.components() if _proved_here(c)])
 def test_component_works_with_exactly_its_capabilities(node_netns, tmp_path, component):
-    allowed = COMPONENTS[component]
-    spec = container_spec(HOST_IP, "nn-test-node", rendered_daemonset(component))
-    assert sorted(spec.caps) == sorted(c.lower() for c in allowed.caps)
-    metric, want = allowed.proof
-    for drop in [None, *sorted(set(spec.caps) - {c.lower() for c in BASE.caps})]:
+    s = dc.spec(component)
+    spec = container_spec(HOST_IP, "nn-test-node", dc.rendered_daemonset(component))
+    granted = [c.lower() for c in dc.granted_caps(s)]
+    for drop in [None, *sorted(granted)]:
         caps = [c for c in spec.caps if c != drop]
         r = start_exporter(node_netns, spec, tmp_path, spec.uid, caps)
         try:
@@ -503,11 +501,11 @@ def test_component_works_with_exactly_its_capabilities(node_netns, tmp_path, com
             assert status == 200, body[:500]
             ss = samples(body)
             assert_all_collectors_succeed(ss)
-            got = value(ss, metric)
+            wrong = dc.check(ss, s["proof"])
             if drop is None:
-                assert got == want, f"{component}: {metric} = {got} with {caps}:\n{r.log.read_text()[-2000:]}"
+                assert wrong is None, f"{component} with {caps}: {wrong}\n{r.log.read_text()[-2000:]}"
             else:
-                assert got != want, f"{component}: {metric} = {got} without {drop}"
+                assert wrong is not None, f"{component}: {s['proof']} holds without {drop}"
         finally:
             stop(r)
         assert r.proc.returncode == 0, f"exit code {r.proc.returncode} after SIGTERM"
