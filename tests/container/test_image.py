@@ -6,7 +6,8 @@ rlimits) in a network namespace the test made as the node: a veth pair (the node
 end), a VXLAN at MTU 1450 over the 1500-byte veth, an nft rule that makes the kernel track
 connections, and real UDP flows. The `podman run` options come from the manifests through
 tests/helpers/k8s_podman.py (deploy/daemonset.yaml; `kubectl kustomize` output for each
-deploy/components/<mode>/), so what is tested is what Kubernetes runs.
+deploy/components/<mode>/, whose test.yaml says what each run must show:
+tests/helpers/deploy_components.py), so what is tested is what Kubernetes runs.
 
 Every container and image this module creates is removed by ID at the end; images that existed
 before the run (a user's own build) are left alone.
@@ -27,11 +28,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from tests.helpers import k8s_podman  # noqa: E402  (after the sys.path line)
+from tests.helpers import deploy_components as dc  # noqa: E402  (after the sys.path line)
+from tests.helpers import k8s_podman  # noqa: E402
 
 NODE_IP, PEER_IP = "192.0.2.1", "192.0.2.2"  # TEST-NET-1, only inside the test's namespaces
 NODE_NAME = "nn-image-node"
@@ -532,46 +533,6 @@ def test_image_default_user_without_capabilities_falls_back_to_procfs(image, con
 # --------------------------------------------------------------------------- the components
 
 
-def component_ids() -> list[str]:
-    return [p.name for p in k8s_podman.components()]
-
-
-def component_spec(path: Path) -> dict:
-    spec_file = path / "test.yaml"
-    assert spec_file.exists(), (
-        f"{path.relative_to(REPO)}/test.yaml is missing: every component says how the container "
-        "test proves it (see deploy/components/conntrack-netns/test.yaml)"
-    )
-    spec = yaml.safe_load(spec_file.read_text())
-    where = spec_file.relative_to(REPO)
-    assert set(spec) <= {"grants", "collector", "with", "without"} and "collector" in spec, where
-    for mode in ("with", "without"):
-        assert set(spec[mode]) <= {"checks", "log"} and spec[mode].get("checks"), (where, mode)
-        for c in spec[mode]["checks"]:
-            assert set(c) <= {"metric", "labels", "equals", "at_least", "absent"}, (where, c)
-            assert len(set(c) & {"equals", "at_least", "absent"}) == 1, (where, c)
-    return spec
-
-
-def _fill(v, ctx: dict):
-    return v.format(**ctx) if isinstance(v, str) else v
-
-
-def check(ss, c: dict, ctx: dict) -> str | None:
-    labels = {k: _fill(v, ctx) for k, v in (c.get("labels") or {}).items()}
-    got = value(ss, c["metric"], **labels)
-    where = f"{c['metric']}{labels}"
-    if c.get("absent"):
-        return None if got is None else f"{where} = {got}, expected absent"
-    if got is None:
-        return f"{where} is absent"
-    if "equals" in c and got != float(_fill(c["equals"], ctx)):
-        return f"{where} = {got}, expected {_fill(c['equals'], ctx)}"
-    if "at_least" in c and got < float(_fill(c["at_least"], ctx)):
-        return f"{where} = {got}, expected >= {_fill(c['at_least'], ctx)}"
-    return None
-
-
 def without_privileges(ds: dict) -> dict:
     """The component's DaemonSet with the base DaemonSet's securityContext (pod and container)
     and host namespaces: its args, env and mounts stay, its extra privileges go."""
@@ -586,13 +547,15 @@ def without_privileges(ds: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("component", component_ids())
+@pytest.mark.parametrize("component", dc.components())
 def test_component_with_and_without_its_privileges(
-    image, containers, node, pod_netns, component, tmp_path
+    image, containers, node, pod_netns, component
 ):
-    path = k8s_podman.DEPLOY / "components" / component
-    spec = component_spec(path)
-    ds = k8s_podman.kustomize_with(path, tmp_path)
+    try:
+        spec = dc.spec(component)
+    except dc.ComponentDataError as e:
+        pytest.fail(str(e))
+    ds = dc.rendered_daemonset(component)
     pod_ns, netns_dir = pod_netns
     host_paths = {"/run/netns": str(netns_dir)}
     collector = spec["collector"]
@@ -614,11 +577,11 @@ def test_component_with_and_without_its_privileges(
                 if success.get(collector) != 1:
                     errors.append(f"collector {collector} success {success.get(collector)}")
                 if before == ct_count(pod_ns):  # the kernel's count held still around the scrape
-                    errors += [e for c in spec[mode]["checks"] if (e := check(ss, c, ctx))]
+                    errors += [e for c in spec[mode]["checks"] if (e := dc.check(ss, c, ctx))]
                     checked += 1
             if not checked:
                 errors.append("the pod namespace's conntrack count moved during every scrape")
-            if mode == "without" and spec[mode].get("log"):
+            if spec[mode].get("log"):
                 said = [rec for rec in r.logs() if re.search(spec[mode]["log"], json.dumps(rec))]
                 if len(said) != 1:
                     errors.append(

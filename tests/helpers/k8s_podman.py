@@ -1,11 +1,14 @@
-"""A DaemonSet's pod, translated one to one into `podman run` arguments.
+"""A DaemonSet's pod, read one field at a time into what it means for one container on one node
+(`container()`), and that translated one to one into `podman run` arguments (`translate()`).
 
-The container tests run the built image with the arguments this module derives from the
-manifests (deploy/daemonset.yaml, and `kubectl kustomize` output for each component), so the
-tested container and what Kubernetes runs cannot drift apart.  Every field of the pod and of the
-container is either translated, or listed as meaningless for one container on one node
-(scheduling, rollout, Service discovery), or refused: a new field in a manifest makes
-`translate` fail until someone decides what it means here.
+Both runs of the exporter "as the manifests say" read the manifests here, so neither can drift
+from what Kubernetes runs: tests/container/test_image.py runs the built image with the podman
+options, tests/integration/test_least_privilege.py runs the exporter under setpriv/unshare with
+the same `Container` (uid, capabilities, no_new_privs, read-only root, args, env, probes).
+Every field of the pod and of the container is either read, or listed as meaningless for one
+container on one node (scheduling, rollout, Service discovery), or refused: a new field in a
+manifest makes `container` fail until someone decides what it means here. Rendering deploy/
+with a component (`kubectl kustomize`) is tests/helpers/deploy_components.py's.
 
 The node is a network namespace of the test's (hostNetwork -> `--network ns:/run/netns/<ns>`),
 the downward API's status.hostIP / spec.nodeName are the test's node IP and name, and hostPath
@@ -16,10 +19,7 @@ the namespaces the test made.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,7 @@ CONTAINER_IGNORED = {
     "startupProbe",
 }
 # The probes and ports are not run by podman: the test makes the kubelet's requests itself.
+PROPAGATION = {"None": "rprivate", "HostToContainer": "rslave", "Bidirectional": "rshared"}
 
 
 class Untranslatable(AssertionError):
@@ -68,6 +69,38 @@ class Probe:
 
 
 @dataclass
+class Mount:
+    src: str  # on the host (after host_paths)
+    dst: str
+    read_only: bool
+    propagation: str  # the manifest's mountPropagation
+
+
+@dataclass
+class Container:
+    """What the pod spec asks of the runtime for its one container."""
+
+    user: tuple[int, int] | None  # runAsUser/runAsGroup; None: the image's USER
+    privileged: bool
+    no_new_privs: bool  # allowPrivilegeEscalation: false
+    read_only_root: bool
+    caps_drop: list[str]
+    caps_add: list[str]
+    seccomp: dict  # the effective seccompProfile, as in the manifest
+    seccomp_file: Path | None  # a Localhost profile's file, found in deploy/
+    host_pid: bool
+    host_ipc: bool
+    env: dict[str, str]  # downward API resolved
+    entrypoint: list[str] | None  # command, expanded
+    command_args: list[str]  # args, expanded
+    mounts: list[Mount]
+    memory: int | None  # limits.memory in bytes
+    probes: dict[str, Probe]
+    stop_timeout: int  # terminationGracePeriodSeconds
+    image: str
+
+
+@dataclass
 class Translation:
     args: list[str]  # podman run options, before the image
     command_args: list[str]  # after the image: the container's args, expanded
@@ -75,6 +108,7 @@ class Translation:
     probes: dict[str, Probe]
     stop_timeout: int  # terminationGracePeriodSeconds
     image: str  # the manifest's image reference
+    container: Container
     notes: list[str] = field(default_factory=list)
 
 
@@ -93,44 +127,6 @@ def base_daemonset() -> dict:
     return daemonset(load(DEPLOY / "daemonset.yaml"))
 
 
-def components() -> list[Path]:
-    """Every deploy/components/<mode>/ (a kustomize Component)."""
-    root = DEPLOY / "components"
-    return (
-        sorted(p for p in root.iterdir() if (p / "kustomization.yaml").is_file())
-        if root.is_dir()
-        else []
-    )
-
-
-def kustomize_with(component: Path | None, workdir: Path) -> dict:
-    """The DaemonSet as `kubectl kustomize` renders deploy/ with this component."""
-    kubectl = shutil.which("kubectl")
-    if not kubectl:
-        raise Untranslatable("kubectl is not installed (Debian: kubernetes-client)")
-    overlay = workdir / "overlay"
-    overlay.mkdir(parents=True, exist_ok=True)
-    kust = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [os.path.relpath(DEPLOY, overlay)],
-    }
-    if component is not None:
-        kust["components"] = [os.path.relpath(component, overlay)]
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kust))
-    r = subprocess.run(
-        [kubectl, "kustomize", str(overlay)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(workdir)},
-    )
-    if r.returncode != 0:
-        raise Untranslatable(f"kubectl kustomize with {component}: {r.stderr.strip()}")
-    return daemonset([d for d in yaml.safe_load_all(r.stdout) if d])
-
-
 def _expand(text: str, env: dict[str, str]) -> str:
     """Kubernetes' $(VAR) expansion: defined variables only, $$ escapes."""
 
@@ -143,30 +139,24 @@ def _expand(text: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\$|\$\((\w+)\)", sub, text)
 
 
-def _seccomp(profile: dict | None, where: str) -> list[str]:
-    kind = (profile or {}).get("type", "RuntimeDefault")
-    if kind == "RuntimeDefault":
-        # podman's default profile is what RuntimeDefault means under CRI-O/podman; like older
-        # containerd/docker profiles it allows setns, bpf, perf_event_open only with CAP_SYS_ADMIN.
-        if not PODMAN_DEFAULT_SECCOMP.exists():
-            raise Untranslatable(f"{where}: RuntimeDefault needs podman's {PODMAN_DEFAULT_SECCOMP}")
-        return [f"--security-opt=seccomp={PODMAN_DEFAULT_SECCOMP}"]
-    if kind == "Unconfined":
-        return ["--security-opt=seccomp=unconfined"]
+def _seccomp_file(profile: dict, where: str) -> Path | None:
+    kind = profile.get("type", "RuntimeDefault")
+    if kind in ("RuntimeDefault", "Unconfined"):
+        return None
     if kind == "Localhost":
         # Relative to the kubelet's seccomp root on a node; here: shipped somewhere in deploy/
         # (e.g. next to the component that uses it), found by its file name: the directory part
         # is where the docs tell users to install it under the kubelet's seccomp root.
-        rel = (profile or {})["localhostProfile"]
+        rel = profile["localhostProfile"]
         found = sorted(DEPLOY.rglob(Path(rel).name))
         if len(found) != 1:
             raise Untranslatable(f"{where}: seccomp profile {rel}: {len(found)} in deploy/")
-        return [f"--security-opt=seccomp={found[0]}"]
+        return found[0]
     raise Untranslatable(f"{where}: seccompProfile type {kind!r}")
 
 
-def _security(pod_sc: dict, sc: dict) -> list[str]:
-    out: list[str] = []
+def _security(pod_sc: dict, sc: dict) -> dict:
+    """The merged securityContext's fields for Container."""
     unknown = set(pod_sc) - {"seccompProfile", "runAsUser", "runAsGroup", "runAsNonRoot"}
     if unknown:
         raise Untranslatable(f"pod securityContext fields not translated: {sorted(unknown)}")
@@ -184,26 +174,23 @@ def _security(pod_sc: dict, sc: dict) -> list[str]:
     if unknown:
         raise Untranslatable(f"container securityContext fields not translated: {sorted(unknown)}")
     merged = {**pod_sc, **sc}
-    if merged.get("privileged"):
-        out.append("--privileged")
     uid = merged.get("runAsUser")
-    if uid is not None:
-        gid = merged.get("runAsGroup", uid)
-        out.append(f"--user={uid}:{gid}")
     if merged.get("runAsNonRoot") and uid == 0:
         raise Untranslatable("runAsNonRoot with runAsUser 0: Kubernetes would refuse to start it")
-    if merged.get("allowPrivilegeEscalation") is False:
-        out.append("--security-opt=no-new-privileges")
-    if merged.get("readOnlyRootFilesystem"):
-        # Kubernetes' read-only root has no writable /tmp (podman's --read-only would add one).
-        out += ["--read-only", "--read-only-tmpfs=false"]
-    caps = merged.get("capabilities", {})
-    out += [f"--cap-drop={c}" for c in caps.get("drop", [])]
-    out += [f"--cap-add={c}" for c in caps.get("add", [])]
     if merged.get("procMount", "Default") != "Default":
         raise Untranslatable(f"procMount {merged['procMount']}")
-    out += _seccomp(merged.get("seccompProfile"), "container")
-    return out
+    caps = merged.get("capabilities", {})
+    profile = merged.get("seccompProfile") or {"type": "RuntimeDefault"}
+    return {
+        "user": None if uid is None else (uid, merged.get("runAsGroup", uid)),
+        "privileged": bool(merged.get("privileged")),
+        "no_new_privs": merged.get("allowPrivilegeEscalation") is False,
+        "read_only_root": bool(merged.get("readOnlyRootFilesystem")),
+        "caps_drop": list(caps.get("drop", [])),
+        "caps_add": list(caps.get("add", [])),
+        "seccomp": profile,
+        "seccomp_file": _seccomp_file(profile, "container"),
+    }
 
 
 def _env(c: dict, node_ip: str, node_name: str) -> dict[str, str]:
@@ -224,9 +211,9 @@ def _env(c: dict, node_ip: str, node_name: str) -> dict[str, str]:
     return env
 
 
-def _volumes(pod: dict, c: dict, host_paths: dict[str, str]) -> list[str]:
+def _volumes(pod: dict, c: dict, host_paths: dict[str, str]) -> list[Mount]:
     vols = {v["name"]: v for v in pod.get("volumes", [])}
-    out: list[str] = []
+    out: list[Mount] = []
     for m in c.get("volumeMounts", []):
         v = vols.get(m["name"])
         if v is None:
@@ -240,12 +227,10 @@ def _volumes(pod: dict, c: dict, host_paths: dict[str, str]) -> list[str]:
         kind = v["hostPath"].get("type", "")
         if kind == "Directory" and not Path(src).is_dir():
             raise Untranslatable(f"hostPath {src} (type Directory) does not exist")
-        opts = [f"type=bind,src={src},dst={m['mountPath']}"]
-        if m.get("readOnly"):
-            opts.append("ro=true")
-        prop = {"None": "rprivate", "HostToContainer": "rslave", "Bidirectional": "rshared"}
-        opts.append(f"bind-propagation={prop[m.get('mountPropagation', 'None')]}")
-        out.append("--mount=" + ",".join(opts))
+        prop = m.get("mountPropagation", "None")
+        if prop not in PROPAGATION:
+            raise Untranslatable(f"volumeMount {m['name']}: mountPropagation {prop}")
+        out.append(Mount(src, m["mountPath"], bool(m.get("readOnly")), prop))
     unused = set(vols) - {m["name"] for m in c.get("volumeMounts", [])}
     if unused:
         raise Untranslatable(f"volumes not mounted by the container: {sorted(unused)}")
@@ -274,9 +259,10 @@ def _probe(kind: str, p: dict, ports: dict[str, int]) -> Probe:
     )
 
 
-def translate(
-    ds: dict, netns: str, node_ip: str, node_name: str, host_paths: dict[str, str] | None = None
-) -> Translation:
+def container(
+    ds: dict, node_ip: str, node_name: str, host_paths: dict[str, str] | None = None
+) -> Container:
+    """The DaemonSet's one container as the pod spec asks the runtime to run it."""
     tmpl = ds["spec"]["template"]
     pod = tmpl["spec"]
     known = POD_IGNORED | {
@@ -301,38 +287,87 @@ def translate(
     )
     if unknown:
         raise Untranslatable(f"container fields not translated: {sorted(unknown)}")
-    args: list[str] = []
     if not pod.get("hostNetwork"):
         raise Untranslatable("only hostNetwork pods are translated (the node is a test namespace)")
-    args.append(f"--network=ns:/run/netns/{netns}")
-    if pod.get("hostPID"):
-        args.append("--pid=host")
-    if pod.get("hostIPC"):
-        args.append("--ipc=host")
-    args += _security(pod.get("securityContext", {}), c.get("securityContext", {}))
     env = _env(c, node_ip, node_name)
-    args += [f"--env={k}={v}" for k, v in env.items()]
-    args += _volumes(pod, c, host_paths or {})
     limits = c.get("resources", {}).get("limits", {})
     if set(limits) - {"memory"}:
         raise Untranslatable(f"resource limits not translated: {sorted(set(limits) - {'memory'})}")
-    if "memory" in limits:
-        args.append(f"--memory={_bytes(limits['memory'])}")
-    if "command" in c:
-        args.append("--entrypoint=" + json.dumps([_expand(a, env) for a in c["command"]]))
     ports = {p["name"]: p["containerPort"] for p in c.get("ports", []) if "name" in p}
-    probes = {
-        k: _probe(k, c[k], ports)
-        for k in ("livenessProbe", "readinessProbe", "startupProbe")
-        if k in c
-    }
-    return Translation(
-        args=args,
-        command_args=[_expand(a, env) for a in c.get("args", [])],
+    return Container(
+        **_security(pod.get("securityContext", {}), c.get("securityContext", {})),
+        host_pid=bool(pod.get("hostPID")),
+        host_ipc=bool(pod.get("hostIPC")),
         env=env,
-        probes=probes,
+        entrypoint=[_expand(a, env) for a in c["command"]] if "command" in c else None,
+        command_args=[_expand(a, env) for a in c.get("args", [])],
+        mounts=_volumes(pod, c, host_paths or {}),
+        memory=_bytes(limits["memory"]) if "memory" in limits else None,
+        probes={
+            k: _probe(k, c[k], ports)
+            for k in ("livenessProbe", "readinessProbe", "startupProbe")
+            if k in c
+        },
         stop_timeout=int(pod.get("terminationGracePeriodSeconds", 30)),
         image=c["image"],
+    )
+
+
+def podman_args(ct: Container, netns: str) -> list[str]:
+    """`podman run` options (before the image) for the container, in the node namespace."""
+    args = [f"--network=ns:/run/netns/{netns}"]
+    if ct.host_pid:
+        args.append("--pid=host")
+    if ct.host_ipc:
+        args.append("--ipc=host")
+    if ct.privileged:
+        args.append("--privileged")
+    if ct.user is not None:
+        args.append(f"--user={ct.user[0]}:{ct.user[1]}")
+    if ct.no_new_privs:
+        args.append("--security-opt=no-new-privileges")
+    if ct.read_only_root:
+        # Kubernetes' read-only root has no writable /tmp (podman's --read-only would add one).
+        args += ["--read-only", "--read-only-tmpfs=false"]
+    args += [f"--cap-drop={c}" for c in ct.caps_drop]
+    args += [f"--cap-add={c}" for c in ct.caps_add]
+    kind = ct.seccomp.get("type", "RuntimeDefault")
+    if kind == "RuntimeDefault":
+        # podman's default profile is what RuntimeDefault means under CRI-O/podman; like older
+        # containerd/docker profiles it allows setns, bpf, perf_event_open only with CAP_SYS_ADMIN.
+        if not PODMAN_DEFAULT_SECCOMP.exists():
+            raise Untranslatable(f"RuntimeDefault needs podman's {PODMAN_DEFAULT_SECCOMP}")
+        args.append(f"--security-opt=seccomp={PODMAN_DEFAULT_SECCOMP}")
+    elif kind == "Unconfined":
+        args.append("--security-opt=seccomp=unconfined")
+    else:
+        args.append(f"--security-opt=seccomp={ct.seccomp_file}")
+    args += [f"--env={k}={v}" for k, v in ct.env.items()]
+    for m in ct.mounts:
+        opts = [f"type=bind,src={m.src},dst={m.dst}"]
+        if m.read_only:
+            opts.append("ro=true")
+        opts.append(f"bind-propagation={PROPAGATION[m.propagation]}")
+        args.append("--mount=" + ",".join(opts))
+    if ct.memory is not None:
+        args.append(f"--memory={ct.memory}")
+    if ct.entrypoint is not None:
+        args.append("--entrypoint=" + json.dumps(ct.entrypoint))
+    return args
+
+
+def translate(
+    ds: dict, netns: str, node_ip: str, node_name: str, host_paths: dict[str, str] | None = None
+) -> Translation:
+    ct = container(ds, node_ip, node_name, host_paths)
+    return Translation(
+        args=podman_args(ct, netns),
+        command_args=ct.command_args,
+        env=ct.env,
+        probes=ct.probes,
+        stop_timeout=ct.stop_timeout,
+        image=ct.image,
+        container=ct,
     )
 
 

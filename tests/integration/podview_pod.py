@@ -12,9 +12,11 @@ from __future__ import annotations
 import ctypes
 import os
 import select
-import socket
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tests.helpers.sick_sockets import drowning_udp, full_listener  # noqa: E402
 
 PR_SET_DUMPABLE = 4
 
@@ -23,28 +25,10 @@ def main() -> None:
     scenario = sys.argv[1]
     keep = []
     if scenario == "listen":
-        srv = socket.socket()
-        srv.bind(("127.0.0.1", 8080))
-        srv.listen(1)
-        keep.append(srv)
-        for _ in range(20):
-            c = socket.socket()
-            c.setblocking(False)
-            try:
-                c.connect(("127.0.0.1", 8080))
-            except BlockingIOError:
-                pass
-            keep.append(c)
+        keep += full_listener("127.0.0.1", 8080, backlog=1, connections=20)
         time.sleep(1.5)   # SYN retransmits reach the full queue too: let them settle a bit
     elif scenario == "udp":
-        srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
-        srv.bind(("127.0.0.1", 53))
-        keep.append(srv)
-        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for _ in range(500):
-            tx.sendto(b"x" * 200, ("127.0.0.1", 53))
-        keep.append(tx)
+        keep += drowning_udp("127.0.0.1", 53, datagrams=500, size=200)
     if len(sys.argv) > 2:
         uid = int(sys.argv[2])
         os.setgroups([])

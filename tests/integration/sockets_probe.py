@@ -15,30 +15,13 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from tests.helpers.podview import Scraper
+from tests.helpers.podview import Scraper  # noqa: E402
+from tests.helpers.sick_sockets import drowning_udp, full_listener  # noqa: E402
 
 
 def main() -> None:
-    keep = []
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 7070))
-    srv.listen(4)
-    keep.append(srv)
-    for _ in range(10):
-        c = socket.socket()
-        c.setblocking(False)
-        try:
-            c.connect(("127.0.0.1", 7070))
-        except BlockingIOError:
-            pass
-        keep.append(c)
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
-    u.bind(("127.0.0.1", 5353))
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for _ in range(300):
-        tx.sendto(b"y" * 300, ("127.0.0.1", 5353))
-    keep += [u, tx]
+    keep = full_listener("127.0.0.1", 7070, backlog=4, connections=10)
+    keep += drowning_udp("127.0.0.1", 5353, datagrams=300, size=300)
     argv = []
     if sys.argv[1:] == ["ephemeral"]:
         with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as fh:

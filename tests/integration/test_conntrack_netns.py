@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -23,6 +21,7 @@ from exporter.sources import conntrack as ct
 from exporter.sources import netns
 from tests.helpers import ctns
 from tests.helpers.ctns import Exporter, Netns, sample
+from tests.helpers.nsproc import NsProcess
 
 CT = ["--collector.disable-defaults", "--collector.conntrack"]
 # conntrack -S field -> our counter (issue #3's names)
@@ -74,10 +73,10 @@ def global_limit() -> int:
         return int(fh.read())
 
 
-def hold_flows(ns: Netns, *args: str) -> tuple[subprocess.Popen, dict]:
-    p = ns.popen([sys.executable, ctns.FLOWS_SCRIPT, *args], stdin=subprocess.PIPE,
-                 stdout=subprocess.PIPE, text=True)
-    return p, json.loads(p.stdout.readline())
+def hold_flows(ns: Netns, *args: str) -> tuple[NsProcess, dict]:
+    p = NsProcess([sys.executable, ctns.FLOWS_SCRIPT, *args], ns.name)
+    ns.procs.append(p.proc)   # ended with the namespace at the latest
+    return p, json.loads(p.first_line)
 
 
 def stable_scrape(exp: Exporter, witness, tries: int = 5):
@@ -108,8 +107,7 @@ def test_entries_equal_kernel_count_and_conntrack_tool_and_differ_from_host():
 
         with exp:
             s, (proc_count, tool_count, expect_count) = stable_scrape(exp, witness)
-        flows.stdin.close()
-        flows.wait(10)
+        flows.stop()
     entries = sample(s, "nodenet_conntrack_entries")
     assert sample(s, "nodenet_conntrack_source_info", source="netlink") == 1
     assert sample(s, "nodenet_conntrack_available") == 1
@@ -185,8 +183,7 @@ def test_without_cap_net_admin_falls_back_to_procfs_and_says_so_once():
             scrapes = [exp.scrape() for _ in range(3)]
             count = ns.proc_count()
             log = exp.stderr()
-        flows.stdin.close()
-        flows.wait(10)
+        flows.stop()
     s = scrapes[-1]
     assert sample(s, "nodenet_conntrack_source_info", source="procfs") == 1
     assert sample(s, "nodenet_conntrack_source_info", source="netlink") is None
@@ -200,7 +197,7 @@ def test_without_cap_net_admin_falls_back_to_procfs_and_says_so_once():
     assert "entries by state" in lines[0]["event"]
 
 
-def _unnamed_namespace(entries: int) -> subprocess.Popen:
+def _unnamed_namespace(entries: int) -> NsProcess:
     """A network namespace known only as /proc/<pid>/ns/net (no /run/netns name)."""
     rules = tempfile.NamedTemporaryFile("w", suffix=".nft", delete=False)
     rules.write(ctns.RULESET)
@@ -208,18 +205,12 @@ def _unnamed_namespace(entries: int) -> subprocess.Popen:
     script = (f"ip link set lo up && nft -f {rules.name} && "
               f"{sys.executable} {ctns.FILL_SCRIPT} --count {entries} >/dev/null && "
               f"echo ready && exec sleep 120")
-    p = subprocess.Popen(["unshare", "--net", "sh", "-c", script], stdout=subprocess.PIPE,
-                         text=True)
-    line = p.stdout.readline()
-    os.unlink(rules.name)
-    assert line.strip() == "ready", f"unnamed namespace setup failed (rc {p.poll()})"
+    try:
+        p = NsProcess(["sh", "-c", script], None, stop_by="sigterm")
+    finally:
+        os.unlink(rules.name)
+    assert p.first_line == "ready", f"unnamed namespace setup failed: {p.first_line!r}"
     return p
-
-
-def _stop(p: subprocess.Popen):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        p.wait(10)
 
 
 def _inode(path: str) -> str:
@@ -246,7 +237,7 @@ def test_per_namespace_entries_for_named_and_unnamed_namespaces():
             ino_a, ino_b = _inode(f"/run/netns/{a.name}"), _inode(f"/run/netns/{b.name}")
             ino_u = _inode(f"/proc/{unnamed.pid}/ns/net")
         finally:
-            _stop(unnamed)
+            unnamed.stop()
     assert (want_a, want_b) == (123, 45)
     metric = "nodenet_conntrack_netns_entries"
     assert sample(s, metric, netns=a.name, netns_inode=ino_a, pod_uid="") == 123
@@ -273,11 +264,11 @@ def test_namespace_gone_between_discovery_and_read_is_skipped():
             mine = [n for n in found if n.name in (gone.name, stay.name) or n.pid == unnamed.pid]
             assert len(mine) == 3
             gone.delete()      # its /run/netns file disappears
-            _stop(unnamed)     # its only process exits
+            unnamed.stop()     # its only process exits
             counts, skipped = ct.count_in_namespaces(mine)
             recreated = os.path.exists(f"/run/netns/{gone.name}")
         finally:
-            _stop(unnamed)
+            unnamed.stop()
     assert not recreated, "reading a vanished namespace re-created it"
     assert {c.ns.name: c.entries for c in counts} == {stay.name: 22}
     assert len(skipped) == 2 and any(gone.name in s for s in skipped)

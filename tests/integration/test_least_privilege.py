@@ -1,7 +1,9 @@
 """Least privilege, for real: the exporter run the way the DaemonSet runs it.
 
-The container's privileges are read from deploy/daemonset.yaml (runAsUser, capabilities.add,
-allowPrivilegeEscalation, readOnlyRootFilesystem, args, env) and reproduced with kernel tools:
+The container's privileges are read from deploy/daemonset.yaml by the same reading of the pod
+spec that the container test's `podman run` comes from (tests/helpers/k8s_podman.py: runAsUser,
+capabilities, allowPrivilegeEscalation, readOnlyRootFilesystem, args, env, probes) and
+reproduced with kernel tools:
   * a network namespace of the test's own stands in for the node's (hostNetwork), holding a veth
     pair whose address plays the node IP ($(HOST_IP)) and conntrack entries made by real flows;
   * `unshare --mount` + a read-only bind remount of every mount point = readOnlyRootFilesystem
@@ -12,6 +14,9 @@ Then the same without NET_ADMIN (conntrack must fall back to /proc or report its
 the scrape must stay 200 with every collector successful), and as the image's default non-root
 user with NET_ADMIN in the bounding set only (what `capabilities.add` gives a non-root container):
 the process ends up with no capability at all, which is why the DaemonSet runs as uid 0.
+Not reproduced here (tests/container/test_image.py runs them in a real runtime): seccomp,
+hostPID (the process always sees the machine's PID namespace) and hostPath mounts (it sees the
+machine's filesystem, read-only).
 The metric names are the contract from issues 2, 3 and 9.
 """
 from __future__ import annotations
@@ -21,7 +26,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -30,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.helpers.deploy_components import BASE, COMPONENTS, rendered_daemonset
+from tests.helpers import deploy_components as dc
+from tests.helpers import k8s_podman
 
 REPO = Path(__file__).resolve().parents[2]
 NS = f"nn-deploy-lp-{os.getpid()}"
@@ -71,30 +75,21 @@ class ContainerSpec:
 
 
 def container_spec(node_ip: str, node_name: str, ds: dict | None = None) -> ContainerSpec:
-    """The container of deploy/daemonset.yaml's DaemonSet (or of `ds`, e.g. a component's)."""
-    if ds is None:
-        docs = [d for d in yaml.safe_load_all((REPO / "deploy" / "daemonset.yaml").read_text()) if d]
-        (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
-    pod = ds["spec"]["template"]["spec"]
-    (c,) = pod["containers"]
-    sc = c["securityContext"]
-    assert pod["hostNetwork"] is True
-    assert sc["capabilities"]["drop"] == ["ALL"]
-    fieldpaths = {"status.hostIP": node_ip, "spec.nodeName": node_name}
-    env = {e["name"]: fieldpaths[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in c["env"]}
-    # Kubernetes expands $(VAR) in args from the container's env.
-    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in c["args"]]
-    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    probe = c["readinessProbe"]["httpGet"]
+    """The container of deploy/daemonset.yaml's DaemonSet (or of `ds`, e.g. a component's), as
+    k8s_podman reads it for podman too."""
+    ct = k8s_podman.container(ds or k8s_podman.base_daemonset(), node_ip, node_name)
+    # what this harness can reproduce (setpriv): drop ALL + add, not privileged
+    assert ct.caps_drop == ["ALL"] and not ct.privileged, (ct.caps_drop, ct.privileged)
+    probe = ct.probes["readinessProbe"]
     return ContainerSpec(
-        uid=sc.get("runAsUser", pod.get("securityContext", {}).get("runAsUser", IMAGE_USER)),
-        caps=[x.lower() for x in sc["capabilities"].get("add", [])],
-        no_new_privs=sc["allowPrivilegeEscalation"] is False,
-        read_only_root=sc["readOnlyRootFilesystem"] is True,
-        args=args,
-        env=env,
-        port=ports[probe["port"]] if isinstance(probe["port"], str) else probe["port"],
-        probe_path=probe["path"],
+        uid=ct.user[0] if ct.user else IMAGE_USER,
+        caps=[x.lower() for x in ct.caps_add],
+        no_new_privs=ct.no_new_privs,
+        read_only_root=ct.read_only_root,
+        args=ct.command_args,
+        env=ct.env,
+        port=probe.port,
+        probe_path=probe.path,
     )
 
 
@@ -449,27 +444,20 @@ def test_the_read_only_view_really_is_read_only(node_netns, tmp_path):
 
 
 # --------------------------------------------------------------------------- opt-in components
-# Every deploy/components/<mode>/, rendered with `kubectl kustomize`, run the same way: the
-# process holds exactly the capabilities the rendered manifest lists (base + the component's
-# grants, nothing more), and every collector still succeeds. (tests/container/test_image.py
-# runs each component in the real container runtime, with and without its privileges.)
+# Every deploy/components/<mode>/ (tests/helpers/deploy_components.py), rendered with
+# `kubectl kustomize`, run the same way: the process holds exactly the capabilities the
+# rendered manifest lists (base + the component's grants, nothing more), and every collector
+# still succeeds; the `proof:` of its test.yaml holds with exactly those capabilities and fails
+# without any one of the capabilities it grants. (Seccomp is the runtime's part and is not
+# reproduced by setpriv; tests/container/test_image.py runs each component in the real
+# container runtime, with and without its privileges.)
 
 
-def _components() -> list[Path]:
-    root = REPO / "deploy" / "components"
-    return sorted(p for p in root.iterdir() if (p / "kustomization.yaml").is_file()) if root.is_dir() else []
-
-
-def component_container_spec(comp: Path, tmp: Path, node_ip: str, node_name: str) -> ContainerSpec:
-    """The component's rendered DaemonSet, read as the base one is (container_spec)."""
-    from tests.helpers.k8s_podman import kustomize_with  # noqa: PLC0415
-
-    return container_spec(node_ip, node_name, kustomize_with(comp, tmp))
-
-
-@pytest.mark.parametrize("component", [p.name for p in _components()])
+@pytest.mark.parametrize("component", dc.components())
 def test_component_runs_with_exactly_its_capabilities(node_netns, tmp_path, component):
-    spec = component_container_spec(REPO / "deploy" / "components" / component, tmp_path, HOST_IP, "nn-test-node")
+    s = dc.spec(component)
+    spec = container_spec(HOST_IP, "nn-test-node", dc.rendered_daemonset(component))
+    assert sorted(spec.caps) == sorted(c.lower() for c in [*dc.BASE_CAPS, *dc.granted_caps(s)])
     unknown = [c for c in spec.caps if c.upper() not in CAP_NUMBERS]
     assert not unknown, f"add the number of {unknown} to CAP_NUMBERS"
     refresh_flows(node_netns)
@@ -487,19 +475,22 @@ def test_component_runs_with_exactly_its_capabilities(node_netns, tmp_path, comp
     finally:
         stop(r)
     assert r.proc.returncode == 0, f"{component}: exit code {r.proc.returncode} after SIGTERM"
-# Each component of deploy/components/ (tests/helpers/deploy_components.py), rendered with
-# `kubectl kustomize` and run with exactly its capabilities: its proof metric holds and every
-# collector succeeds; without any one of the capabilities it adds, the proof fails while the
-# scrape still succeeds. (Seccomp is the runtime's part and is not reproduced by setpriv.)
 
 
-@pytest.mark.parametrize("component", sorted(c for c, a in COMPONENTS.items() if a.proof))
+def _proved_here(component: str) -> bool:
+    try:
+        proof = dc.spec(component).get("proof")
+    except dc.ComponentDataError:
+        return True                    # the test then fails with the message
+    return proof is not None and "elsewhere" not in proof
+
+
+@pytest.mark.parametrize("component", [c for c in dc.components() if _proved_here(c)])
 def test_component_works_with_exactly_its_capabilities(node_netns, tmp_path, component):
-    allowed = COMPONENTS[component]
-    spec = container_spec(HOST_IP, "nn-test-node", rendered_daemonset(component))
-    assert sorted(spec.caps) == sorted(c.lower() for c in allowed.caps)
-    metric, want = allowed.proof
-    for drop in [None, *sorted(set(spec.caps) - {c.lower() for c in BASE.caps})]:
+    s = dc.spec(component)
+    spec = container_spec(HOST_IP, "nn-test-node", dc.rendered_daemonset(component))
+    granted = [c.lower() for c in dc.granted_caps(s)]
+    for drop in [None, *sorted(granted)]:
         caps = [c for c in spec.caps if c != drop]
         r = start_exporter(node_netns, spec, tmp_path, spec.uid, caps)
         try:
@@ -510,11 +501,11 @@ def test_component_works_with_exactly_its_capabilities(node_netns, tmp_path, com
             assert status == 200, body[:500]
             ss = samples(body)
             assert_all_collectors_succeed(ss)
-            got = value(ss, metric)
+            wrong = dc.check(ss, s["proof"])
             if drop is None:
-                assert got == want, f"{component}: {metric} = {got} with {caps}:\n{r.log.read_text()[-2000:]}"
+                assert wrong is None, f"{component} with {caps}: {wrong}\n{r.log.read_text()[-2000:]}"
             else:
-                assert got != want, f"{component}: {metric} = {got} without {drop}"
+                assert wrong is not None, f"{component}: {s['proof']} holds without {drop}"
         finally:
             stop(r)
         assert r.proc.returncode == 0, f"exit code {r.proc.returncode} after SIGTERM"

@@ -19,6 +19,7 @@ import sys
 import pytest
 
 from tests.helpers.netns import netns, run
+from tests.helpers.nsproc import NsProcess
 from tests.helpers.podview import Scraper, series, value
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,11 +39,9 @@ class Pod:
     def __init__(self, ns: str, scenario: str, uid: int | None = None, pod_uid: str = ""):
         args = [sys.executable, POD, scenario] + ([str(uid)] if uid is not None else [])
         self.ns = ns
-        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        assert line.strip() == "ready", f"pod process in {ns} did not start: {line!r}"
-        self.pid = self.proc.pid   # ip netns exec execs the command: same pid
+        self.proc = NsProcess(args, ns)
+        assert self.proc.first_line == "ready", f"pod process in {ns}: {self.proc.first_line!r}"
+        self.pid = self.proc.pid
         self.inode = os.stat(f"/run/netns/{ns}").st_ino
         self.pod_uid, self.cgroup = pod_uid, ""
         if pod_uid:   # a kubelet-like cgroup path: .../pod<uid>/ (removed in stop())
@@ -59,13 +58,7 @@ class Pod:
         return int(dict(zip(rows[0][1:], rows[1][1:], strict=True))[field])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.proc.stop()
         if self.cgroup:
             os.rmdir(self.cgroup)
             os.rmdir(os.path.dirname(self.cgroup))

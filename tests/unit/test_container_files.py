@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import k8s_podman
+from tests.helpers import deploy_components, k8s_podman
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERFILE = REPO / "Containerfile"
@@ -332,19 +332,18 @@ def test_translation_expands_args_as_kubernetes_does():
 
 
 def test_every_component_renders_and_translates(tmp_path):
-    comps = k8s_podman.components()
+    comps = deploy_components.components()
     assert comps, "deploy/components/ holds no component"
     for comp in comps:
-        ds = k8s_podman.kustomize_with(comp, tmp_path / comp.name)
+        ds = deploy_components.rendered_daemonset(comp)
         tr = k8s_podman.translate(
             ds, "nn-x", NODE_IP, "node-a", host_paths={"/run/netns": str(tmp_path)}
         )
-        assert "--cap-add=NET_ADMIN" in tr.args, comp.name
+        assert "--cap-add=NET_ADMIN" in tr.args, comp
 
 
 def test_conntrack_netns_component_grants_setns_and_run_netns_only(tmp_path):
-    comp = k8s_podman.DEPLOY / "components" / "conntrack-netns"
-    ds = k8s_podman.kustomize_with(comp, tmp_path)
+    ds = deploy_components.rendered_daemonset("conntrack-netns")
     tr = k8s_podman.translate(
         ds, "nn-x", NODE_IP, "node-a", host_paths={"/run/netns": str(tmp_path)}
     )

@@ -30,7 +30,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.helpers.deploy_components import BASE, COMPONENTS, Allowance, rendered_daemonset
+from tests.helpers import deploy_components as dc
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -430,9 +430,10 @@ def _env(container: dict) -> dict:
     return {e["name"]: e for e in container.get("env", [])}
 
 
-def security_violations(ds: dict, allowed: Allowance = BASE) -> list[str]:
-    """Every way the DaemonSet's pod could hold more than it needs; [] when it is least-privilege.
-    `allowed`: what the base (or an opt-in component, tests/helpers/deploy_components.py) may add."""
+def security_violations(ds: dict) -> list[str]:
+    """Every way the DaemonSet's pod could hold more than the base needs; [] when it is
+    least-privilege. An opt-in component is checked by component_violations: its declared
+    grants stripped, then this."""
     v: list[str] = []
     pod = ds["spec"]["template"]["spec"]
     if pod.get("hostNetwork") is not True:
@@ -460,11 +461,11 @@ def security_violations(ds: dict, allowed: Allowance = BASE) -> list[str]:
         caps = sc.get("capabilities", {})
         if caps.get("drop") != ["ALL"]:
             v.append(f"{name}: capabilities.drop must be [ALL]")
-        if sorted(caps.get("add", [])) != sorted(allowed.caps):
-            v.append(f"{name}: capabilities.add must be exactly {sorted(allowed.caps)}, got {caps.get('add')}")
+        if sorted(caps.get("add", [])) != sorted(dc.BASE_CAPS):
+            v.append(f"{name}: capabilities.add must be exactly {sorted(dc.BASE_CAPS)}, got {caps.get('add')}")
         seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {}))
-        if seccomp != allowed.seccomp:
-            v.append(f"{name}: seccompProfile must be {allowed.seccomp}, got {seccomp}")
+        if seccomp != dc.RUNTIME_DEFAULT:
+            v.append(f"{name}: seccompProfile must be {dc.RUNTIME_DEFAULT}, got {seccomp}")
         if sc.get("procMount", "Default") != "Default":
             v.append(f"{name}: procMount must be Default")
         for m in c.get("volumeMounts", []):
@@ -624,39 +625,30 @@ def test_plain_scrape_config_job_and_relabeling(tmp_path):
 
 
 # --------------------------------------------------------------------------- opt-in components
-# Every deploy/components/<mode>/ (a kustomize Component) declares in its test.yaml, under
+# Every deploy/components/<mode>/ (a kustomize Component, nested ones too) declares in the
+# test.yaml beside it (tests/helpers/deploy_components.py) the args it appends and, under
 # `grants:`, what it adds to the base DaemonSet's privileges (capabilities, hostPath mounts,
 # pod fields such as hostPID, a seccomp profile). The DaemonSet rendered with the component
-# (`kubectl kustomize`) must hold exactly the base's privileges plus those grants: a grant
-# the component does not use, or a privilege it does not declare, fails here.
+# (`kubectl kustomize`), with exactly those grants and args taken away, must be the base
+# DaemonSet field for field: a grant the component does not use, a privilege or any other
+# change it does not declare, fails here.
+
+COMPONENT_IDS = dc.components()
 
 
-def _component_dirs() -> list[Path]:
-    root = DEPLOY / "components"
-    return sorted(p for p in root.iterdir() if (p / "kustomization.yaml").is_file()) if root.is_dir() else []
+def component_spec(component: str) -> dict:
+    try:
+        return dc.spec(component)
+    except dc.ComponentDataError as e:
+        pytest.fail(str(e))
 
 
-def component_grants(comp: Path) -> dict:
-    spec = comp / "test.yaml"
-    if not spec.exists():
-        pytest.fail(f"{spec.relative_to(REPO)} is missing: it declares the component's `grants:`")
-    grants = (yaml.safe_load(spec.read_text()) or {}).get("grants")
-    assert isinstance(grants, dict), f"{spec.relative_to(REPO)}: no `grants:` mapping"
-    unknown = set(grants) - {"capabilities", "hostPaths", "pod", "seccompProfile"}
-    assert not unknown, f"{spec.relative_to(REPO)}: unknown grants {sorted(unknown)}"
-    return grants
-
-
-def render_with_component(comp: Path, tmp: Path) -> dict:
-    from tests.helpers.k8s_podman import kustomize_with  # noqa: PLC0415
-
-    return kustomize_with(comp, tmp)
-
-
-def strip_grants(ds: dict, grants: dict) -> tuple[dict, list[str]]:
-    """(the DaemonSet without the granted privileges, grants that were not there to strip)."""
+def strip_grants(ds: dict, grants: dict, base: dict) -> tuple[dict, list[str]]:
+    """(the DaemonSet without the granted privileges, grants that were not there to strip).
+    A stripped pod field takes the base DaemonSet's value."""
     ds = copy.deepcopy(ds)
     pod = ds["spec"]["template"]["spec"]
+    base_pod = base["spec"]["template"]["spec"]
     c = exporter_container(ds)
     sc = c.setdefault("securityContext", {})
     unused: list[str] = []
@@ -670,7 +662,8 @@ def strip_grants(ds: dict, grants: dict) -> tuple[dict, list[str]]:
     mounts = c.get("volumeMounts", [])
     for hp in grants.get("hostPaths", []):
         vol = [v for v in vols if v.get("hostPath", {}).get("path") == hp["path"]]
-        mnt = [m for m in mounts if vol and m["name"] == vol[0]["name"] and m["mountPath"] == hp["mountPath"]]
+        mnt = [m for m in mounts
+               if vol and m["name"] == vol[0]["name"] and m["mountPath"] == hp["mountPath"]]
         if not (vol and mnt):
             unused.append(f"hostPath {hp['path']} at {hp['mountPath']}")
             continue
@@ -682,97 +675,91 @@ def strip_grants(ds: dict, grants: dict) -> tuple[dict, list[str]]:
         if pod.get(field) != want:
             unused.append(f"pod {field}: {want}")
         pod.pop(field, None)
+        if field in base_pod:
+            pod[field] = base_pod[field]
     if "seccompProfile" in grants:
         if sc.get("seccompProfile") != grants["seccompProfile"]:
             unused.append(f"seccompProfile {grants['seccompProfile']}")
-        sc["seccompProfile"] = {"type": "RuntimeDefault"}
+        sc["seccompProfile"] = dict(dc.RUNTIME_DEFAULT)
     for key, lst in (("volumes", vols), ("volumeMounts", mounts)):
         if not lst:
             (pod if key == "volumes" else c).pop(key, None)
     return ds, unused
 
 
-@pytest.mark.parametrize("component", [p.name for p in _component_dirs()])
-def test_component_grants_exactly_what_it_declares(component, tmp_path):
-    comp = DEPLOY / "components" / component
-    grants = component_grants(comp)
-    ds = render_with_component(comp, tmp_path)
-    stripped, unused = strip_grants(ds, grants)
-    assert unused == [], f"{component}: declared but not granted as declared: {unused}"
-    assert security_violations(stripped) == [], f"{component} grants more than its test.yaml declares"
+def differences(a, b, where: str = "") -> list[str]:
+    """Paths at which two parsed manifests differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in (differences(a[k], b[k], f"{where}.{k}") if k in a and k in b
+                          else [f"{where}.{k}"])]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True))
+                for d in differences(x, y, f"{where}[{i}]")]
+    return [] if a == b else [where or "."]
 
 
-def test_component_guard_catches_an_undeclared_privilege(tmp_path):
-    comps = _component_dirs()
-    assert comps, "deploy/components/ holds no component"
-    comp = comps[0]
-    grants = component_grants(comp)
-    ds = render_with_component(comp, tmp_path)
-    breakages = {
-        "extra capability": lambda pod, c: c["securityContext"]["capabilities"]["add"].append("SYS_PTRACE"),
-        "privileged": lambda pod, c: c["securityContext"].update(privileged=True),
-        "hostPath /": lambda pod, c: (pod.setdefault("volumes", []).append({"name": "r", "hostPath": {"path": "/"}}),
-                                      c.setdefault("volumeMounts", []).append({"name": "r", "mountPath": "/host",
-                                                                               "readOnly": True})),
-        "hostPID": lambda pod, c: pod.update(hostPID=True),
-    }
-    for name, brk in breakages.items():
-        broken = copy.deepcopy(ds)
-        brk(broken["spec"]["template"]["spec"], exporter_container(broken))
-        stripped, unused = strip_grants(broken, grants)
-        if name == "hostPID" and grants.get("pod", {}).get("hostPID"):
-            continue
-        assert unused or security_violations(stripped), f"{comp.name} with {name!r} passed the guard"
-    # and a grant the component does not use is reported
-    _, unused = strip_grants(ds, {**grants, "capabilities": [*grants.get("capabilities", []), "BPF"]})
-    assert unused == ["capability BPF"]
+def component_violations(ds: dict, s: dict, base: dict) -> list[str]:
+    """Everything in the component's rendered DaemonSet that its test.yaml does not declare,
+    and every declaration it does not use; [] when it is the base plus exactly its grants."""
+    stripped, unused = strip_grants(ds, s["grants"], base)
+    v = [f"declared but not granted as declared: {u}" for u in unused]
+    v += security_violations(stripped)
+    c, base_args = exporter_container(stripped), exporter_container(base)["args"]
+    if c.get("args") != base_args + s["args"]:
+        v.append(f"args must be the base's + {s['args']}, got {c.get('args')}")
+    c["args"] = list(base_args)
+    v += [f"differs from the base DaemonSet at {d}" for d in differences(stripped, base)]
+    return v
 
 
-@pytest.mark.parametrize("component", [p.name for p in _component_dirs()])
-def test_component_output_validates_strictly_against_kubernetes_openapi(component, tmp_path):
-    kv = kubernetes_validate()
-    ds = render_with_component(DEPLOY / "components" / component, tmp_path)
-    for version in _k8s_versions():
-        try:
-            kv.validate(ds, version, strict=True)
-        except kv.ValidationError as e:
-            pytest.fail(f"{component}: DaemonSet invalid for Kubernetes {version}: "
-                        f"{'.'.join(str(p) for p in e.path)}: {e.message}")
-# Each component under deploy/components/ (table: tests/helpers/deploy_components.py) renders with
-# `kubectl kustomize`, validates strictly, and differs from the base DaemonSet in exactly what its
-# row allows: capabilities.add, seccompProfile and appended args; nothing else.
-
-
-def _without_allowed_fields(ds: dict) -> dict:
-    ds = copy.deepcopy(ds)
-    c = ds["spec"]["template"]["spec"]["containers"][0]
-    c["securityContext"]["capabilities"].pop("add", None)
-    c["securityContext"].pop("seccompProfile", None)
-    c.pop("args", None)
-    return ds
-
-
-@pytest.mark.parametrize("component", sorted(COMPONENTS))
-def test_component_is_the_base_plus_exactly_its_allowance(component):
-    allowed = COMPONENTS[component]
-    ds = rendered_daemonset(component)
+@pytest.mark.parametrize("component", COMPONENT_IDS)
+def test_component_grants_exactly_what_it_declares(component):
+    s = component_spec(component)
     base = the(daemonset_file_docs(), "DaemonSet")
-    assert security_violations(ds, allowed) == []
-    assert exporter_container(ds)["args"] == exporter_container(base)["args"] + list(allowed.extra_args)
-    assert _without_allowed_fields(ds) == _without_allowed_fields(base)
-    for f in allowed.files:
-        assert (DEPLOY / "components" / component / f).is_file(), f
+    assert component_violations(dc.rendered_daemonset(component), s, base) == []
 
 
-@pytest.mark.parametrize("component", sorted(COMPONENTS))
-def test_component_objects_validate_strictly(component):
-    from tests.helpers.deploy_components import render  # noqa: PLC0415
+@pytest.mark.parametrize("component", COMPONENT_IDS)
+def test_component_output_validates_strictly_against_kubernetes_openapi(component):
+    """Every object the overlay renders: core kinds for each Kubernetes release, CRDs strictly."""
     kv = kubernetes_validate()
-    for d in render(component):
-        if d["kind"] in CORE_KINDS:
-            kv.validate(d, _k8s_versions()[-1], strict=True)
-        else:
-            assert crd_errors(d) == [], d["kind"]
+    for d in dc.render(component):
+        if d["kind"] not in CORE_KINDS:
+            assert crd_errors(d) == [], f"{component}: {d['kind']}"
+            continue
+        for version in _k8s_versions():
+            try:
+                kv.validate(d, version, strict=True)
+            except kv.ValidationError as e:
+                pytest.fail(f"{component}: {d['kind']} invalid for Kubernetes {version}: "
+                            f"{'.'.join(str(p) for p in e.path)}: {e.message}")
+
+
+def test_every_component_has_its_test_data():
+    assert COMPONENT_IDS, "deploy/components/ holds no component"
+    assert "dropreason/caps" in COMPONENT_IDS, "nested components are found"
+    for component in COMPONENT_IDS:
+        component_spec(component)
+
+
+def test_a_component_without_test_data_fails_clearly(tmp_path):
+    comp = tmp_path / "components" / "new-mode"
+    comp.mkdir(parents=True)
+    (comp / "kustomization.yaml").write_text("kind: Component\n")
+    assert dc.components(tmp_path / "components") == ["new-mode"]
+    with pytest.raises(dc.ComponentDataError, match=r"new-mode/test\.yaml is missing"):
+        dc.spec(comp)
+    good = yaml.safe_load((dc.path("conntrack-netns") / "test.yaml").read_text())
+    for key in sorted(dc.REQUIRED):
+        (comp / "test.yaml").write_text(yaml.safe_dump({k: v for k, v in good.items() if k != key}))
+        with pytest.raises(dc.ComponentDataError, match=f"missing keys \\['{key}'\\]"):
+            dc.spec(comp)
+    (comp / "test.yaml").write_text(yaml.safe_dump({k: v for k, v in good.items() if k != "proof"}))
+    with pytest.raises(dc.ComponentDataError, match="proof:. must show"):
+        dc.spec(comp)
+    (comp / "test.yaml").write_text(yaml.safe_dump(good))
+    assert dc.spec(comp)["grants"] == good["grants"]
 
 
 COMPONENT_BREAKAGES = {
@@ -781,20 +768,48 @@ COMPONENT_BREAKAGES = {
     "other Localhost profile": lambda pod, c: c["securityContext"].update(
         seccompProfile={"type": "Localhost", "localhostProfile": "unconfined.json"}),
     "cap missing": lambda pod, c: c["securityContext"]["capabilities"]["add"].pop(),
+    "extra arg": lambda pod, c: c["args"].append("--collector.netns"),
+    "resources": lambda pod, c: c["resources"]["limits"].update(memory="4Gi"),
 }
 
 
-@pytest.mark.parametrize("breakage", sorted(COMPONENT_BREAKAGES))
-@pytest.mark.parametrize("component", sorted(COMPONENTS))
+def _granted(component: str, breakage: str) -> bool:
+    """The breakage is one of the component's declared grants (hostPID for podview)."""
+    try:
+        grants = dc.spec(component)["grants"]
+    except dc.ComponentDataError:
+        return False                   # the test then fails with the message
+    return breakage == "hostPID" and (grants.get("pod") or {}).get("hostPID") is True
+
+
+@pytest.mark.parametrize("component,breakage", [
+    (c, b) for c in COMPONENT_IDS for b in sorted(COMPONENT_BREAKAGES) if not _granted(c, b)])
 def test_component_guard_catches(component, breakage):
-    ds = copy.deepcopy(rendered_daemonset(component))
-    pod = ds["spec"]["template"]["spec"]
+    s = component_spec(component)
+    base = the(daemonset_file_docs(), "DaemonSet")
+    ds = dc.rendered_daemonset(component)
+    broken = copy.deepcopy(ds)
+    pod = broken["spec"]["template"]["spec"]
     COMPONENT_BREAKAGES[breakage](pod, pod["containers"][0])
-    assert security_violations(ds, COMPONENTS[component]), f"{component} with {breakage!r} passed"
+    assert broken != ds, f"{breakage!r} changes nothing in {component}"
+    assert component_violations(broken, s, base), f"{component} with {breakage!r} passed the guard"
+
+
+@pytest.mark.parametrize("component", COMPONENT_IDS)
+def test_component_guard_catches_an_undeclared_privilege(component):
+    """...and a grant the component does not use is reported."""
+    s = component_spec(component)
+    base = the(daemonset_file_docs(), "DaemonSet")
+    ds = dc.rendered_daemonset(component)
+    extra = {**s, "grants": {**s["grants"], "capabilities": [*dc.granted_caps(s), "CHOWN"]}}
+    assert component_violations(ds, extra, base) == [
+        "declared but not granted as declared: capability CHOWN"]
+    fewer = {**s, "args": s["args"][:-1]}
+    assert component_violations(ds, fewer, base), f"{component}: an undeclared arg passed"
 
 
 def test_base_guard_refuses_the_dropreason_capabilities():
-    assert security_violations(rendered_daemonset("dropreason")), "the base allowance took BPF/PERFMON"
+    assert security_violations(dc.rendered_daemonset("dropreason")), "the base took BPF/PERFMON"
 
 
 def test_dropreason_seccomp_profile_is_runtime_default_plus_two_calls():
