@@ -202,7 +202,6 @@ class SocketsCollector(Collector):
         self.ephemeral = st["collector.sockets.ephemeral-ports"]
         self.eph_top = st["collector.sockets.ephemeral-ports.top"]
         self.eph_timeout = st["collector.sockets.ephemeral-ports.timeout"]
-        self._capped = False
         self._problems: tuple = ()
         self._seen: list[str] = []     # problems met during the current collection
 
@@ -296,21 +295,21 @@ class SocketsCollector(Collector):
             return []
         local = self._sysctl("net.ipv4.ip_local_port_range", 2)
         lo, hi = (local[0], local[1]) if local else (32768, 60999)
+        capped: list[int] = []
         try:
             with nl.NetlinkSocket(nl.NETLINK_SOCK_DIAG, timeout=1.0, deadline=2.0) as sock:
-                out = socket_families(sock, lo, hi, self.max_series, self._cap_said)
+                out = socket_families(sock, lo, hi, self.max_series, capped.append)
         except OSError as exc:
             self._seen.append(f"sock_diag: {exc}")
             return []
+        if capped:
+            self.say("max-series", "listeners and UDP servers capped by "
+                     "--collector.sockets.max-series", found=capped[0], exported=self.max_series)
+        else:
+            self.say("max-series", None)
         if self.ephemeral:
             out.extend(self._ephemeral(lo, hi))
         return out
-
-    def _cap_said(self, found: int) -> None:
-        if not self._capped:
-            self.log.warning("listeners and UDP servers capped by --collector.sockets.max-series",
-                             found=found, exported=self.max_series)
-            self._capped = True
 
     def _ephemeral(self, lo: int, hi: int):
         deadline = time.monotonic() + self.eph_timeout
