@@ -211,3 +211,19 @@ def ss_program(expression: str) -> bytes:
 def test_our_program_is_the_one_ss_compiles_for_the_same_range():
     assert sd.local_port_filter(LO, HI) == ss_program(f"sport >= :{LO} and sport <= :{HI}")
     assert sd.local_port_filter(1024, 65535) == ss_program("sport >= :1024 and sport <= :65535")
+
+
+def test_an_empty_range_matches_nothing_and_is_accepted():
+    """lo > hi (a fixture's sysctl): a valid program that no socket passes, as the range's
+    Python check did before the kernel filtered."""
+    keep: list = []
+    with netns("nn-ephfilter") as ns:
+        try:
+            with inside_netns(ns):
+                hold_sockets(keep)
+                with nl.NetlinkSocket(nl.NETLINK_SOCK_DIAG) as sock:
+                    assert sd.ephemeral_walk(sock, 1, 65535)[0]   # there are sockets ...
+                    assert sd.ephemeral_walk(sock, HI, LO) == ({}, True)   # ... none pass
+        finally:
+            for s in keep:
+                s.close()
