@@ -22,6 +22,11 @@ from collect() or the reader it calls: the framework (:meth:`Collector.run`) the
 that gauge at 0, success 1, and logs the reason once (at info) whenever availability
 changes.  ``yield self.availability(METRIC, True)`` when present; a collector with a
 fallback of its own may also yield ``self.availability(METRIC, False, reason)`` itself.
+
+A problem that persists across scrapes is logged once, not every scrape:
+``self.say(key, message)`` logs ``message`` as a warning when it differs from the last one
+said under ``key``; ``self.say(key, None)`` says the key is fine again (its next problem is
+logged afresh).  Keys are the collector's own fixed words ("states", "netns"): bounded.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..config import Option, Settings
+from ..log import Once
 from ..metrics import Family, Metric
 from ..sources import Unavailable
 
@@ -112,6 +118,15 @@ class Collector:
 
     def close(self) -> None:
         """Release sockets or threads; called once at shutdown."""
+
+    def say(self, key: str, message: str | None, **fields: Any) -> None:
+        """Logs ``message`` (with ``fields``) as a warning when it is not what was last said
+        under ``key``; None (or "") clears the key, logging nothing.  Only the message is
+        compared: fields that change every scrape (a count) do not repeat the line."""
+        once = getattr(self, "_said_once", None)
+        if once is None:     # made on first use: a collector need not call __init__ for it
+            once = self._said_once = Once(self.log)
+        once.report(key, message or None, **fields)
 
     def availability(self, metric: Metric, available: bool, reason: str = "") -> Family:
         if available != self._available:

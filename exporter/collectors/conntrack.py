@@ -168,7 +168,6 @@ class ConntrackCollector(Collector):
         self._nl: ct.CtNetlink | None = None
         self._lock = threading.Lock()
         self._source: str | None = None
-        self._warned: dict[str, str | None] = {}
 
     # -- netlink ------------------------------------------------------------------------------
 
@@ -358,22 +357,15 @@ class ConntrackCollector(Collector):
             finally:
                 nl.close()
         except (OSError, ParseError) as exc:
-            self._warn_once("states", f"conntrack state dump failed: {exc}")
+            self.say("states", f"conntrack state dump failed: {exc}")
             yield fam
             yield BY_STATE_PARTIAL.single(1)
             return
-        self._warn_once("states", None)
+        self.say("states", None)
         for (proto, state), n in sorted(counter.named().items()):
             fam.add((proto, state), n)
         yield fam
         yield BY_STATE_PARTIAL.single(1 if partial else 0)
-
-    def _warn_once(self, key: str, message: str | None) -> None:
-        """Logs message when it differs from the last one for key (None: all is well)."""
-        if self._warned.get(key) != message:
-            if message:
-                self.log.warning(message)
-            self._warned[key] = message
 
     def _namespaces(self, t0):
         found = netns.discover(self.netns_dirs, self.ctx.procfs, cache=self._proc_cache)
@@ -385,10 +377,10 @@ class ConntrackCollector(Collector):
             self.log.debug("network namespaces skipped", skipped=skipped[:20])
         readable = not (chosen and not counts)
         if not readable:
-            self._warn_once("netns", "no network namespace could be read (setns needs "
+            self.say("netns", "no network namespace could be read (setns needs "
                             f"CAP_SYS_ADMIN, ctnetlink CAP_NET_ADMIN): {'; '.join(skipped[:3])}")
         else:
-            self._warn_once("netns", None)
+            self.say("netns", None)
         yield NETNS_AVAILABLE.single(1 if readable else 0)
         fam = NETNS_ENTRIES.family()
         for c in counts:

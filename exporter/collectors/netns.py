@@ -462,7 +462,6 @@ class NetnsCollector(Collector):
         self._open: dict[tuple, NetFiles] = {}   # namespace key -> its files, kept open
         self._lock = threading.Lock()
         self._release: threading.Timer | None = None
-        self._said: dict[str, str | None] = {}
         self._uid_cache: dict = {}
         self._proc_cache = netns.ProcNetCache()
         if self.keep_open > 0:
@@ -494,7 +493,7 @@ class NetnsCollector(Collector):
                 files = NetFiles.open(self.ctx.procfs, ns.pid, self.files, ns.inode,
                                       ns.proc_inode)
             except OSError as exc:   # out of file descriptors: read once, keep nothing
-                self._say("fds", f"cannot keep namespace files open ({exc.strerror}): "
+                self.say("fds", f"cannot keep namespace files open ({exc.strerror}): "
                                  "reading them anew each scrape; raise RLIMIT_NOFILE "
                                  f"(about {len(self.files)} per namespace)")
                 return self._read_once(ns)
@@ -560,12 +559,6 @@ class NetnsCollector(Collector):
             cache[key] = ns.pod_uid
         self._uid_cache = cache
 
-    def _say(self, key: str, message: str | None) -> None:
-        if self._said.get(key) != message:
-            if message:
-                self.log.warning(message)
-            self._said[key] = message
-
     def _own(self) -> tuple[int | None, int | None]:
         try:
             own = os.stat("/proc/self/ns/net").st_ino
@@ -604,7 +597,7 @@ class NetnsCollector(Collector):
                     partial = True
                 elif not why.endswith(": gone"):
                     unread["setns"] += 1
-            self._say("setns", None if not unread["setns"] else
+            self.say("setns", None if not unread["setns"] else
                       f"{unread['setns']} network namespaces known only as bind mounts could "
                       f"not be entered (setns needs CAP_SYS_ADMIN): {'; '.join(skipped[:3])}")
 
@@ -637,7 +630,7 @@ class NetnsCollector(Collector):
         if self.sockets:
             extra, late = self._sockets(results, deadline)
             partial = partial or late
-        self._say("ptrace", None if not found.refused else
+        self.say("ptrace", None if not found.refused else
                   f"{found.refused} network namespaces seen only through processes whose "
                   "/proc/<pid>/ns/net is refused (another uid, no CAP_SYS_PTRACE): read "
                   "through /proc/<pid>/net with netns_inode \"\", not exported without a pod "
@@ -664,7 +657,7 @@ class NetnsCollector(Collector):
         late = any(w.endswith(": time budget") for w in skipped)
         refused = [w for w in skipped if not w.endswith((": gone", ": time budget"))]
         refused_n = len(refused) + sum(1 for ns, _ in results if not ns.paths)
-        self._say("sockets", None if not refused_n else
+        self.say("sockets", None if not refused_n else
                   f"sockets of {refused_n} network namespaces not read (setns needs "
                   "CAP_SYS_ADMIN, /proc/<pid>/ns/net of another uid CAP_SYS_PTRACE): "
                   f"{'; '.join(refused[:3])}")

@@ -13,9 +13,11 @@ initial namespace's /proc/sys: elsewhere those limits are left out (never 0, nev
 A file that is absent (no IPv6: no sockstat6) costs only its series; one bad value costs only
 that value (logged once per distinct problem set).
 
-The collector is a list of parts (``PARTS``), each a method yielding families from what it
-reads; the per-socket attribution of the next issue (sock_diag listeners and UDP servers)
-is meant to be one more part beside these, sharing the port range read by ``_ports``.
+The collector is a list of parts (``PARTS``), each a method returning families from what it
+reads.  The two that only map files to series are tables (``SOCKSTAT_ROWS``, ``SYSCTL_ROWS``:
+where each value comes from, one hop) run by one loop (``_table``); the port range is
+computed (``_ports``), and the per-socket attribution (sock_diag listeners, UDP servers, the
+opt-in ephemeral-port walk) is the last part.
 """
 from __future__ import annotations
 
@@ -122,9 +124,40 @@ EPH_PARTIAL = Metric("nodenet_ephemeral_ports_partial", GAUGE,
                      "1 if the last TCP walk stopped at its time budget (--collector.sockets."
                      "ephemeral-ports.timeout): the counts cover only the sockets read.")
 
-FAMILIES = (("ipv4", "sockstat", "TCP", "UDP", "FRAG"),
-            ("ipv6", "sockstat6", "TCP6", "UDP6", "FRAG6"))
 LEVELS = ("low", "pressure", "high")
+
+# The parts that read a file and map its values to series, as tables.  A row is (what to
+# read, [(metric, label values, where the value is in what was read, in pages?)]); a part's
+# families are made in its metrics' order, and only those with samples are returned.  What
+# is absent costs only its series, what is bad is noted (self._seen) and left out.
+USAGE = (SOCKETS_USED, TCP_INUSE, UDP_INUSE, TW, ORPHANS, TCP_MEM, UDP_MEM, FRAG_MEM)
+SOCKSTAT_ROWS = (   # what: the file under net/; where: (section, field)
+    ("sockstat", ((TCP_INUSE, ("ipv4",), ("TCP", "inuse"), False),
+                  (UDP_INUSE, ("ipv4",), ("UDP", "inuse"), False),
+                  (FRAG_MEM, ("ipv4",), ("FRAG", "memory"), False),
+                  # machine-wide or IPv4+IPv6 totals: from sockstat alone
+                  (SOCKETS_USED, (), ("sockets", "used"), False),
+                  (TW, (), ("TCP", "tw"), False),
+                  (ORPHANS, (), ("TCP", "orphan"), False),
+                  (TCP_MEM, (), ("TCP", "mem"), True),
+                  (UDP_MEM, (), ("UDP", "mem"), True))),
+    ("sockstat6", ((TCP_INUSE, ("ipv6",), ("TCP6", "inuse"), False),
+                   (UDP_INUSE, ("ipv6",), ("UDP6", "inuse"), False),
+                   (FRAG_MEM, ("ipv6",), ("FRAG6", "memory"), False))),
+)
+LIMITS = (TW_LIMIT, ORPHANS_LIMIT, TCP_MEM_LIMIT, UDP_MEM_LIMIT, FRAG_LIMIT, FILES, FILES_LIMIT)
+SYSCTL_ROWS = (     # what: (sysctl, how many integers it holds); where: their index
+    (("net.ipv4.tcp_max_tw_buckets", 1), ((TW_LIMIT, (), 0, False),)),
+    (("net.ipv4.tcp_max_orphans", 1), ((ORPHANS_LIMIT, (), 0, False),)),
+    (("net.ipv4.tcp_mem", 3), tuple((TCP_MEM_LIMIT, (lv,), i, True)
+                                    for i, lv in enumerate(LEVELS))),
+    (("net.ipv4.udp_mem", 3), tuple((UDP_MEM_LIMIT, (lv,), i, True)
+                                    for i, lv in enumerate(LEVELS))),
+    (("net.ipv4.ipfrag_high_thresh", 1), ((FRAG_LIMIT, ("ipv4",), 0, False),)),
+    (("net.ipv6.ip6frag_high_thresh", 1), ((FRAG_LIMIT, ("ipv6",), 0, False),)),
+    (("fs.file-nr", 3), ((FILES, (), 0, False),)),   # allocated, unused (0), max
+    (("fs.file-max", 1), ((FILES_LIMIT, (), 0, False),)),
+)
 
 
 @register
@@ -157,7 +190,7 @@ class SocketsCollector(Collector):
                Option("collector.sockets.ephemeral-ports.timeout", parse_duration, 1.0,
                       "Time budget of the ephemeral-port walk (partial counts beyond it)"))
 
-    PARTS = ("_usage", "_limits", "_files", "_ports", "_attribution")
+    PARTS = ("_usage", "_limits", "_ports", "_attribution")
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -169,7 +202,6 @@ class SocketsCollector(Collector):
         self.ephemeral = st["collector.sockets.ephemeral-ports"]
         self.eph_top = st["collector.sockets.ephemeral-ports.top"]
         self.eph_timeout = st["collector.sockets.ephemeral-ports.timeout"]
-        self._capped = False
         self._problems: tuple = ()
         self._seen: list[str] = []     # problems met during the current collection
 
@@ -218,64 +250,27 @@ class SocketsCollector(Collector):
 
     # -- parts --------------------------------------------------------------------------------
 
-    def _usage(self):
-        fams = {m: m.family() for m in (SOCKETS_USED, TCP_INUSE, UDP_INUSE, TW, ORPHANS,
-                                        TCP_MEM, UDP_MEM, FRAG_MEM)}
-        for family, file, tcp, udp, frag in FAMILIES:
-            st = self._sockstat(file)
-            if st is None:
+    def _table(self, metrics, rows, read, get):
+        """One table part: ``read(what)`` (None: absent or bad), ``get(read, where)`` (None:
+        that value is absent)."""
+        fams = {m: m.family() for m in metrics}
+        for what, cells in rows:
+            got = read(what)
+            if got is None:
                 continue
-            key = (family,)
-            for metric, section, field in ((TCP_INUSE, tcp, "inuse"), (UDP_INUSE, udp, "inuse"),
-                                           (FRAG_MEM, frag, "memory")):
-                value = st.get(section, field)
+            for metric, labels, where, in_pages in cells:
+                value = get(got, where)
                 if value is not None:
-                    fams[metric].add(key, value)
-            if family != "ipv4":
-                continue
-            for metric, section, field, scale in (
-                    (SOCKETS_USED, "sockets", "used", 1), (TW, "TCP", "tw", 1),
-                    (ORPHANS, "TCP", "orphan", 1), (TCP_MEM, "TCP", "mem", self.page_size),
-                    (UDP_MEM, "UDP", "mem", self.page_size)):
-                value = st.get(section, field)
-                if value is not None:
-                    fams[metric].add((), value * scale)
+                    fams[metric].add(labels, value * self.page_size if in_pages else value)
         return [f for f in fams.values() if f.samples]
 
-    def _limits(self):
-        out = []
-        for metric, name in ((TW_LIMIT, "net.ipv4.tcp_max_tw_buckets"),
-                             (ORPHANS_LIMIT, "net.ipv4.tcp_max_orphans")):
-            values = self._sysctl(name)
-            if values is not None:
-                out.append(metric.single(values[0]))
-        for metric, name in ((TCP_MEM_LIMIT, "net.ipv4.tcp_mem"),
-                             (UDP_MEM_LIMIT, "net.ipv4.udp_mem")):
-            values = self._sysctl(name, 3)
-            if values is not None:
-                fam = metric.family()
-                for level, pages in zip(LEVELS, values, strict=True):
-                    fam.add((level,), pages * self.page_size)
-                out.append(fam)
-        fam = FRAG_LIMIT.family()
-        for family, name in (("ipv4", "net.ipv4.ipfrag_high_thresh"),
-                             ("ipv6", "net.ipv6.ip6frag_high_thresh")):
-            values = self._sysctl(name)
-            if values is not None:
-                fam.add((family,), values[0])
-        if fam.samples:
-            out.append(fam)
-        return out
+    def _usage(self):
+        return self._table(USAGE, SOCKSTAT_ROWS, self._sockstat,
+                           lambda st, where: st.get(*where))
 
-    def _files(self):
-        out = []
-        values = self._sysctl("fs.file-nr", 3)
-        if values is not None:
-            out.append(FILES.single(values[0]))
-        limit = self._sysctl("fs.file-max")
-        if limit is not None:
-            out.append(FILES_LIMIT.single(limit[0]))
-        return out
+    def _limits(self):
+        return self._table(LIMITS, SYSCTL_ROWS, lambda what: self._sysctl(*what),
+                           lambda values, i: values[i])
 
     def _ports(self):
         local = self._sysctl("net.ipv4.ip_local_port_range", 2)
@@ -300,21 +295,21 @@ class SocketsCollector(Collector):
             return []
         local = self._sysctl("net.ipv4.ip_local_port_range", 2)
         lo, hi = (local[0], local[1]) if local else (32768, 60999)
+        capped: list[int] = []
         try:
             with nl.NetlinkSocket(nl.NETLINK_SOCK_DIAG, timeout=1.0, deadline=2.0) as sock:
-                out = socket_families(sock, lo, hi, self.max_series, self._cap_said)
+                out = socket_families(sock, lo, hi, self.max_series, capped.append)
         except OSError as exc:
             self._seen.append(f"sock_diag: {exc}")
             return []
+        if capped:
+            self.say("max-series", "listeners and UDP servers capped by "
+                     "--collector.sockets.max-series", found=capped[0], exported=self.max_series)
+        else:
+            self.say("max-series", None)
         if self.ephemeral:
             out.extend(self._ephemeral(lo, hi))
         return out
-
-    def _cap_said(self, found: int) -> None:
-        if not self._capped:
-            self.log.warning("listeners and UDP servers capped by --collector.sockets.max-series",
-                             found=found, exported=self.max_series)
-            self._capped = True
 
     def _ephemeral(self, lo: int, hi: int):
         deadline = time.monotonic() + self.eph_timeout

@@ -103,6 +103,49 @@ def test_availability_logs_once_per_change(capsys):
     assert logged == ["subsystem not available on this node", "subsystem available again"]
 
 
+def test_say_logs_a_problem_once_per_key_until_it_changes_or_clears():
+    import io
+    import json
+
+    from exporter import log as logmod
+    stream = io.StringIO()
+    c = Collector(Context(settings=None, log=logmod.setup("info", "json", stream=stream)))
+    said = []
+
+    def lines():
+        new = [json.loads(ln) for ln in stream.getvalue().splitlines()[len(said):]]
+        said.extend(new)
+        return [(e["level"], e["event"], e.get("found")) for e in new]
+
+    for found in (3, 4, 5):     # the same message every scrape; a field that changes
+        c.say("cap", "capped", found=found)
+    assert lines() == [("warning", "capped", 3)]
+    c.say("other", "capped")    # keys are independent
+    assert lines() == [("warning", "capped", None)]
+    c.say("cap", "capped harder")
+    assert lines() == [("warning", "capped harder", None)]
+    c.say("cap", None)          # fine again: nothing logged ...
+    c.say("cap", "")            # ("" is fine too, as conntrack's and netns's helpers had it)
+    assert lines() == []
+    c.say("cap", "capped harder")   # ... and the same problem, back, is said afresh
+    c.say("other", "capped")
+    assert lines() == [("warning", "capped harder", None)]
+
+
+def test_say_works_in_a_collector_that_skips_collector_init():
+    logged = []
+
+    class Log:
+        def warning(self, event, **kw):
+            logged.append(event)
+
+    c = Fixed()
+    c.log = Log()
+    c.say("k", "broken")
+    c.say("k", "broken")
+    assert logged == ["broken"]
+
+
 def test_a_scrape_s_families_are_freed_once_it_is_rendered():
     """Nothing of a finished scrape stays referenced by the gatherer (issue 8: at IPVS scale
     keeping the last scrape's table alive until the next one doubled the heap's working set
