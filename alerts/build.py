@@ -108,6 +108,21 @@ def rules(sel: str = JOB_SELECTOR) -> list[dict]:
                 f"rate(nodenet_interface_{d}_{what}_total{{{sel}}}[5m])")
          for d in ("receive", "transmit") for what in ("drops", "packets")]
 
+    # The overview's "Interfaces with drops" table reads only the interfaces dropping now
+    # (receive + transmit drops > 0): a handful of series instead of every interface of every
+    # node (20,000 per metric at 5,000 nodes, 1.4-2.7 s over 15 minutes even recorded).
+    def if_rate(direction, what):
+        return f"rate(nodenet_interface_{direction}_{what}_total{{{sel}}}[5m])"
+
+    dropping = f"(\n  {if_rate('receive', 'drops')}\n  +\n  {if_rate('transmit', 'drops')}\n) > 0"
+    fleet += [record(f"nodenet:interface_dropping_{d}_drops:rate5m",
+                     f"{if_rate(d, 'drops')}\nand\n{dropping}")
+              for d in ("receive", "transmit")]
+    fleet += [record(f"nodenet:interface_dropping_{d}_drops:ratio_rate5m",
+                     f"(\n  {if_rate(d, 'drops')}\n  /\n  {if_rate(d, 'packets')}\n)\n"
+                     f"and\n{dropping}")
+              for d in ("receive", "transmit")]
+
     return [
         {"name": "nodenet-conntrack", "rules": conntrack},
         {"name": "nodenet-ipvs", "rules": ipvs},

@@ -60,6 +60,11 @@ EXPECTED_RECORDS = {
     "nodenet:interface_drops:rate5m",
     "nodenet:interface_receive_drops:rate5m", "nodenet:interface_transmit_drops:rate5m",
     "nodenet:interface_receive_packets:rate5m", "nodenet:interface_transmit_packets:rate5m",
+    # sparse: only the interfaces dropping now (the overview's "Interfaces with drops")
+    "nodenet:interface_dropping_receive_drops:rate5m",
+    "nodenet:interface_dropping_transmit_drops:rate5m",
+    "nodenet:interface_dropping_receive_drops:ratio_rate5m",
+    "nodenet:interface_dropping_transmit_drops:ratio_rate5m",
     # the pod view: per-pod rates joined to kube_pod_info (pod_namespace, pod_name)
     "nodenet:netns_tcp_listen_overflows:rate5m", "nodenet:netns_udp_receive_buffer_errors:rate5m",
 }

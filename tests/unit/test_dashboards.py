@@ -363,7 +363,8 @@ CATEGORIES = {
     "drop_ratio": re.compile(r"_drops_total\{[^}]*\}\[[^\]]*\]\)\s*/\s*rate\("
                              r"nodenet_interface_\w+_packets_total"
                              r"|nodenet:interface_\w+_drops:rate5m\{[^}]*\}\s*/\s*"
-                             r"nodenet:interface_\w+_packets:rate5m"),     # recorded (issue 17)
+                             r"nodenet:interface_\w+_packets:rate5m"     # recorded (issue 17)
+                             r"|nodenet:interface_dropping_\w+_drops:ratio_rate5m\{"),
     "headroom": re.compile(r"nodenet_overlay_mtu_headroom_bytes\{[^}]*\}( < 0)?$"),
 }
 
