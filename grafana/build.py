@@ -1206,7 +1206,19 @@ def podview_panels(b: Board, q: Q) -> None:
                       target(f"topk(10, {by} "
                              f"({q.rate('nodenet_netns_udp_receive_buffer_errors_total')}) > 0)",
                              legend + "UDP receive buffer errors")],
-                     "short", min_=0), 24, 8)
+                     "short", min_=0), 12, 8)
+    b.add(timeseries("pod interfaces dropping",
+                     "Drops per second on each pod's own interfaces (its eth0, counted inside its "
+                     "network namespace), per direction, the 10 worst; the recorded "
+                     "nodenet:netns_interface_drops:rate5m, joined to kube_pod_info, holds only "
+                     "those dropping now. Every pod, not only the top 10 host-side veths the "
+                     "netdev pod summary keeps; empty unless --collector.netns is on. Legend: "
+                     "namespace/pod (without kube-state-metrics: the pod UID or /run/netns "
+                     "name), interface, direction.",
+                     [target(f"topk(10, {q.m('nodenet:netns_interface_drops:rate5m')})",
+                             "{{pod_namespace}}/{{pod_name}} {{pod_uid}}{{netns}} {{interface}} "
+                             "{{direction}}")],
+                     "pps", min_=0), 12, 8)
 
 
 # ------------------------------------------------------------------------------- output
