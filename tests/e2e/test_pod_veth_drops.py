@@ -16,6 +16,10 @@ default flags (``--collector.netdev.pod-interfaces=summary``, top 10).  Made by 
 - cali2: dropped 34 frames once, then receives frames the node's IPv4 stack handles: kept for
   its old drops, drop rate 0 now: quiet.
 - cali3..cali11: idle, no drops: summed in ``nodenet_pod_interfaces_*`` only.
+- pod 2's own eth0: the node sends it frames nobody handles there: with the pod view on
+  (``--collector.netns``) the recording rule nodenet:netns_interface_drops:rate5m holds that
+  pod interface, and only it (the pod namespaces are ``/run/netns`` names here, no pod UID, so
+  the kube_pod_info join leaves it unjoined, labelled by ``netns``; promtool tests the join).
 
 Witnesses: ``ip -s -j link`` in the node namespace.  Traffic stays in the namespaces made here;
 every sender is bounded in count and time; everything is deleted at the end.
@@ -24,10 +28,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 
 import pytest
 
@@ -73,6 +80,13 @@ def _stats(ns: str, dev: str) -> dict:
     return link["stats64"]
 
 
+@dataclass
+class Node:
+    ns: str
+    pods: list
+    netns_dir: str
+
+
 @pytest.fixture(scope="module")
 def node():
     if os.geteuid() != 0:
@@ -82,6 +96,7 @@ def node():
     pods = [f"nn-pvd-pod-{tag}-{i}" for i in range(PODS)]
     made: list = []
     senders: list = []
+    netns_dir = tempfile.mkdtemp(prefix="nn-pvd-netns-") + "/dirs"
     try:
         for name in (ns, *pods):
             _ip("netns", "add", name)
@@ -101,11 +116,16 @@ def node():
         assert out.strip() == "34", out
         for where, dev, ethertype in ((pods[0], "eth0", "88b5"),   # cali0 receives, drops
                                       (ns, "cali1", "88b5"),       # peer down: tx drops
-                                      (pods[2], "eth0", "0800")):  # handled by IPv4: no drop
+                                      (pods[2], "eth0", "0800"),   # handled by IPv4: no drop
+                                      (ns, "cali2", "88b5")):      # pod 2's own eth0 drops
             senders.append(subprocess.Popen(
                 ["ip", "netns", "exec", where, sys.executable, "-c", SENDER, dev, ethertype,
                  "120"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        yield ns
+        # the pod view reads exactly these pod namespaces (symlinks to their /run/netns mounts)
+        os.makedirs(netns_dir)
+        for pod in pods:
+            os.symlink(f"/run/netns/{pod}", os.path.join(netns_dir, pod))
+        yield Node(ns, pods, netns_dir)
     finally:
         for p in senders:
             if p.poll() is None:
@@ -113,6 +133,7 @@ def node():
                 p.wait(10)
         for name in reversed(made):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        shutil.rmtree(os.path.dirname(netns_dir), ignore_errors=True)
 
 
 def _until(fn, timeout: float):
@@ -125,18 +146,19 @@ def _until(fn, timeout: float):
 
 
 def test_kept_pod_veth_dropping_is_named_by_the_alert(node, tmp_path):
+    ns = node.ns
     stack.require_binaries(stack.PROMETHEUS)
-    before = {dev: _stats(node, dev) for dev in ("cali0", "cali1", "cali2")}
-    with ExporterProcess([], netns=node) as ex:
-        prom = stack.prometheus(node, tmp_path, rule_files=[RULES], job="nodenet-exporter",
+    before = {dev: _stats(ns, dev) for dev in ("cali0", "cali1", "cali2")}
+    with ExporterProcess([], netns=ns) as ex:
+        prom = stack.prometheus(ns, tmp_path, rule_files=[RULES], job="nodenet-exporter",
                                 targets=[ex.address], alertmanager="127.0.0.1:1",
                                 interval="1s", port=PROM_PORT).start()
         try:
             base = f"http://127.0.0.1:{PROM_PORT}"
-            stack.wait_http(node, f"{base}/-/ready", 30, prom)
+            stack.wait_http(ns, f"{base}/-/ready", 30, prom)
 
             def q(expr):
-                return stack.prom_query(node, base, expr)
+                return stack.prom_query(ns, base, expr)
 
             _until(lambda: q('ALERTS{alertname="NodenetInterfaceDrops"}'), 45)
             # let a few more evaluations pass: nothing else may join while the others drop
@@ -154,10 +176,10 @@ def test_kept_pod_veth_dropping_is_named_by_the_alert(node, tmp_path):
         finally:
             prom.stop()
         # diagnose, as a user runs it on the node, judges the same
-        res = subprocess.run(["ip", "netns", "exec", node, sys.executable, "-m", "exporter",
+        res = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "exporter",
                               "diagnose", "--only=netdev", "--output=json", "--interval=1s"],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
-    after = {dev: _stats(node, dev) for dev in ("cali0", "cali1", "cali2")}
+    after = {dev: _stats(ns, dev) for dev in ("cali0", "cali1", "cali2")}
 
     # the kernel did what the scenario says
     grew = {(dev, d, k): after[dev][d][k] - before[dev][d][k] for dev in after
@@ -173,7 +195,7 @@ def test_kept_pod_veth_dropping_is_named_by_the_alert(node, tmp_path):
     kept = {name for name in info if name.startswith("cali")}
     assert kept == {"cali0", "cali1", "cali2"}, sorted(info)
     # the kernel says the same of cali1 (down or lowerlayerdown: no carrier from its peer)
-    witness = json.loads(_ip("-n", node, "-j", "link", "show", "dev", "cali1"))[0]
+    witness = json.loads(_ip("-n", ns, "-j", "link", "show", "dev", "cali1"))[0]
     assert info["cali1"]["operstate"] == witness["operstate"].lower() != "up", (info, witness)
     assert info["cali0"]["operstate"] == info["cali2"]["operstate"] == "up", info
     assert rate[("nodenet_interface_transmit_drops_total", "cali1")][0] > 0, rate
@@ -191,3 +213,40 @@ def test_kept_pod_veth_dropping_is_named_by_the_alert(node, tmp_path):
     found = {(f["labels"].get("interface"), f["labels"].get("direction"))
              for f in doc["findings"] if f["check"] == "NodenetInterfaceDrops"}
     assert found == {("cali0", "receive")}, doc["findings"]
+
+
+def test_pod_view_records_each_pods_own_interface_drops(node, tmp_path):
+    ns = node.ns
+    stack.require_binaries(stack.PROMETHEUS)
+    with ExporterProcess(["--collector.netns", f"--collector.netns.dirs={node.netns_dir}"],
+                         netns=ns) as ex:
+        prom = stack.prometheus(ns, tmp_path, rule_files=[RULES], job="nodenet-exporter",
+                                targets=[ex.address], alertmanager="127.0.0.1:1",
+                                interval="1s", port=PROM_PORT + 1).start()
+        try:
+            base = f"http://127.0.0.1:{PROM_PORT + 1}"
+            stack.wait_http(ns, f"{base}/-/ready", 30, prom)
+
+            def q(expr):
+                return stack.prom_query(ns, base, expr)
+
+            mine = "|".join(node.pods)
+            record = f'nodenet:netns_interface_drops:rate5m{{netns=~"{mine}"}}'
+            _until(lambda: q(record), 45)
+            time.sleep(4)                  # more evaluations: nothing else may join
+            got = q(record)
+            pod_eth0 = q(f'nodenet_netns_interface_receive_drops_total{{netns="{node.pods[2]}",'
+                         f'interface="eth0"}}')
+            read = q(f'count(nodenet_netns_interface_receive_drops_total{{netns=~"{mine}"}})')
+        finally:
+            prom.stop()
+    witness = json.loads(_ip("-n", node.pods[2], "-s", "-j", "link", "show", "dev",
+                             "eth0"))[0]["stats64"]["rx"]["dropped"]
+
+    assert read and int(float(read[0]["value"][1])) == PODS, read     # every pod was read
+    assert pod_eth0 and 0 < float(pod_eth0[0]["value"][1]) <= witness, (pod_eth0, witness)
+    rows = {(s["metric"]["netns"], s["metric"]["interface"], s["metric"]["direction"])
+            for s in got}
+    assert rows == {(node.pods[2], "eth0", "receive")}, got
+    assert all(float(s["value"][1]) > 0 for s in got), got
+    assert not any("pod_name" in s["metric"] for s in got), got        # no kube_pod_info here
