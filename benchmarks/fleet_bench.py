@@ -5,9 +5,11 @@ the recording rules of alerts/build.py (group nodenet-fleet), on a real Promethe
 1. One real scrape: nodenet-exporter at default flags on the node namespace of
    tests/helpers/podnode.py (underlay, bridge, VXLAN, pod veths, conntrack), kept to the metric
    names the overview's queries touch (the recorded and the raw variant of the dashboard).
-2. N synthetic nodes made from it (instance label varied, counters rising at per-node rates,
-   a few nodes dropping), 1 hour at 60 s, written as OpenMetrics in chunks into one file and
-   fed to ``promtool tsdb create-blocks-from openmetrics`` (the file is removed right after).
+2. N synthetic nodes made from it (instance label varied, counters rising at per-node rates;
+   the interface drop counters rise only on ``--dropping-share`` of the nodes, on each of their
+   interfaces, and stand still elsewhere), 1 hour at 60 s, written as OpenMetrics in chunks
+   into one file and fed to ``promtool tsdb create-blocks-from openmetrics`` (the file is
+   removed right after).
 3. A Prometheus on those blocks; ``promtool tsdb create-blocks-from rules`` computes the
    recording rules' output for the same hour from it; Prometheus restarts with both.
 4. Every overview panel query, Grafana variables substituted (all nodes selected, rate interval
@@ -17,6 +19,10 @@ the recording rules of alerts/build.py (group nodenet-fleet), on a real Promethe
    series), with the number of series each query's selectors touch.
 
     sudo python3 benchmarks/fleet_bench.py [--nodes 5000] [--repeat 5] [--max-gb 10]
+                                           [--dropping-share 0.1]
+
+A quicker look: ``--nodes 500 --repeat 2`` (a tenth of the series: 30 s here; a full
+run at 5,000 nodes took 7 minutes).
 
 Bounded: the OpenMetrics file is checked against --max-gb while it is written, every HTTP call
 has a timeout, and the working directory (blocks, logs) is removed at the end.
@@ -76,6 +82,7 @@ def substitute(expr: str) -> str:
     return dh.substitute(expr, {"job": JOB, "instance": ".+", "__rate_interval": "4m"})
 
 
+INTERFACE_DROPS = re.compile(r"nodenet_interface_(receive|transmit)_drops_total")
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
 
 
@@ -96,12 +103,15 @@ def real_scrape(pods: int) -> list[tuple[str, str, float]]:
 
 
 def write_openmetrics(path: str, series: list, nodes: int, t0: int, points: int,
-                      max_bytes: int, seed: int = 17) -> int:
+                      max_bytes: int, dropping_share: float = 0.1, seed: int = 17) -> int:
     """The fleet's hour, family by family (OpenMetrics wants a family's samples together and
-    each series' timestamps rising). Counters (``_total``) rise at a per-node rate, a few nodes
-    drop; gauges keep the real scrape's value. Returns the samples written."""
+    each series' timestamps rising). Counters (``_total``) rise at a per-node rate; the
+    interface drop counters only on ``dropping_share`` of the nodes (every interface of those),
+    elsewhere they keep the real scrape's value; gauges keep the real scrape's value. Returns
+    the samples written."""
     rnd = random.Random(seed)
     rates = [rnd.choice((0.0, 0.0, 0.0, 0.01, 0.1, 1.0)) for _ in range(nodes)]
+    dropping = set(rnd.sample(range(nodes), round(nodes * dropping_share)))
     by_family: dict = {}
     for name, labels, value in series:
         by_family.setdefault(name, []).append((labels, value))
@@ -111,10 +121,13 @@ def write_openmetrics(path: str, series: list, nodes: int, t0: int, points: int,
         for name in sorted(by_family):
             fh.write(f"# TYPE {name} unknown\n")
             counter = name.endswith("_total")
+            if_drops = INTERFACE_DROPS.fullmatch(name) is not None
             chunk = []
             for n in range(nodes):
                 inst = f'instance="node-{n:05d}:9834",job="{JOB}"'
                 rate = rates[n] * (1 + n % 7)
+                if if_drops:
+                    rate = max(rates[n], 0.01) * (1 + n % 7) if n in dropping else 0.0
                 for labels, value in by_family[name]:
                     ls = f"{{{labels},{inst}}}" if labels else f"{{{inst}}}"
                     if counter:
@@ -206,6 +219,9 @@ def main() -> int:
     ap.add_argument("--pods", type=int, default=30, help="pod veths on the scraped node")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--max-gb", type=float, default=10.0)
+    ap.add_argument("--dropping-share", type=float, default=0.1,
+                    help="share of the nodes whose interfaces drop (0.5: like the first "
+                         "runs' data)")
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -226,7 +242,8 @@ def main() -> int:
         om = os.path.join(work, "fleet.om")
         data = os.path.join(work, "data")
         c0 = time.monotonic()
-        samples = write_openmetrics(om, series, a.nodes, t0, points, int(a.max_gb * 2**30))
+        samples = write_openmetrics(om, series, a.nodes, t0, points, int(a.max_gb * 2**30),
+                                    a.dropping_share)
         size = os.path.getsize(om)
         c1 = time.monotonic()
         run([PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", "-q", om, data], 3600)
@@ -234,7 +251,8 @@ def main() -> int:
         c2 = time.monotonic()
         print(f"# {a.nodes} nodes x {per_node} series (of a {a.pods}-pod node's default scrape, "
               f"the metrics the overview reads) = {a.nodes * per_node} series, {samples} samples "
-              f"(1 h at {STEP} s); OpenMetrics {size / 2**30:.2f} GiB written in {c1 - c0:.0f} s, "
+              f"(1 h at {STEP} s), interfaces dropping on {a.dropping_share:.0%} of the nodes; "
+              f"OpenMetrics {size / 2**30:.2f} GiB written in {c1 - c0:.0f} s, "
               f"blocks in {c2 - c1:.0f} s", flush=True)
         port = free_port()
         prom = Prom(data, port, os.path.join(work, "prometheus.log"))

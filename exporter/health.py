@@ -442,14 +442,16 @@ def softnet_drops(check: Check, pair: Pair) -> Iterator[Verdict]:
 
 
 def interface_drops(check: Check, pair: Pair) -> Iterator[Verdict]:
-    kinds = {labels.get("interface"): labels.get("kind")
-             for labels, _ in pair.gauge("nodenet_interface_info")}
+    info = {labels.get("interface"): labels for labels, _ in pair.gauge("nodenet_interface_info")}
     for direction, word in (("receive", "received"), ("transmit", "transmitted")):
         drops = pair.rate(f"nodenet_interface_{direction}_drops_total")
         packets = pair.rate(f"nodenet_interface_{direction}_packets_total")
         for key, dropped in drops.items():
             name = dict(key).get("interface", "")
-            if kinds.get(name) == "veth":   # the alert's `unless ... kind="veth"`
+            labels = info.get(name, {})
+            # the alert's `unless ... kind="veth", operstate!="up"`: a veth whose other side
+            # is down drops whatever reaches it (a pod being set up or torn down)
+            if labels.get("kind") == "veth" and labels.get("operstate") != "up":
                 continue
             sent = packets.get(key)
             if not sent:
@@ -1094,7 +1096,8 @@ CHECKS: tuple[Check, ...] = (
         expr=lambda sel, t: (f"(\n{_if_ratio(sel, 'receive', t)}\nor\n"
                              f"{_if_ratio(sel, 'transmit', t)}\n)\n"
                              f"unless ignoring(direction, kind, operstate, master, underlay)\n"
-                             f"  nodenet_interface_info{{{sel}, kind=\"veth\"}}"),
+                             f"  nodenet_interface_info{{{sel}, kind=\"veth\", "
+                             f"operstate!=\"up\"}}"),
         summary="A network interface drops more than {threshold%} of its packets.",
         description="Interface {{ $labels.interface }} on node {node} drops"
                     " {{ $value | humanizePercentage }} of its {{ $labels.direction }}"

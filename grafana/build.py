@@ -121,6 +121,20 @@ class Q:
     def steal_fraction(self) -> str:
         return f"{self.srate('nodenet_cpu_steal_seconds_total')} / {self.m('nodenet_cpus')}"
 
+    def dropping_interfaces(self) -> list[tuple[str, str]]:
+        """(column, expr) of the "Interfaces with drops" table: drops/s and drop ratio per
+        direction, only for interfaces whose receive + transmit drops are above 0."""
+        rx, tx = "nodenet_interface_receive_drops_total", "nodenet_interface_transmit_drops_total"
+        dropping = f"({self.rate(rx)} + {self.rate(tx)} > 0)"
+        return [(name, f"{expr} and on (job, instance, interface) {dropping}")
+                for name, expr in (
+                    ("Receive drops/s", self.rate(rx)),
+                    ("Transmit drops/s", self.rate(tx)),
+                    ("Receive drop ratio", f"{self.rate(rx)} / "
+                                           f"{self.rate('nodenet_interface_receive_packets_total')}"),
+                    ("Transmit drop ratio", f"{self.rate(tx)} / "
+                                            f"{self.rate('nodenet_interface_transmit_packets_total')}"))]
+
 
 def target(expr: str, legend: str = "", *, instant: bool = False, table: bool = False,
            hide: bool = False) -> dict:
@@ -515,21 +529,12 @@ def overview() -> dict:
                      "cps", min_=0), 12, 8)
 
     b.row("Interfaces and MTU")
-    dropping = (f"({q.rate('nodenet_interface_receive_drops_total')} + "
-                f"{q.rate('nodenet_interface_transmit_drops_total')} > 0)")
     b.add(table(
         "Interfaces with drops",
         "Interfaces dropping packets now, with the share of their packets dropped "
-        "(NodenetInterfaceDrops fires above 1% on non-veth interfaces). Empty when no interface "
-        "drops.",
-        [(name, target(f"{expr} and on (job, instance, interface) {dropping}"))
-         for name, expr in (
-             ("Receive drops/s", q.rate("nodenet_interface_receive_drops_total")),
-             ("Transmit drops/s", q.rate("nodenet_interface_transmit_drops_total")),
-             ("Receive drop ratio", f"{q.rate('nodenet_interface_receive_drops_total')} / "
-                                    f"{q.rate('nodenet_interface_receive_packets_total')}"),
-             ("Transmit drop ratio", f"{q.rate('nodenet_interface_transmit_drops_total')} / "
-                                     f"{q.rate('nodenet_interface_transmit_packets_total')}"))],
+        "(NodenetInterfaceDrops fires above 1%; pod veths only while both sides are up). Empty "
+        "when no interface drops.",
+        [(name, target(expr)) for name, expr in q.dropping_interfaces()],
         labels=("instance", "interface"), sort="Receive drops/s",
         overrides=[col("instance", link=True), col("Receive drops/s", "pps"),
                    col("Transmit drops/s", "pps"),
@@ -1090,6 +1095,12 @@ class RecordedQ(Q):
     def steal_fraction(self) -> str:
         return self.m("nodenet:cpu_steal:ratio_rate5m")
 
+    def dropping_interfaces(self) -> list[tuple[str, str]]:
+        """The sparse records of group nodenet-fleet: only the interfaces dropping now."""
+        return [(f"{d.capitalize()} {col}", self.m(f"nodenet:interface_dropping_{d}_drops:{op}"))
+                for col, op in (("drops/s", "rate5m"), ("drop ratio", "ratio_rate5m"))
+                for d in ("receive", "transmit")]
+
 
 POD_COLUMNS = (("Pods", "nodenet_pod_interfaces", "short"),
                ("MTU min", "nodenet_pod_interfaces_mtu_min_bytes", "suffix: B"),
@@ -1195,7 +1206,19 @@ def podview_panels(b: Board, q: Q) -> None:
                       target(f"topk(10, {by} "
                              f"({q.rate('nodenet_netns_udp_receive_buffer_errors_total')}) > 0)",
                              legend + "UDP receive buffer errors")],
-                     "short", min_=0), 24, 8)
+                     "short", min_=0), 12, 8)
+    b.add(timeseries("pod interfaces dropping",
+                     "Drops per second on each pod's own interfaces (its eth0, counted inside its "
+                     "network namespace), per direction, the 10 worst; the recorded "
+                     "nodenet:netns_interface_drops:rate5m, joined to kube_pod_info, holds only "
+                     "those dropping now. Every pod, not only the top 10 host-side veths the "
+                     "netdev pod summary keeps; empty unless --collector.netns is on. Legend: "
+                     "namespace/pod (without kube-state-metrics: the pod UID or /run/netns "
+                     "name), interface, direction.",
+                     [target(f"topk(10, {q.m('nodenet:netns_interface_drops:rate5m')})",
+                             "{{pod_namespace}}/{{pod_name}} {{pod_uid}}{{netns}} {{interface}} "
+                             "{{direction}}")],
+                     "pps", min_=0), 12, 8)
 
 
 # ------------------------------------------------------------------------------- output

@@ -82,6 +82,7 @@ POD_VIEW = "needs --collector.netns (off by default); lists only pods refusing t
 ALLOWED_EMPTY.update({
     ("nodenet-node", "pods refusing traffic", "A"): POD_VIEW,
     ("nodenet-node", "pods refusing traffic", "B"): POD_VIEW,
+    ("nodenet-node", "pod interfaces dropping", "A"): POD_VIEW,
 })
 
 

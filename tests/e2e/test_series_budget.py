@@ -41,6 +41,8 @@ ABSENT_HERE = {
     "nodenet:netns_udp_receive_buffer_errors:rate5m": "collector netns is off by default",
     "nodenet_netns_tcp_listen_overflows_total": "collector netns is off by default",
     "nodenet_netns_udp_receive_buffer_errors_total": "collector netns is off by default",
+    "nodenet_netns_interface_receive_drops_total": "collector netns is off by default",
+    "nodenet_netns_interface_transmit_drops_total": "collector netns is off by default",
     "nodenet_ephemeral_ports_max_in_use": "--collector.sockets.ephemeral-ports is off by default",
     # limits only the initial network namespace shows (the test node is a namespace)
     "nodenet_tcp_memory_limit_bytes": "tcp_mem is visible only in the initial namespace",

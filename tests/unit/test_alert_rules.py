@@ -60,8 +60,15 @@ EXPECTED_RECORDS = {
     "nodenet:interface_drops:rate5m",
     "nodenet:interface_receive_drops:rate5m", "nodenet:interface_transmit_drops:rate5m",
     "nodenet:interface_receive_packets:rate5m", "nodenet:interface_transmit_packets:rate5m",
+    # sparse: only the interfaces dropping now (the overview's "Interfaces with drops")
+    "nodenet:interface_dropping_receive_drops:rate5m",
+    "nodenet:interface_dropping_transmit_drops:rate5m",
+    "nodenet:interface_dropping_receive_drops:ratio_rate5m",
+    "nodenet:interface_dropping_transmit_drops:ratio_rate5m",
     # the pod view: per-pod rates joined to kube_pod_info (pod_namespace, pod_name)
     "nodenet:netns_tcp_listen_overflows:rate5m", "nodenet:netns_udp_receive_buffer_errors:rate5m",
+    # each pod's own interface drops (sparse: only while they drop), per direction
+    "nodenet:netns_interface_drops:rate5m",
 }
 # issue 19: the group on kube-proxy's own metrics (names from kube-proxy's metrics reference),
 # selected by its own job selector instead of nodenet-exporter's.
@@ -150,6 +157,8 @@ CONTRACT_METRICS = {
     # issue 15: the pod view (alerts use the recorded rates below), ephemeral ports
     "nodenet_ephemeral_ports_max_in_use", "nodenet_ephemeral_ports_range_size",
     "nodenet_netns_tcp_listen_overflows_total", "nodenet_netns_udp_receive_buffer_errors_total",
+    # issue 17: each pod's own interface drops (recorded as nodenet:netns_interface_drops:rate5m)
+    "nodenet_netns_interface_receive_drops_total", "nodenet_netns_interface_transmit_drops_total",
 }
 # Metrics only an AWS ENA NIC exports (no such NIC where the golden test runs); the driver
 # fixtures of tests/unit/test_ethtool_collector.py pin them.

@@ -131,9 +131,15 @@ def test_metric_name_extraction():
     assert sels["nodenet_a_total"] == {"job": ("=", '"$job"'), "x": ("=~", '"y|z"')}
 
 
+# label_replace(v, "dst", "replacement", "src", "regex"): the destination label
+LABEL_REPLACE_DST = re.compile(r',\s*"([a-zA-Z_]\w*)",\s*"[^"]*",\s*"\w*",\s*"')
+GROUP_LEFT = re.compile(r"group_left\s*\(([^)]*)\)")
+
+
 def _known_metrics() -> dict[str, tuple[str, ...]]:
     """What the exporter declares, plus the series recorded by alerts/nodenet.rules.yaml (with
-    the labels of the metrics they are made of, minus the `cpu` they sum away)."""
+    the labels of the metrics they are made of, minus the `cpu` they sum away, plus the labels
+    the rule writes: label_replace destinations and group_left copies)."""
     from exporter import docs
     known = {name: tuple(spec.labels) for name, (_, spec) in docs.all_metrics().items()}
     with open(ALERTS) as fh:
@@ -142,6 +148,10 @@ def _known_metrics() -> dict[str, tuple[str, ...]]:
         labels: set = set()
         for name in dh.metric_names(rule["expr"]):
             labels |= set(known.get(name, ())) - {"cpu"}
+        # labels the rule writes itself: label_replace's destination, group_left's copies
+        labels |= set(LABEL_REPLACE_DST.findall(rule["expr"]))
+        for copied in GROUP_LEFT.findall(rule["expr"]):
+            labels |= {x.strip() for x in copied.split(",") if x.strip()}
         known[rule["record"]] = tuple(sorted(labels))
     return known
 
@@ -363,7 +373,8 @@ CATEGORIES = {
     "drop_ratio": re.compile(r"_drops_total\{[^}]*\}\[[^\]]*\]\)\s*/\s*rate\("
                              r"nodenet_interface_\w+_packets_total"
                              r"|nodenet:interface_\w+_drops:rate5m\{[^}]*\}\s*/\s*"
-                             r"nodenet:interface_\w+_packets:rate5m"),     # recorded (issue 17)
+                             r"nodenet:interface_\w+_packets:rate5m"     # recorded (issue 17)
+                             r"|nodenet:interface_dropping_\w+_drops:ratio_rate5m\{"),
     "headroom": re.compile(r"nodenet_overlay_mtu_headroom_bytes\{[^}]*\}( < 0)?$"),
 }
 

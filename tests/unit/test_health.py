@@ -252,30 +252,40 @@ def test_softnet_drops_any_cpu():
                               "threshold 0/s")
 
 
-def test_interface_drops_ratio_per_direction_veths_left_out_and_0_over_0_ignored():
-    def iface(name, kind):
-        return ({"interface": name, "kind": kind, "operstate": "up", "master": "",
+def test_interface_drops_ratio_per_direction_down_veths_left_out_and_0_over_0_ignored():
+    def iface(name, kind, operstate="up"):
+        return ({"interface": name, "kind": kind, "operstate": operstate, "master": "",
                  "underlay": ""}, 1)
 
-    info = [iface("eth0", "physical"), iface("veth1", "veth"), iface("eth1", "physical")]
+    # veth1: a pod veth kept by the netdev summary, both sides up: judged like any interface;
+    # veth2: its other side is down (the alert's `unless ... operstate!="up"`): left out
+    info = [iface("eth0", "physical"), iface("veth1", "veth"), iface("eth1", "physical"),
+            iface("veth2", "veth", "lowerlayerdown")]
 
     def series(**per_if):
         return [({"interface": k}, v) for k, v in per_if.items()]
 
+    zero = dict(eth0=0, veth1=0, eth1=0, veth2=0)
     prev = reading(0, nodenet_interface_info=info,
-                   nodenet_interface_receive_packets_total=series(eth0=0, veth1=0, eth1=0),
-                   nodenet_interface_receive_drops_total=series(eth0=0, veth1=0, eth1=0),
-                   nodenet_interface_transmit_packets_total=series(eth0=0, veth1=0, eth1=0),
-                   nodenet_interface_transmit_drops_total=series(eth0=0, veth1=0, eth1=0))
+                   nodenet_interface_receive_packets_total=series(**zero),
+                   nodenet_interface_receive_drops_total=series(**zero),
+                   nodenet_interface_transmit_packets_total=series(**zero),
+                   nodenet_interface_transmit_drops_total=series(**zero))
     cur = reading(2, nodenet_interface_info=info,
-                  nodenet_interface_receive_packets_total=series(eth0=2000, veth1=1000, eth1=0),
-                  nodenet_interface_receive_drops_total=series(eth0=42, veth1=500, eth1=0),
-                  nodenet_interface_transmit_packets_total=series(eth0=1000, veth1=0, eth1=0),
-                  nodenet_interface_transmit_drops_total=series(eth0=10, veth1=0, eth1=5))
+                  nodenet_interface_receive_packets_total=series(eth0=2000, veth1=1000, eth1=0,
+                                                                 veth2=1000),
+                  nodenet_interface_receive_drops_total=series(eth0=42, veth1=500, eth1=0,
+                                                               veth2=500),
+                  nodenet_interface_transmit_packets_total=series(eth0=1000, veth1=0, eth1=0,
+                                                                  veth2=0),
+                  nodenet_interface_transmit_drops_total=series(eth0=10, veth1=0, eth1=5,
+                                                                veth2=0))
     got = judge("NodenetInterfaceDrops", Pair(prev, cur))
     assert [(v.labels, v.message) for v in got] == [
         ({"interface": "eth0", "direction": "receive"},
-         "interface eth0 drops 2.1% of its received packets (21/s of 1,000/s), threshold 1%")]
+         "interface eth0 drops 2.1% of its received packets (21/s of 1,000/s), threshold 1%"),
+        ({"interface": "veth1", "direction": "receive"},
+         "interface veth1 drops 50% of its received packets (250/s of 500/s), threshold 1%")]
     # eth0 transmit: exactly 1% (not above); eth1 transmit: drops without packets (0/0 rate)
 
 
