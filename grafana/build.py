@@ -121,6 +121,14 @@ class Q:
     def steal_fraction(self) -> str:
         return f"{self.srate('nodenet_cpu_steal_seconds_total')} / {self.m('nodenet_cpus')}"
 
+    def failing_collectors(self) -> str:
+        return f"count({self.m('nodenet_scrape_collector_success')} == 0) or vector(0)"
+
+    def slowest_collectors(self) -> str:
+        per_node = (f"topk by (job, instance) "
+                    f"(1, {self.m('nodenet_scrape_collector_duration_seconds')})")
+        return f"max by (collector) ({per_node})"
+
     def dropping_interfaces(self) -> list[tuple[str, str]]:
         """(column, expr) of the "Interfaces with drops" table: drops/s and drop ratio per
         direction, only for interfaces whose receive + transmit drops are above 0."""
@@ -421,8 +429,7 @@ def overview() -> dict:
     b.add(stat("Failing collectors and targets",
                "Collectors whose last scrape failed, and targets that are down "
                "(NodenetCollectorFailing, NodenetExporterDown).",
-               [target(f"count({q.m('nodenet_scrape_collector_success')} == 0) or vector(0)",
-                       "collectors", instant=True),
+               [target(q.failing_collectors(), "collectors", instant=True),
                 target(f"count({q.m('up')} == 0) or vector(0)", "targets down", instant=True)],
                "short", thresholds=nonzero_bad(), text_mode="value_and_name"), 4, 4)
 
@@ -581,10 +588,10 @@ def overview() -> dict:
         overrides=[col("instance", link=True),
                    col("Success", "none", thresholds=zero_bad(), mappings=SUCCESS)]), 12, 7)
     b.add(timeseries("Slowest collectors",
-                     "Longest collection time of each collector over the selected nodes.",
-                     [target(f"max by (collector) "
-                             f"({q.m('nodenet_scrape_collector_duration_seconds')})",
-                             "{{collector}}")], "s", min_=0), 12, 7)
+                     "Each selected node's slowest collector, the longest time per collector "
+                     "(a collector that is the slowest on no node is not drawn; the node "
+                     "dashboard shows every collector of one node).",
+                     [target(q.slowest_collectors(), "{{collector}}")], "s", min_=0), 12, 7)
 
     dropreason_overview(b, q)
 
@@ -1094,6 +1101,12 @@ class RecordedQ(Q):
 
     def steal_fraction(self) -> str:
         return self.m("nodenet:cpu_steal:ratio_rate5m")
+
+    def failing_collectors(self) -> str:
+        return f"sum({self.m('nodenet:scrape_collectors_failing:count')}) or vector(0)"
+
+    def slowest_collectors(self) -> str:
+        return f"max by (collector) ({self.m('nodenet:scrape_collector_duration_seconds:topk1')})"
 
     def dropping_interfaces(self) -> list[tuple[str, str]]:
         """The sparse records of group nodenet-fleet: only the interfaces dropping now."""

@@ -65,6 +65,8 @@ EXPECTED_RECORDS = {
     "nodenet:interface_dropping_transmit_drops:rate5m",
     "nodenet:interface_dropping_receive_drops:ratio_rate5m",
     "nodenet:interface_dropping_transmit_drops:ratio_rate5m",
+    # the exporter's own health: nodes with failing collectors (sparse), each node's slowest
+    "nodenet:scrape_collectors_failing:count", "nodenet:scrape_collector_duration_seconds:topk1",
     # the pod view: per-pod rates joined to kube_pod_info (pod_namespace, pod_name)
     "nodenet:netns_tcp_listen_overflows:rate5m", "nodenet:netns_udp_receive_buffer_errors:rate5m",
     # each pod's own interface drops (sparse: only while they drop), per direction
