@@ -455,6 +455,10 @@ def interface_drops(check: Check, pair: Pair) -> Iterator[Verdict]:
                 continue
             sent = packets.get(key)
             if not sent:
+                if dropped > 0:   # x/0 is +Inf in PromQL: the alert fires, so does this
+                    yield Verdict(math.inf, f"interface {name} drops {num(dropped)}/s of its "
+                                            f"{word} packets while none get through",
+                                  {"interface": name, "direction": direction})
                 continue     # 0/0: no ratio, as in PromQL
             ratio = dropped / sent
             if ratio > check.threshold:

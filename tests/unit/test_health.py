@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import pathlib
 import re
 
@@ -252,7 +253,7 @@ def test_softnet_drops_any_cpu():
                               "threshold 0/s")
 
 
-def test_interface_drops_ratio_per_direction_down_veths_left_out_and_0_over_0_ignored():
+def test_interface_drops_ratio_per_direction_down_veths_left_out_x_over_0_as_in_promql():
     def iface(name, kind, operstate="up"):
         return ({"interface": name, "kind": kind, "operstate": operstate, "master": "",
                  "underlay": ""}, 1)
@@ -285,8 +286,13 @@ def test_interface_drops_ratio_per_direction_down_veths_left_out_and_0_over_0_ig
         ({"interface": "eth0", "direction": "receive"},
          "interface eth0 drops 2.1% of its received packets (21/s of 1,000/s), threshold 1%"),
         ({"interface": "veth1", "direction": "receive"},
-         "interface veth1 drops 50% of its received packets (250/s of 500/s), threshold 1%")]
-    # eth0 transmit: exactly 1% (not above); eth1 transmit: drops without packets (0/0 rate)
+         "interface veth1 drops 50% of its received packets (250/s of 500/s), threshold 1%"),
+        # eth1 transmit: drops while no packet gets through: x/0 is +Inf in PromQL, the alert
+        # fires, and so does the judge (its value has no finite number: null in JSON)
+        ({"interface": "eth1", "direction": "transmit"},
+         "interface eth1 drops 2.5/s of its transmitted packets while none get through")]
+    assert got[-1].value == math.inf
+    # eth0 transmit: exactly 1% (not above); eth1 receive and veth1 transmit: 0/0, no ratio
 
 
 def test_overlay_negative_headroom_names_both_mtus():
