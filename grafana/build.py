@@ -1102,6 +1102,9 @@ class RecordedQ(Q):
     def steal_fraction(self) -> str:
         return self.m("nodenet:cpu_steal:ratio_rate5m")
 
+    def time_to_full(self) -> str:
+        return self.m("nodenet:conntrack_time_to_full_seconds:deriv30m")
+
     def failing_collectors(self) -> str:
         return f"sum({self.m('nodenet:scrape_collectors_failing:count')}) or vector(0)"
 

@@ -56,6 +56,7 @@ EXPECTED_RECORDS = {
     "nodenet:conntrack_utilisation:ratio", "nodenet:conntrack_drops:rate5m",
     "nodenet:conntrack_early_drops:rate5m",
     "nodenet:conntrack_insert_failed:rate5m", "nodenet:cpu_steal:ratio_rate5m",
+    "nodenet:conntrack_time_to_full_seconds:deriv30m",
     "nodenet:softnet_dropped:rate5m", "nodenet:softnet_times_squeezed:rate5m",
     "nodenet:interface_drops:rate5m",
     "nodenet:interface_receive_drops:rate5m", "nodenet:interface_transmit_drops:rate5m",
