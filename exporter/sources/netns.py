@@ -143,12 +143,13 @@ class ProcNetCache:
         if hit is not None and hit[2] and now - hit[1] < self.max_age:
             self._next[key] = hit
             return hit[0]
+        return self.ask(procfs, key, hit, now)
+
+    def ask(self, procfs: str, key: tuple[str, int], hit, now: float) -> tuple | None:
+        """Reads the link of process ``key`` (not known, or not trusted yet, or too old)."""
         self.asked += 1
-        answer = _look(procfs, name)
-        if hit is not None and hit[0] == answer:
-            self._next[key] = (answer, now, True)
-        else:
-            self._next[key] = (answer, now, False)
+        answer = _look(procfs, key[0])
+        self._next[key] = (answer, now, hit is not None and hit[0] == answer)
         return answer
 
 
@@ -170,11 +171,13 @@ def _look(procfs: str, name: str) -> tuple | None:
 
 
 def _scan_procfs(procfs: str, by_inode: dict[int, N], kind: type[N], max_pids: int,
-                 refused: dict[int, int] | None, cache: ProcNetCache | None = None) -> None:
+                 refused: dict[int, int] | None, cache: ProcNetCache | None = None,
+                 skip: int | None = None) -> None:
     """The one walk of /proc/<pid>/ns/net.  With ``refused`` (a dict), a process whose ns
     link is refused (EACCES) is recorded there as {/proc/<pid>/net/dev inode: first pid};
     without it such a process is skipped like one that exited.  With ``cache``, only
-    processes not seen before (or not lately) are asked."""
+    processes not seen before (or not lately) are asked.  ``skip``: a namespace inode (the
+    caller's own) whose processes are not collected; most of a node's live there."""
     try:
         entries = os.scandir(procfs)
     except OSError:
@@ -182,6 +185,7 @@ def _scan_procfs(procfs: str, by_inode: dict[int, N], kind: type[N], max_pids: i
     now = time.monotonic()
     if cache is not None:
         cache.begin()
+        known, remembered, max_age = cache._known, cache._next, cache.max_age
     with entries:
         seen = 0
         for entry in entries:
@@ -191,34 +195,45 @@ def _scan_procfs(procfs: str, by_inode: dict[int, N], kind: type[N], max_pids: i
             seen += 1
             if seen > max_pids:
                 break
-            if cache is not None:
+            if cache is not None:   # ProcNetCache.look, inlined: this runs per process
                 try:
-                    answer = cache.look(procfs, name, entry.inode(), now)
+                    key = (name, entry.inode())
                 except OSError:
                     continue
+                hit = known.get(key)
+                if hit is not None and hit[2] and now - hit[1] < max_age:
+                    remembered[key] = hit
+                    answer = hit[0]
+                else:
+                    answer = cache.ask(procfs, key, hit, now)
             else:
                 answer = _look(procfs, name)
-            if answer is None:
-                continue
-            if answer[0] == "refused":
-                if refused is not None and answer[1] is not None:
-                    refused.setdefault(answer[1], int(name))
-                continue
-            inode = answer[1]
-            ns = by_inode.get(inode)
-            if ns is None:
-                ns = by_inode[inode] = kind(inode)
-            if len(ns.paths) < 3 + (1 if ns.name else 0):
-                ns.paths.append(f"{procfs}/{name}/ns/net")
-            if ns.pid is None:
-                ns.pid = int(name)
+            if answer is not None and answer[1] != skip:
+                _add(answer, name, procfs, by_inode, kind, refused)
     if cache is not None:
         cache.end()
 
 
+def _add(answer: tuple, name: str, procfs: str, by_inode: dict[int, N], kind: type[N],
+         refused: dict[int, int] | None) -> None:
+    """Files process ``name`` under its namespace (or, refused, under its net/dev inode)."""
+    what, inode = answer
+    if what == "refused":
+        if refused is not None and inode is not None:
+            refused.setdefault(inode, int(name))
+        return
+    ns = by_inode.get(inode)
+    if ns is None:
+        ns = by_inode[inode] = kind(inode)
+    if len(ns.paths) < 3 + (1 if ns.name else 0):
+        ns.paths.append(f"{procfs}/{name}/ns/net")
+    if ns.pid is None:
+        ns.pid = int(name)
+
+
 def _discover(run_dirs: list[str], procfs: str | None, max_pids: int, kind: type[N],
               refused: dict[int, int] | None = None,
-              cache: ProcNetCache | None = None) -> list[N]:
+              cache: ProcNetCache | None = None, skip: int | None = None) -> list[N]:
     """Shared by :func:`discover` and :func:`discover_pods`: run_dirs, then /proc/<pid>."""
     by_inode: dict[int, N] = {}
     try:
@@ -227,7 +242,7 @@ def _discover(run_dirs: list[str], procfs: str | None, max_pids: int, kind: type
         nsfs_dev = None
     _scan_run_dirs(run_dirs, by_inode, kind, nsfs_dev)
     if procfs:
-        _scan_procfs(procfs, by_inode, kind, max_pids, refused, cache)
+        _scan_procfs(procfs, by_inode, kind, max_pids, refused, cache, skip)
     return sorted(by_inode.values(), key=lambda n: (n.name == "", n.name, n.inode))
 
 
@@ -367,7 +382,8 @@ def discover_pods(run_dirs: list[str], procfs: str | None, own_inode: int | None
     same inode of a readable member) becomes a Namespace with inode 0.  Only stat(), readlink().
     """
     refused: dict[int, int] = {}     # /proc/<pid>/net/dev inode -> first pid
-    found = _discover(run_dirs, procfs, max_pids, PodNamespace, refused, cache)
+    found = _discover(run_dirs, procfs, max_pids, PodNamespace, refused, cache,
+                      own_inode or None)
     found = [pns for pns in found if pns.inode != (own_inode or -1)]
     if own_proc_inode is not None:
         refused.pop(own_proc_inode, None)  # the exporter's own namespace
