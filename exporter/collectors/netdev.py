@@ -57,7 +57,14 @@ from operator import itemgetter
 
 from ..config import Option, parse_bool, parse_regex
 from ..metrics import COUNTER, GAUGE, Family, Metric, Table
-from ..sources.links import ARPHRD_LOOPBACK, STATS_INDEX, Link, RtNetlink, default_route
+from ..sources.links import (
+    ARPHRD_LOOPBACK,
+    STATS_INDEX,
+    Link,
+    LinkLayouts,
+    RtNetlink,
+    default_route,
+)
 from .base import Collector, DeviceFilter, register
 
 IF = ("interface",)
@@ -399,12 +406,14 @@ class NetdevCollector(Collector):
         self._pods_full = s["collector.netdev.pod-interfaces"] == "full"
         self._pods_top = s["collector.netdev.pod-interfaces.top"]
         self._pod_sums = PodSums()
+        self._layouts = LinkLayouts()   # compiled link-message shapes, kept across scrapes
         self._pod_loss: dict = {}   # ifindex -> (drops + errors, monotonic time it last rose)
 
     def read(self):
         """(links, {ifindex: underlay Link or None}) for this namespace."""
         transport = self.transport_factory() if self.transport_factory else None
-        with RtNetlink(timeout=self._timeout, deadline=self._timeout, transport=transport) as nl:
+        with RtNetlink(timeout=self._timeout, deadline=self._timeout, transport=transport,
+                       layouts=self._layouts) as nl:
             links = nl.dump_links()
             by_index = {link.index: link for link in links}
             resolver = UnderlayResolver(nl, by_index)
