@@ -132,11 +132,11 @@ def rules(sel: str = JOB_SELECTOR) -> list[dict]:
 
     # The exporter's own health at fleet scale: 5,000 nodes x ~12 collectors is 60,000 series
     # per metric, 0.6-1.3 s for the overview's two collector panels. Failing collectors are
-    # recorded sparsely (a count per node that has any) and each node's slowest collector
+    # recorded as a count per node (0 when none fails) and each node's slowest collector
     # once (topk 1 per node keeps its collector label).
     fleet += [
         record("nodenet:scrape_collectors_failing:count",
-               f"count by (job, instance) (nodenet_scrape_collector_success{{{sel}}} == 0)"),
+               f"sum by (job, instance) (1 - nodenet_scrape_collector_success{{{sel}}})"),
         record("nodenet:scrape_collector_duration_seconds:topk1",
                f"topk by (job, instance) (1, nodenet_scrape_collector_duration_seconds{{{sel}}})"),
     ]
