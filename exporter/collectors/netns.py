@@ -186,11 +186,10 @@ class NetFiles:
     longer finds the namespace, and all of them after ``--collector.netns.keep-open`` without
     a scrape, so a deleted pod's namespace is never held longer than that."""
 
-    __slots__ = ("fds", "memo", "proc_inode")
+    __slots__ = ("fds", "memo")
 
-    def __init__(self, fds: dict[str, int], proc_inode: int):
+    def __init__(self, fds: dict[str, int]):
         self.fds = fds
-        self.proc_inode = proc_inode
         self.memo: dict[str, tuple[bytes, list]] = {}   # read_namespace's, per file
 
     @classmethod
@@ -212,13 +211,12 @@ class NetFiles:
                     # snmp6/sockstat6 without IPv6: absent, as in the fixtures
             if "dev" not in fds:
                 return None
-            dev_inode = os.fstat(fds["dev"]).st_ino
-            if proc_inode is not None and dev_inode != proc_inode:
+            if proc_inode is not None and os.fstat(fds["dev"]).st_ino != proc_inode:
                 return None
             if inode and os.readlink("ns/net", dir_fd=d) != f"net:[{inode}]":
                 return None   # the pid now names a process of another namespace
             ok = True
-            return cls(fds, dev_inode)
+            return cls(fds)
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 raise
@@ -272,10 +270,8 @@ class FastReader:
                     by_section.setdefault(key, []).append((field.encode(), m, labels))
             self.plan.append((file, frozenset(by_section), list(by_section.items())))
         self._index: dict[tuple[bytes, bytes], tuple[int, list]] = {}
-
-    @property
-    def files(self) -> tuple[str, ...]:
-        return tuple(file for file, _, _ in self.plan)
+        self.files = tuple(file for file, _, _ in self.plan)     # the netstat collector's
+        self.all_files = (*self.files, *OTHER_FILES)            # ... and the pod view's own
 
     def counters(self, read: Reader) -> list[tuple[Metric, tuple, int]]:
         out: list[tuple[Metric, tuple, int]] = []
@@ -386,7 +382,7 @@ def read_namespace(read: Reader, reader: FastReader,
     the last scrape, as most of an idle pod's have not.  OSError (the process is gone)
     propagates: the caller drops the namespace."""
     out: list[tuple[Metric, tuple, int]] = []
-    for file in (*reader.files, *OTHER_FILES):
+    for file in reader.all_files:
         data = read(file)
         if data is None:
             if file == "dev":
@@ -457,7 +453,7 @@ class NetnsCollector(Collector):
                           for m, labels, file, section, field in netstat.COUNTERS
                           if m.name in names)
         self.reader = FastReader(self.rows)
-        self.files = (*self.reader.files, *OTHER_FILES)
+        self.files = self.reader.all_files
         self.keep_open = s["collector.netns.keep-open"]
         self._open: dict[tuple, NetFiles] = {}   # namespace key -> its files, kept open
         self._lock = threading.Lock()

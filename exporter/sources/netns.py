@@ -129,21 +129,17 @@ class ProcNetCache:
         self._next: dict[tuple[str, int], tuple[tuple | None, float, bool]] = {}
         self.asked = 0     # readlinks in the last walk (tests and benchmarks read it)
 
-    def begin(self) -> None:
+    def begin(self) -> tuple[dict, dict]:
+        """Starts a walk: (what is known, what this walk remembers), for the walk's inlined
+        lookup (it runs per process): a trusted answer younger than ``max_age`` is copied from
+        the first to the second, anything else goes through :meth:`ask`."""
         self._next = {}
         self.asked = 0
+        return self._known, self._next
 
     def end(self) -> None:
         self._known = self._next   # processes not listed this walk are forgotten
         self._next = {}
-
-    def look(self, procfs: str, name: str, dir_inode: int, now: float) -> tuple | None:
-        key = (name, dir_inode)
-        hit = self._known.get(key)
-        if hit is not None and hit[2] and now - hit[1] < self.max_age:
-            self._next[key] = hit
-            return hit[0]
-        return self.ask(procfs, key, hit, now)
 
     def ask(self, procfs: str, key: tuple[str, int], hit, now: float) -> tuple | None:
         """Reads the link of process ``key`` (not known, or not trusted yet, or too old)."""
@@ -184,8 +180,8 @@ def _scan_procfs(procfs: str, by_inode: dict[int, N], kind: type[N], max_pids: i
         return
     now = time.monotonic()
     if cache is not None:
-        cache.begin()
-        known, remembered, max_age = cache._known, cache._next, cache.max_age
+        known, remembered = cache.begin()
+        max_age = cache.max_age
     with entries:
         seen = 0
         for entry in entries:
@@ -195,7 +191,7 @@ def _scan_procfs(procfs: str, by_inode: dict[int, N], kind: type[N], max_pids: i
             seen += 1
             if seen > max_pids:
                 break
-            if cache is not None:   # ProcNetCache.look, inlined: this runs per process
+            if cache is not None:   # the cache's lookup, inlined: this runs per process
                 try:
                     key = (name, entry.inode())
                 except OSError:
