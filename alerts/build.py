@@ -98,10 +98,7 @@ def rules(sel: str = JOB_SELECTOR) -> list[dict]:
         # the overview's time to full: deriv over 30 minutes of every node's entries was the
         # slowest unrecorded panel (0.9 s p95 over 15 minutes at 5,000 nodes); -1: not growing
         record("nodenet:conntrack_time_to_full_seconds:deriv30m",
-               f"(\n  (nodenet_conntrack_entries_limit{{{sel}}}"
-               f" - nodenet_conntrack_entries{{{sel}}})\n"
-               f"  /\n  (deriv(nodenet_conntrack_entries{{{sel}}}[30m]) > 0)\n)\n"
-               f"or\n(nodenet_conntrack_entries{{{sel}}} * 0 - 1)"),
+               health.ct_time_to_full_expr(sel)),
         record("nodenet:cpu_steal:ratio_rate5m",
                health.steal_fraction_expr(sel).replace("  ", "")),
         record("nodenet:softnet_dropped:rate5m",

@@ -604,6 +604,14 @@ def ct_utilisation_expr(sel: str) -> str:
             f"  nodenet_conntrack_entries_limit{{{sel}}}")
 
 
+def ct_time_to_full_expr(sel: str) -> str:
+    """Seconds until conntrack entries reach the limit at the last 30 minutes' growth; -1 when
+    the table is not growing (the dashboards map it to "not growing")."""
+    entries = f"nodenet_conntrack_entries{{{sel}}}"
+    limit = f"nodenet_conntrack_entries_limit{{{sel}}}"
+    return f"(({limit} - {entries}) / (deriv({entries}[30m]) > 0)) or ({entries} * 0 - 1)"
+
+
 def _ct_limit_set(sel: str) -> str:
     return f"nodenet_conntrack_entries_limit{{{sel}}} > 0"
 

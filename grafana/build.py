@@ -33,6 +33,7 @@ SCHEMA_VERSION = 39
 # set, shared by the rules and `diagnose`); the tests compare them with the rule file.
 sys.path.insert(0, str(ROOT))
 from exporter.health import by_name as _checks  # noqa: E402
+from exporter.health import ct_time_to_full_expr  # noqa: E402
 
 _T = {name: check.threshold for name, check in _checks().items()}
 THRESHOLDS = {
@@ -112,11 +113,7 @@ class Q:
         return f"{self.m('nodenet_conntrack_entries')} / {self.m('nodenet_conntrack_entries_limit')}"
 
     def time_to_full(self) -> str:
-        # Seconds until entries reach the limit at the last 30 minutes' growth; -1 when the table
-        # is not growing (mapped to "not growing" by the panels).
-        entries, limit = self.m("nodenet_conntrack_entries"), self.m("nodenet_conntrack_entries_limit")
-        return (f"(({limit} - {entries}) / (deriv({entries}[30m]) > 0))"
-                f" or ({entries} * 0 - 1)")
+        return ct_time_to_full_expr(self.sel)   # the same as the recorded one
 
     def steal_fraction(self) -> str:
         return f"{self.srate('nodenet_cpu_steal_seconds_total')} / {self.m('nodenet_cpus')}"
