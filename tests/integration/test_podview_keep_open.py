@@ -12,6 +12,7 @@ Run as root: ``python -m pytest tests/integration/test_podview_keep_open.py``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import socket
@@ -79,12 +80,23 @@ def peer():
         yield name
 
 
-def test_a_deleted_namespace_is_let_go_at_the_next_walk(peer):
-    pod = UnsharedPod(peer, "a")
-    s = Scraper("netns", "--collector.netns", ROOMY)
+@contextlib.contextmanager
+def scraped_then_exited(peer: str, tag: str, *flags: str):
+    """A pod namespace the collector has read once, whose last process has just exited:
+    (pod, scraper).  Both are cleaned up afterwards."""
+    pod = UnsharedPod(peer, tag)
+    s = Scraper("netns", "--collector.netns", ROOMY, *flags)
     try:
         assert pod_series(s.scrape(), pod), "the unshared namespace was not found"
         pod.exit()
+        yield pod, s
+    finally:
+        pod.exit()
+        s.collector.release()
+
+
+def test_a_deleted_namespace_is_let_go_at_the_next_walk(peer):
+    with scraped_then_exited(peer, "a") as (pod, s):
         # its files are open here: the kernel cannot free the namespace (this is the cost)
         time.sleep(1.0)
         assert pod.peer_exists(), "the namespace was freed although its files were open"
@@ -92,36 +104,20 @@ def test_a_deleted_namespace_is_let_go_at_the_next_walk(peer):
         assert not pod_series(out, pod)
         assert wait_for(lambda: not pod.peer_exists(), 15), \
             "the namespace is still alive 15 s after the walk that no longer found it"
-    finally:
-        pod.exit()
-        s.collector.release()
 
 
 def test_without_a_scrape_the_files_are_closed_after_keep_open(peer):
-    pod = UnsharedPod(peer, "b")
-    s = Scraper("netns", "--collector.netns", ROOMY, "--collector.netns.keep-open=1s")
-    try:
-        assert pod_series(s.scrape(), pod)
-        pod.exit()
+    with scraped_then_exited(peer, "b", "--collector.netns.keep-open=1s") as (pod, _s):
         t0 = time.monotonic()
         assert wait_for(lambda: not pod.peer_exists(), 15), \
             "no scrape, keep-open 1s: the namespace is still held after 15 s"
         assert time.monotonic() - t0 >= 0.5, "freed before keep-open ended: nothing was held"
-    finally:
-        pod.exit()
-        s.collector.release()
 
 
 def test_keep_open_0_holds_nothing_after_the_scrape(peer):
-    pod = UnsharedPod(peer, "c")
-    s = Scraper("netns", "--collector.netns", ROOMY, "--collector.netns.keep-open=0")
-    try:
-        assert pod_series(s.scrape(), pod)
-        pod.exit()
+    with scraped_then_exited(peer, "c", "--collector.netns.keep-open=0") as (pod, _s):
         assert wait_for(lambda: not pod.peer_exists(), 15), \
             "keep-open 0: the namespace outlived its last process"
-    finally:
-        pod.exit()
 
 
 def test_kept_files_follow_the_counters():
